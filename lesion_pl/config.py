@@ -1,0 +1,104 @@
+"""Configs: the default YAML, user YAML merged over it, `key=value` overrides, and saving the result."""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import LesionPLError
+from .io import atomic_write_text
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ham10000.yaml"
+
+
+def read_yaml(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise LesionPLError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise LesionPLError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise LesionPLError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def merge(base: dict, update: dict, where: str = "") -> dict:
+    """`update` over `base`; a key that `base` does not have is an error (catches typos)."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        name = f"{where}{key}"
+        if key not in base:
+            raise LesionPLError(f"unknown config key '{name}' (known: {', '.join(sorted(base))})")
+        if isinstance(base[key], dict) and isinstance(value, dict):
+            out[key] = merge(base[key], value, name + ".")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(item: str) -> dict:
+    """'a.b.c=value' -> {'a': {'b': {'c': value}}}, the value parsed as YAML (numbers, lists, null)."""
+    if "=" not in item:
+        raise LesionPLError(f"--set expects key=value, got '{item}'")
+    key, raw = item.split("=", 1)
+    try:
+        value: Any = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string; a user means the number
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    node: dict = {}
+    out = node
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(path: Path | None = None, overrides: list[str] = ()) -> dict:
+    """The default config, then the user's file, then each `key=value` override, in that order."""
+    cfg = read_yaml(DEFAULT_CONFIG)
+    if path is not None and Path(path).resolve() != DEFAULT_CONFIG:
+        cfg = merge(cfg, read_yaml(path))
+    for item in overrides:
+        cfg = merge(cfg, parse_override(item))
+    return cfg
+
+
+def default_data_root(fmt: str = "ham10000") -> Path:
+    """$LESION_PL_DATA/<format> where the variable is set, else data/<format> in the project."""
+    base = os.environ.get("LESION_PL_DATA")
+    base_path = Path(base) if base else Path(__file__).resolve().parent.parent / "data"
+    return base_path / fmt
+
+
+def resolve_data_root(cfg: dict) -> Path:
+    root = cfg["data"]["root"]
+    return Path(root).expanduser() if root else default_data_root(cfg["data"]["format"])
+
+
+def save_config(cfg: dict, path: Path) -> None:
+    atomic_write_text(Path(path), yaml.safe_dump(cfg, sort_keys=False))
+
+
+def duration_seconds(value) -> float | None:
+    """'DD:HH:MM:SS' (Lightning's max_time format) or a number of seconds -> seconds."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        d, h, m, sec = (float(x) for x in str(value).split(":"))
+    except ValueError:
+        raise LesionPLError(f"trainer.max_time must be 'DD:HH:MM:SS', got '{value}'") from None
+    return ((d * 24 + h) * 60 + m) * 60 + sec
