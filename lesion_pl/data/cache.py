@@ -1,0 +1,65 @@
+"""The image cache: every image decoded and resized once into one uint8 array on disk.
+
+The array (N, SIZE, SIZE, 3) is a .npy file memory-mapped by every epoch and every DataLoader
+worker, so no epoch after the first decodes a JPEG. Its name is a hash of the image files (name,
+size, mtime), the size and the preprocessing version, so changed data or size gives a new cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import LesionPLError
+from ..io import atomic_path
+from ..preprocess import ImageReadError, preprocess_file
+
+PREPROCESS_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("LESION_PL_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "lesion_pl"
+
+
+def cache_key(paths: list[str], size: int) -> str:
+    h = hashlib.sha1(f"v{PREPROCESS_VERSION}|{size}".encode())
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"|{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def build_cache(paths: list[str], size: int, cache_dir: Path | None = None,
+                workers: int | None = None, progress: bool = True) -> np.ndarray:
+    """Return the (N, size, size, 3) uint8 array for `paths`, building it on first use."""
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    target = cache_dir / f"images_{size}px_{len(paths)}_{cache_key(paths, size)}.npy"
+    if target.is_file():
+        return np.load(target, mmap_mode="r")
+
+    from tqdm.auto import tqdm
+
+    errors: list[str] = []
+    with atomic_path(target) as tmp:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+
+        def fill(i: int) -> None:
+            try:
+                arr[i] = preprocess_file(paths[i], size)
+            except ImageReadError as e:
+                errors.append(str(e))
+
+        # Pillow releases the GIL while decoding, so threads use every core.
+        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+            list(tqdm(pool.map(fill, range(len(paths))), total=len(paths), disable=not progress,
+                      desc=f"caching images at {size}px", unit="img"))
+        if errors:
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise LesionPLError(f"{len(errors)} bad image(s): {sorted(errors)[0]}{more}")
+        arr.flush()
+        del arr
+    return np.load(target, mmap_mode="r")

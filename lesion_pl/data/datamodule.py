@@ -1,0 +1,128 @@
+"""The LightningDataModule: source table -> splits -> image cache -> DataLoaders.
+
+`build()` does all the checking (data root, CSV, images, splits, decoding) before anything is
+written, so a bad dataset fails with one message and no half-made run folder.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from ..classes import NUM_CLASSES
+from ..config import resolve_data_root
+from ..errors import LesionPLError
+from .cache import build_cache
+from .dataset import CachedImages
+from .sources import read_source
+from .splits import SPLITS, check_no_leak, make_splits, read_splits
+from .transforms import train_transform
+
+BALANCE_POWER = {"none": 0.0, "shuffle": 0.0, "sqrt": 0.5, "balanced": 1.0}
+
+
+def balance_power(name: str, key: str) -> float:
+    if name not in BALANCE_POWER:
+        raise LesionPLError(f"{key} must be one of {', '.join(BALANCE_POWER)}, got '{name}'")
+    return BALANCE_POWER[name]
+
+
+def channel_stats(cache: np.ndarray, indices: np.ndarray, chunk: int = 512) -> tuple[list, list]:
+    """Per-channel mean and std (0..1 scale) of the cached images `indices`."""
+    s = np.zeros(3)
+    ss = np.zeros(3)
+    n = 0
+    for start in range(0, len(indices), chunk):
+        block = cache[np.sort(indices[start:start + chunk])].reshape(-1, 3).astype(np.float64) / 255.0
+        s += block.sum(0)
+        ss += (block ** 2).sum(0)
+        n += len(block)
+    mean = s / n
+    std = np.sqrt(np.maximum(ss / n - mean ** 2, 1e-12))
+    return mean.tolist(), std.tolist()
+
+
+class LesionDataModule(pl.LightningDataModule):
+    def __init__(self, cfg: dict, splits_file: Path | None = None, progress: bool = True):
+        super().__init__()
+        self.cfg = cfg
+        self.splits_file = splits_file or cfg["data"].get("splits_file")
+        self.progress = progress
+        self.table: pd.DataFrame | None = None
+        self.split: pd.Series | None = None
+
+    def build(self) -> "LesionDataModule":
+        if self.table is not None:
+            return self
+        d = self.cfg["data"]
+        self.root = resolve_data_root(self.cfg)
+        table = read_source(d["format"], self.root)
+        if self.splits_file:
+            split = read_splits(table, Path(self.splits_file))
+        else:
+            s = d["splits"]
+            split = make_splits(table, s, int(s.get("seed", self.cfg["seed"])))
+        check_no_leak(table, split)
+        for name in SPLITS:
+            if not (split == name).any():
+                raise LesionPLError(f"the {name} split is empty ({len(table)} images, fractions {d['splits']})")
+        self.cache = build_cache(table["path"].tolist(), int(d["image_size"]), d.get("cache_dir"),
+                                 progress=self.progress)
+        self.table, self.split = table, split
+        self.mean, self.std = channel_stats(self.cache, self.indices("train"))
+        return self
+
+    def indices(self, split: str) -> np.ndarray:
+        if split == "all":
+            return np.arange(len(self.table))
+        return np.flatnonzero((self.split == split).to_numpy())
+
+    def class_counts(self, split: str = "train") -> np.ndarray:
+        labels = self.table["label"].to_numpy()[self.indices(split)]
+        return np.bincount(labels, minlength=NUM_CLASSES)
+
+    def class_weights(self) -> list[float] | None:
+        """Loss weights count^-p, scaled to average 1 over the training images."""
+        p = balance_power(self.cfg["loss"]["class_weights"], "loss.class_weights")
+        if p == 0:
+            return None
+        counts = np.maximum(self.class_counts(), 1)
+        w = counts.astype(float) ** -p
+        w *= counts.sum() / (w * counts).sum()
+        return w.tolist()
+
+    def setup(self, stage: str | None = None) -> None:
+        self.build()
+
+    def dataset(self, split: str, augment: bool = False) -> CachedImages:
+        idx = self.indices(split)
+        labels = self.table["label"].to_numpy()[idx]
+        tf = train_transform(self.cfg["data"]["augment"], int(self.cfg["data"]["image_size"])) if augment else None
+        return CachedImages(self.cache, idx, labels.tolist(), tf)
+
+    def _loader(self, ds, shuffle=False, sampler=None) -> DataLoader:
+        workers = int(self.cfg["data"]["num_workers"])
+        return DataLoader(ds, batch_size=int(self.cfg["data"]["batch_size"]), shuffle=shuffle, sampler=sampler,
+                          num_workers=workers, persistent_workers=workers > 0,
+                          pin_memory=torch.cuda.is_available(), drop_last=shuffle or sampler is not None)
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.dataset("train", augment=True)
+        p = balance_power(self.cfg["data"]["sampler"], "data.sampler")
+        if p == 0:
+            return self._loader(ds, shuffle=True)
+        counts = np.maximum(self.class_counts(), 1)
+        weights = (counts.astype(float) ** -p)[np.asarray(ds.labels)]
+        gen = torch.Generator().manual_seed(int(self.cfg["seed"]))
+        sampler = WeightedRandomSampler(weights.tolist(), num_samples=len(ds), replacement=True, generator=gen)
+        return self._loader(ds, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("val"))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test"))

@@ -1,0 +1,93 @@
+"""Train/val/test splits grouped by lesion, stratified by class, seeded, and kept as a file.
+
+A split is made once (scikit-learn's StratifiedGroupKFold over 20 folds, folds handed out to the
+splits by their fractions), written to splits.csv, and read back by every later command.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import LesionPLError
+from ..io import atomic_path
+
+SPLITS = ("train", "val", "test")
+N_FOLDS = 20  # fractions are rounded to multiples of 1/20 = 5%
+
+
+def make_splits(table: pd.DataFrame, fractions: dict, seed: int) -> pd.Series:
+    """A 'train'/'val'/'test' label per row of `table`; all images of one group share a split."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    fr = {s: float(fractions.get(s, 0.0)) for s in SPLITS}
+    if any(v < 0 for v in fr.values()) or abs(sum(fr.values()) - 1.0) > 1e-6:
+        raise LesionPLError(f"split fractions must be >= 0 and sum to 1, got {fr}")
+    folds = {s: round(fr[s] * N_FOLDS) for s in SPLITS}
+    folds["train"] = N_FOLDS - folds["val"] - folds["test"]
+    if table["group"].nunique() < N_FOLDS:
+        raise LesionPLError(f"need at least {N_FOLDS} lesions to split, got {table['group'].nunique()}")
+
+    sgkf = StratifiedGroupKFold(n_splits=N_FOLDS, shuffle=True, random_state=seed)
+    fold_of = np.empty(len(table), dtype=int)
+    try:
+        for k, (_, idx) in enumerate(sgkf.split(np.zeros(len(table)), table["label"], table["group"])):
+            fold_of[idx] = k
+    except ValueError as e:
+        raise LesionPLError(f"cannot split {len(table)} images into {N_FOLDS} stratified lesion folds ({e}); "
+                            "use more images or give a splits file (data.splits_file)") from None
+    order = np.random.default_rng(seed).permutation(N_FOLDS)  # which folds go where, seeded
+    name_of_fold = {}
+    start = 0
+    for s in ("test", "val", "train"):
+        for f in order[start:start + folds[s]]:
+            name_of_fold[int(f)] = s
+        start += folds[s]
+    return pd.Series([name_of_fold[f] for f in fold_of], index=table.index, name="split")
+
+
+def check_no_leak(table: pd.DataFrame, split: pd.Series) -> None:
+    per_group = split.groupby(table["group"]).nunique()
+    leaked = per_group[per_group > 1]
+    if len(leaked):
+        raise LesionPLError(f"{len(leaked)} lesion(s) are in more than one split, e.g. {leaked.index[0]}")
+
+
+def write_splits(table: pd.DataFrame, split: pd.Series, path: Path) -> None:
+    out = pd.DataFrame({"image_id": table["image_id"], "group": table["group"],
+                        "dx": table["dx"], "split": split})
+    with atomic_path(Path(path)) as tmp:
+        out.to_csv(tmp, index=False)
+
+
+def read_splits(table: pd.DataFrame, path: Path) -> pd.Series:
+    """The split of every row of `table`, read from a splits.csv; every image must be listed."""
+    path = Path(path)
+    try:
+        saved = pd.read_csv(path, dtype=str)
+    except Exception as e:
+        raise LesionPLError(f"cannot read splits file {path}: {e}") from None
+    for col in ("image_id", "split"):
+        if col not in saved.columns:
+            raise LesionPLError(f"splits file {path} is missing column '{col}'")
+    bad = sorted(set(saved["split"]) - set(SPLITS))
+    if bad:
+        raise LesionPLError(f"splits file {path}: unknown split name(s) {bad} (known: {', '.join(SPLITS)})")
+    split = table["image_id"].map(saved.set_index("image_id")["split"])
+    if split.isna().any():
+        missing = table["image_id"][split.isna()]
+        raise LesionPLError(f"{len(missing)} image(s) of the data are not in splits file {path}, "
+                            f"e.g. {', '.join(missing[:3])}")
+    split.name = "split"
+    return split
+
+
+def summarize(table: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
+    """Images per class and split, plus image and lesion totals, as a printable table."""
+    counts = pd.crosstab(table["dx"], split).reindex(columns=list(SPLITS), fill_value=0)
+    counts.loc["images"] = counts.sum()
+    counts.loc["lesions"] = [table["group"][split == s].nunique() for s in counts.columns]
+    counts["all"] = counts.sum(axis=1)
+    counts.loc["lesions", "all"] = table["group"].nunique()
+    return counts

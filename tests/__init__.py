@@ -1,0 +1,1 @@
+"""lesion-pl tests: fast by default; `pytest -m slow` for the long real-data runs."""

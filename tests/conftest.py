@@ -1,0 +1,65 @@
+"""Shared fixtures: the real HAM10000 from $LESION_PL_DATA (default ../shared/data) and small
+real-image datasets laid out in temp folders."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+PROJECT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("LESION_PL_DATA", PROJECT.parent / "shared" / "data"))
+HAM = DATA / "ham10000"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Tests build their image caches in a temp folder, never in the user's ~/.cache."""
+    old = os.environ.get("LESION_PL_CACHE")
+    os.environ["LESION_PL_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("LESION_PL_CACHE", None)
+    else:
+        os.environ["LESION_PL_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def ham_root() -> Path:
+    if not (HAM / "HAM10000_metadata.csv").is_file():
+        pytest.fail(f"HAM10000 not found at {HAM}: set LESION_PL_DATA to the folder holding ham10000/")
+    return HAM
+
+
+@pytest.fixture(scope="session")
+def ham_meta(ham_root) -> pd.DataFrame:
+    return pd.read_csv(ham_root / "HAM10000_metadata.csv")
+
+
+def sample_meta(meta: pd.DataFrame, per_class: int, seed: int = 0) -> pd.DataFrame:
+    """Whole lesions (all their images) from each class, about `per_class` images per class."""
+    picked = []
+    for _, rows in meta.groupby("dx"):
+        lesions = rows["lesion_id"].drop_duplicates().sample(frac=1.0, random_state=seed)
+        take = rows[rows["lesion_id"].isin(lesions[:per_class])]
+        picked.append(take)
+    return pd.concat(picked).reset_index(drop=True)
+
+
+def make_dataset(ham_root: Path, meta: pd.DataFrame, dest: Path, layout: str = "flat") -> Path:
+    """Copy the images of `meta` into `dest` in the flat (images/) or Kaggle (part_1/part_2) layout."""
+    dest.mkdir(parents=True, exist_ok=True)
+    meta.to_csv(dest / "HAM10000_metadata.csv", index=False)
+    for i, image_id in enumerate(meta["image_id"]):
+        folder = "images" if layout == "flat" else f"HAM10000_images_part_{1 + i % 2}"
+        (dest / folder).mkdir(exist_ok=True)
+        shutil.copy(ham_root / "images" / f"{image_id}.jpg", dest / folder / f"{image_id}.jpg")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def small_ham(ham_root, ham_meta, tmp_path_factory) -> Path:
+    """About 210 real images, 30 lesions per class, in the flat layout (fast end-to-end runs)."""
+    return make_dataset(ham_root, sample_meta(ham_meta, 30), tmp_path_factory.mktemp("small_ham"))

@@ -1,0 +1,54 @@
+"""The image cache: decoded once, equal to the shared preprocessing, reused, and strict on bad files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lesion_pl.data import cache as cache_mod
+from lesion_pl.data.cache import build_cache
+from lesion_pl.errors import LesionPLError
+from lesion_pl.preprocess import preprocess_file, resize_center_crop
+
+
+@pytest.fixture()
+def paths(ham_root):
+    return sorted(str(p) for p in (ham_root / "images").glob("ISIC_00243*.jpg"))[:12]
+
+
+def test_cache_holds_the_preprocessed_images(paths, tmp_path):
+    arr = build_cache(paths, 64, tmp_path, progress=False)
+    assert arr.shape == (len(paths), 64, 64, 3) and arr.dtype == np.uint8
+    for i in (0, len(paths) - 1):
+        np.testing.assert_array_equal(arr[i], preprocess_file(paths[i], 64))
+    assert arr.std() > 10  # real pictures, not zeros
+
+
+def test_cache_is_reused_not_redecoded(paths, tmp_path, monkeypatch):
+    build_cache(paths, 48, tmp_path, progress=False)
+    monkeypatch.setattr(cache_mod, "preprocess_file", lambda *a: pytest.fail("decoded again"))
+    again = build_cache(paths, 48, tmp_path, progress=False)
+    assert isinstance(again, np.memmap)
+    assert len(list(tmp_path.glob("*.npy"))) == 1
+
+
+def test_other_size_other_cache(paths, tmp_path):
+    build_cache(paths, 32, tmp_path, progress=False)
+    build_cache(paths, 40, tmp_path, progress=False)
+    assert len(list(tmp_path.glob("*.npy"))) == 2
+
+
+def test_corrupt_image_is_named_and_no_cache_left(paths, tmp_path):
+    bad = tmp_path / "ISIC_9999999.jpg"
+    bad.write_bytes(open(paths[0], "rb").read()[:600])  # a truncated JPEG
+    with pytest.raises(LesionPLError, match=r"1 bad image\(s\): cannot read image .*ISIC_9999999.jpg"):
+        build_cache(paths + [str(bad)], 32, tmp_path / "c", progress=False)
+    assert not list((tmp_path / "c").glob("*"))
+
+
+def test_resize_center_crop_keeps_the_centre():
+    img = np.zeros((150, 200, 3), np.uint8)
+    img[:, 25:175] = 255  # the centre square 150x150 is white
+    out = resize_center_crop(Image.fromarray(img), 75)
+    assert out.shape == (75, 75, 3)
+    assert out[:, 1:-1].min() == 255  # only the outermost columns blend with the black sides
