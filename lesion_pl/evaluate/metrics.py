@@ -1,0 +1,69 @@
+"""Classification metrics (torchmetrics), one definition for validation and test.
+
+All metrics take class probabilities [N, C] and integer targets [N]. The malignancy probability
+is the sum of the malignant classes' probabilities.
+"""
+from __future__ import annotations
+
+import torch
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (BinaryAUROC, MulticlassAccuracy, MulticlassAUROC,
+                                         MulticlassF1Score, MulticlassPrecision, MulticlassRecall)
+from torchmetrics.wrappers import ClasswiseWrapper
+
+from ..classes import CLASSES, MALIGNANT_INDICES, NUM_CLASSES
+
+
+def malignancy(probs: torch.Tensor) -> torch.Tensor:
+    return probs[:, list(MALIGNANT_INDICES)].sum(dim=1)
+
+
+def is_malignant(target: torch.Tensor) -> torch.Tensor:
+    return torch.isin(target, torch.tensor(MALIGNANT_INDICES, device=target.device)).long()
+
+
+class MalignantAUROC(BinaryAUROC):
+    """AUROC of malignant (mel, bcc, akiec) vs benign, from 7-class probabilities."""
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        super().update(malignancy(preds), is_malignant(target))
+
+
+def metric_collection(per_class: bool = False, auroc: bool = True) -> MetricCollection:
+    c = NUM_CLASSES
+    metrics: dict = {
+        "accuracy": MulticlassAccuracy(c, average="micro"),
+        "balanced_accuracy": MulticlassRecall(c, average="macro"),
+        "precision_macro": MulticlassPrecision(c, average="macro"),
+        "recall_macro": MulticlassRecall(c, average="macro"),
+        "f1_macro": MulticlassF1Score(c, average="macro"),
+    }
+    if auroc:
+        metrics["auroc_macro"] = MulticlassAUROC(c, average="macro")
+        metrics["auroc_malignant"] = MalignantAUROC()
+    if per_class:
+        metrics["recall"] = ClasswiseWrapper(MulticlassRecall(c, average=None), labels=list(CLASSES), prefix="recall_")
+        if auroc:
+            metrics["auroc"] = ClasswiseWrapper(MulticlassAUROC(c, average=None), labels=list(CLASSES),
+                                                prefix="auroc_")
+    return MetricCollection(metrics)
+
+
+def metrics_report(probs: torch.Tensor, target: torch.Tensor) -> dict:
+    """The test metrics as plain numbers: the overall scores and `per_class` {code: {...}}."""
+    coll = metric_collection()
+    coll.update(probs, target)
+    out = {"n_images": int(len(target))}
+    out.update({k: float(v) for k, v in coll.compute().items()})
+    per = {
+        "precision": MulticlassPrecision(NUM_CLASSES, average=None)(probs, target),
+        "recall": MulticlassRecall(NUM_CLASSES, average=None)(probs, target),
+        "f1": MulticlassF1Score(NUM_CLASSES, average=None)(probs, target),
+        "auroc": MulticlassAUROC(NUM_CLASSES, average=None)(probs, target),
+    }
+    support = torch.bincount(target, minlength=NUM_CLASSES)
+    out["per_class"] = {
+        code: {**{k: float(v[i]) for k, v in per.items()}, "support": int(support[i])}
+        for i, code in enumerate(CLASSES)
+    }
+    return out

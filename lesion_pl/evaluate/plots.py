@@ -1,0 +1,69 @@
+"""Figures of a test: confusion matrix (counts and row-normalised) and ROC curves."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..classes import CLASSES, DISPLAY_NAMES
+from ..io import atomic_path
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    _plt().close(fig)
+
+
+def confusion_matrix_png(target: np.ndarray, pred: np.ndarray, path: Path) -> np.ndarray:
+    import seaborn as sns
+
+    plt = _plt()
+    k = len(CLASSES)
+    cm = np.bincount(target * k + pred, minlength=k * k).reshape(k, k)
+    rows = np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    labels = [f"{c}\n{DISPLAY_NAMES[c].split(' /')[0]}" if len(DISPLAY_NAMES[c]) < 22 else c for c in CLASSES]
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6.2))
+    sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, ax=axes[0],
+                xticklabels=CLASSES, yticklabels=labels)
+    sns.heatmap(cm / rows, annot=True, fmt=".2f", cmap="Blues", vmin=0, vmax=1, ax=axes[1],
+                xticklabels=CLASSES, yticklabels=CLASSES)
+    for ax, title in zip(axes, ("Counts", "Row-normalised (recall on the diagonal)")):
+        ax.set_title(title)
+        ax.set_xlabel("Predicted class")
+        ax.set_ylabel("True class")
+    fig.suptitle(f"Confusion matrix, {len(target)} test images")
+    _save(fig, path)
+    return cm
+
+
+def roc_png(target: np.ndarray, probs: np.ndarray, malignant_prob: np.ndarray, is_malignant: np.ndarray,
+            path: Path) -> None:
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6))
+    colors = plt.get_cmap("tab10")
+    for i, code in enumerate(CLASSES):
+        y = target == i
+        if y.all() or not y.any():
+            continue
+        fpr, tpr, _ = roc_curve(y, probs[:, i])
+        axes[0].plot(fpr, tpr, color=colors(i), label=f"{code} ({DISPLAY_NAMES[code]}): AUROC {roc_auc_score(y, probs[:, i]):.3f}")
+    if 0 < is_malignant.sum() < len(is_malignant):
+        fpr, tpr, _ = roc_curve(is_malignant, malignant_prob)
+        auc = roc_auc_score(is_malignant, malignant_prob)
+        axes[1].plot(fpr, tpr, color="crimson", label=f"malignant vs benign: AUROC {auc:.3f}")
+    for ax, title in zip(axes, ("One class vs the rest", "Malignant (mel, bcc, akiec) vs benign")):
+        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+        ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False positive rate (1 - specificity)",
+               ylabel="True positive rate (sensitivity)", title=title)
+        ax.legend(loc="lower right", fontsize=8)
+    _save(fig, path)

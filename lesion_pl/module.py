@@ -1,0 +1,102 @@
+"""The LightningModule: network + normalisation, one shared step, loss, optimiser, metrics per stage."""
+from __future__ import annotations
+
+import math
+import time
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from .config import duration_seconds
+from .evaluate.metrics import metric_collection
+from .models.factory import Normalize, build_network
+
+
+class LesionClassifier(pl.LightningModule):
+    """Takes uint8 NCHW images (0..255), returns logits over the label space.
+
+    `mean`/`std` are the training split's channel statistics (0..1 scale); they are buffers of the
+    network, so they travel in every checkpoint and into the ONNX graph.
+    """
+
+    def __init__(self, config: dict, mean: list, std: list, class_weights: list | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = config
+        self.normalize = Normalize(mean, std)
+        self.net = build_network(config["model"])
+        self.channels_last = bool(config["trainer"].get("channels_last", False))
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        self.register_buffer("class_weights", weights, persistent=False)
+        self.train_metrics = metric_collection(auroc=False).clone(prefix="train/")
+        self.val_metrics = metric_collection(per_class=True).clone(prefix="val/")
+        self.test_metrics = metric_collection(per_class=True).clone(prefix="test/")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(images)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def _step(self, batch, stage: str):
+        images, target = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits.float(), target, weight=self.class_weights,
+                               label_smoothing=float(self.config["loss"]["label_smoothing"]))
+        metrics = getattr(self, f"{stage}_metrics")
+        metrics.update(logits.float().softmax(dim=1), target)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(target))
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def _log_epoch(self, stage: str) -> None:
+        metrics = getattr(self, f"{stage}_metrics")
+        values = metrics.compute()
+        self.log_dict(values)
+        self.log(f"{stage}/bal_acc", values[f"{stage}/balanced_accuracy"], prog_bar=True, logger=False)
+        metrics.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def configure_optimizers(self):
+        o = self.config["optim"]
+        decay, no_decay = [], []
+        for p in self.net.parameters():
+            (decay if p.ndim > 1 else no_decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": float(o["weight_decay"])},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=float(o["lr"]))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        steps_per_epoch = max(1, total // max(1, int(self.trainer.max_epochs or 1)))
+        warmup = min(total - 1, int(float(o["warmup_epochs"]) * steps_per_epoch))
+        budget = duration_seconds(self.config["trainer"].get("max_time"))
+        start = time.monotonic()
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(1, total - warmup)
+            if budget:  # with a time budget, the cosine also ends when the time runs out
+                progress = max(progress, (time.monotonic() - start) / budget)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

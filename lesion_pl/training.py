@@ -1,0 +1,141 @@
+"""`fit`: check the data, lay out the run folder, train with Lightning, record what happened."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from .config import duration_seconds, save_config
+from .errors import LesionPLError
+from .io import atomic_path, atomic_write_json
+from .run import RunDir
+
+
+def _precision(cfg: dict) -> str:
+    import torch
+
+    p = cfg["trainer"]["precision"]
+    if p != "auto":
+        return str(p)
+    # bf16 autocast pays on CUDA; on CPUs without AVX-512 bf16 it is ~10x slower than fp32.
+    return "bf16-mixed" if torch.cuda.is_available() and cfg["trainer"]["accelerator"] != "cpu" else "32-true"
+
+
+def _max_time(value):
+    from datetime import timedelta
+
+    seconds = duration_seconds(value)
+    return timedelta(seconds=seconds) if seconds else None
+
+
+def build_trainer(cfg: dict, run: RunDir, progress: bool = True):
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger
+
+    t = cfg["trainer"]
+    monitor = "val/balanced_accuracy"
+    callbacks = [
+        ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor=monitor, mode="max",
+                        save_top_k=1, save_last=True, auto_insert_metric_name=False),
+        EarlyStopping(monitor=monitor, mode="max", patience=int(t["patience"])),
+        LearningRateMonitor(logging_interval="epoch"),
+    ]
+    return pl.Trainer(
+        max_epochs=int(t["max_epochs"]), max_time=_max_time(t.get("max_time")),
+        accelerator=t["accelerator"], devices=t["devices"], precision=_precision(cfg),
+        callbacks=callbacks, logger=CSVLogger(run.path, name="logs", version=""),
+        limit_train_batches=t["limit_train_batches"], limit_val_batches=t["limit_val_batches"],
+        enable_progress_bar=progress, enable_model_summary=progress, log_every_n_steps=10,
+        num_sanity_val_steps=0, deterministic=False,
+    )
+
+
+def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> dict:
+    """Train `cfg` into run folder `out`; returns the summary also written to summary.json."""
+    import pytorch_lightning as pl
+
+    from .data.datamodule import LesionDataModule
+    from .module import LesionClassifier
+
+    run = RunDir(Path(out))
+    if resume:
+        run.require(run.last, f"python cli.py fit --out {out}")
+    elif run.checkpoints.exists() and any(run.checkpoints.iterdir()):
+        raise LesionPLError(f"run folder {out} already holds checkpoints; "
+                            "pass --resume to continue it, or choose another --out")
+    pl.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
+    dm = LesionDataModule(cfg, splits_file=run.splits if run.splits.exists() else None, progress=progress)
+    dm.build()  # every data check happens here, before the run folder is written
+
+    from .data.splits import write_splits
+    run.path.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run.config)
+    if not run.splits.exists():
+        write_splits(dm.table, dm.split, run.splits)
+
+    model = LesionClassifier(cfg, dm.mean, dm.std, dm.class_weights())
+    trainer = build_trainer(cfg, run, progress)
+    log = run.path / "logs" / "metrics.csv"
+    backup = log.with_name("metrics.before-resume.csv")
+    if resume and log.exists():
+        shutil.copy(log, backup)  # Lightning's CSVLogger starts metrics.csv afresh
+    start = time.time()
+    trainer.fit(model, datamodule=dm, ckpt_path=str(run.last) if resume else None)
+    wall = time.time() - start
+    if backup.exists():
+        _merge_logs(backup, log)
+        backup.unlink()
+
+    ckpt_cb = trainer.checkpoint_callback
+    previous = json.loads(run.summary.read_text()) if resume and run.summary.exists() else {}
+    summary = {
+        "data_root": str(dm.root),
+        "images": {s: int((dm.split == s).sum()) for s in ("train", "val", "test")},
+        "model": cfg["model"]["name"],
+        "image_size": int(cfg["data"]["image_size"]),
+        "epochs": int(trainer.current_epoch),
+        "best_epoch": _best_epoch(run),
+        "best_val_balanced_accuracy": float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None else None,
+        "best_val_metrics": _val_metrics_at(run, _best_epoch(run)),
+        "fit_seconds": round(wall + previous.get("fit_seconds", 0.0), 1),
+        "seconds_per_epoch": round(wall / max(1, trainer.current_epoch - previous.get("epochs", 0)), 1),
+        "train_mean": dm.mean,
+        "train_std": dm.std,
+    }
+    atomic_write_json(run.summary, summary)
+    return summary
+
+
+def _merge_logs(before: Path, log: Path) -> None:
+    """The epochs logged before a resume, then everything logged since, as one metrics.csv."""
+    import pandas as pd
+
+    old, new = pd.read_csv(before), pd.read_csv(log)
+    merged = pd.concat([old[old["epoch"] < new["epoch"].min()], new], ignore_index=True)
+    with atomic_path(log) as tmp:
+        merged.to_csv(tmp, index=False)
+
+
+def _best_epoch(run: RunDir) -> int | None:
+    import torch
+
+    if not run.best.exists():
+        return None
+    return int(torch.load(run.best, map_location="cpu", weights_only=True)["epoch"])
+
+
+def _val_metrics_at(run: RunDir, epoch: int | None) -> dict:
+    """The validation metrics logged for `epoch` (from logs/metrics.csv)."""
+    import pandas as pd
+
+    log = run.path / "logs" / "metrics.csv"
+    if epoch is None or not log.exists():
+        return {}
+    df = pd.read_csv(log)
+    rows = df[(df["epoch"] == epoch) & df["val/balanced_accuracy"].notna()] if "val/balanced_accuracy" in df else df[:0]
+    if rows.empty:
+        return {}
+    row = rows.iloc[-1]
+    return {k[4:]: round(float(row[k]), 4) for k in df.columns if k.startswith("val/") and pd.notna(row[k])}

@@ -1,0 +1,31 @@
+"""Configs: defaults, --set overrides parsed as YAML, unknown keys refused, saved and reloaded."""
+from __future__ import annotations
+
+import pytest
+
+from lesion_pl.config import load_config, read_yaml, save_config
+from lesion_pl.errors import LesionPLError
+
+
+def test_overrides_parse_values():
+    cfg = load_config(None, ["data.image_size=64", "model.widths=[8,16]", "trainer.max_time=null",
+                             "model.name=resnet18", "optim.lr=1e-3"])
+    assert cfg["data"]["image_size"] == 64
+    assert cfg["model"]["widths"] == [8, 16]
+    assert cfg["model"]["name"] == "resnet18"
+    assert cfg["optim"]["lr"] == pytest.approx(1e-3)
+
+
+def test_unknown_key_is_an_error():
+    with pytest.raises(LesionPLError, match="unknown config key 'data.imagesize'"):
+        load_config(None, ["data.imagesize=64"])
+    with pytest.raises(LesionPLError, match="key=value"):
+        load_config(None, ["data.image_size"])
+
+
+def test_user_file_over_defaults_and_roundtrip(tmp_path):
+    (tmp_path / "c.yaml").write_text("data:\n  batch_size: 8\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert cfg["data"]["batch_size"] == 8 and cfg["data"]["image_size"] > 0
+    save_config(cfg, tmp_path / "out.yaml")
+    assert read_yaml(tmp_path / "out.yaml") == cfg

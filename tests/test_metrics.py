@@ -1,0 +1,62 @@
+"""Metrics against values computed by hand on a small example."""
+from __future__ import annotations
+
+import pytest
+import torch
+from sklearn.metrics import balanced_accuracy_score
+
+from lesion_pl.classes import CLASSES
+from lesion_pl.evaluate.metrics import metric_collection, metrics_report
+
+I = {c: i for i, c in enumerate(CLASSES)}
+
+
+def one_hot_probs(preds, confidences):
+    p = torch.full((len(preds), 7), 0.0)
+    for row, (c, conf) in enumerate(zip(preds, confidences)):
+        p[row] = (1 - conf) / 6
+        p[row, I[c]] = conf
+    return p
+
+
+@pytest.fixture()
+def example():
+    # 8 images: 3 nv (2 right), 3 mel (1 right, 2 called nv), 1 bcc (right), 1 bkl (called mel)
+    target = torch.tensor([I[c] for c in ["nv", "nv", "nv", "mel", "mel", "mel", "bcc", "bkl"]])
+    preds = ["nv", "nv", "mel", "mel", "nv", "nv", "bcc", "mel"]
+    conf = [0.9, 0.8, 0.6, 0.7, 0.6, 0.55, 0.9, 0.5]
+    return one_hot_probs(preds, conf), target
+
+
+def test_report_against_hand_computed(example):
+    probs, target = example
+    r = metrics_report(probs, target)
+    assert r["n_images"] == 8
+    assert r["accuracy"] == pytest.approx(4 / 8)
+    # recalls of the classes present: nv 2/3, mel 1/3, bcc 1, bkl 0; classes absent from both targets
+    # and predictions are left out of the macro average (as sklearn's balanced_accuracy_score does)
+    assert r["per_class"]["nv"]["recall"] == pytest.approx(2 / 3)
+    assert r["per_class"]["mel"]["recall"] == pytest.approx(1 / 3)
+    assert r["per_class"]["mel"]["precision"] == pytest.approx(1 / 3)  # 3 called mel, 1 right
+    assert r["per_class"]["nv"]["precision"] == pytest.approx(2 / 4)
+    assert r["per_class"]["nv"]["f1"] == pytest.approx(2 * (2 / 3) * 0.5 / (2 / 3 + 0.5))
+    assert r["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 3 + 1 + 0) / 4)
+    assert r["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(target, probs.argmax(1)))
+    assert r["per_class"]["mel"]["support"] == 3 and r["per_class"]["df"]["support"] == 0
+    # malignant vs benign: malignant = 3 mel + 1 bcc; malignancy prob = p(akiec)+p(bcc)+p(mel)
+    mal = probs[:, [I["akiec"], I["bcc"], I["mel"]]].sum(1)
+    is_mal = torch.tensor([0, 0, 0, 1, 1, 1, 1, 0])
+    pairs = [(m, b) for m in mal[is_mal == 1] for b in mal[is_mal == 0]]
+    auc = sum(1.0 if m > b else 0.5 if m == b else 0.0 for m, b in pairs) / len(pairs)
+    assert r["auroc_malignant"] == pytest.approx(auc)
+
+
+def test_collection_per_class_keys(example):
+    probs, target = example
+    coll = metric_collection(per_class=True).clone(prefix="val/")
+    coll.update(probs[:4], target[:4])
+    coll.update(probs[4:], target[4:])
+    out = coll.compute()
+    assert out["val/recall_nv"] == pytest.approx(2 / 3)
+    assert out["val/accuracy"] == pytest.approx(0.5)
+    assert {f"val/auroc_{c}" for c in CLASSES} <= set(out)

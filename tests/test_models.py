@@ -1,0 +1,49 @@
+"""Networks and the LightningModule: output shapes, timm by name, local weights, normalisation."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lesion_pl.config import load_config
+from lesion_pl.errors import LesionPLError
+from lesion_pl.models import build_network
+from lesion_pl.models.lesion_cnn import LesionCNN
+from lesion_pl.module import LesionClassifier
+
+
+@pytest.mark.parametrize("size", [64, 96, 150])
+def test_lesion_cnn_shapes(size):
+    net = LesionCNN(7, widths=(8, 16, 32, 64)).eval()
+    assert net(torch.randn(3, 3, size, size)).shape == (3, 7)
+
+
+def test_timm_model_by_name():
+    cfg = load_config(None, ["model.name=resnet18"])["model"]
+    net = build_network(cfg).eval()
+    assert net(torch.randn(2, 3, 64, 64)).shape == (2, 7)
+
+
+def test_unknown_model_name():
+    with pytest.raises(LesionPLError, match="unknown model 'no_such_net'"):
+        build_network(load_config(None, ["model.name=no_such_net"])["model"])
+
+
+def test_local_weights_file(tmp_path):
+    cfg = load_config(None, ["model.widths=[8,16,32,64]"])["model"]
+    src = build_network(cfg)
+    torch.save(src.state_dict(), tmp_path / "w.pth")
+    net = build_network(dict(cfg, weights=str(tmp_path / "w.pth")))
+    for a, b in zip(src.state_dict().values(), net.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(LesionPLError, match="does not exist"):
+        build_network(dict(cfg, weights=str(tmp_path / "missing.pth")))
+
+
+def test_module_normalises_uint8_with_train_stats():
+    cfg = load_config(None, ["model.widths=[8,16,32,64]"])
+    m = LesionClassifier(cfg, mean=[0.5, 0.4, 0.3], std=[0.2, 0.2, 0.2]).eval()
+    x = torch.full((1, 3, 8, 8), 255 * 0.7, dtype=torch.float32).to(torch.uint8)
+    z = m.normalize(x)
+    assert torch.allclose(z[0, :, 0, 0], (x[0, :, 0, 0].float() / 255 - torch.tensor([0.5, 0.4, 0.3])) / 0.2,
+                          atol=1e-5)
+    assert m(torch.zeros(2, 3, 64, 64, dtype=torch.uint8)).shape == (2, 7)
