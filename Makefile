@@ -1,0 +1,32 @@
+# Two entry points (see README): `make run` does the main job, `make test` runs the test suite.
+# Both create (or reuse) the virtual environment .venv from requirements.txt.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+RUN    ?= runs/ham10000
+FIT_ARGS ?=
+
+.PHONY: install run test test-slow clean-venv
+
+$(VENV)/.installed: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -r requirements.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+# The main job on the default data: check the data, train, evaluate on the held-out test split.
+run: install
+	$(BIN)/python cli.py data summary
+	@if [ -f $(RUN)/summary.json ]; then echo "$(RUN) is already trained; skipping fit (rm -r $(RUN) to retrain)"; \
+	 else $(BIN)/python cli.py fit --out $(RUN) $(FIT_ARGS); fi
+	$(BIN)/python cli.py test --run $(RUN)
+
+test: install
+	$(BIN)/python -m pytest
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow
+
+clean-venv:
+	rm -rf $(VENV)

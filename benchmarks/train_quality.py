@@ -1,0 +1,53 @@
+"""Train the default config on the full HAM10000 and report held-out test quality and time.
+
+    python benchmarks/train_quality.py [--out runs/quality] [--minutes 60] [-- extra fit args]
+
+Trains with a wall-clock budget (trainer.max_time), picks the checkpoint on validation balanced
+accuracy, then evaluates it once on the test split. Prints the machine, the config and the figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "quality")
+    ap.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget for training")
+    ap.add_argument("extra", nargs="*", help="extra `cli.py fit` arguments (after --)")
+    args = ap.parse_args()
+    minutes = int(args.minutes)
+    budget = f"00:{minutes // 60:02d}:{minutes % 60:02d}:00"
+    fit = [sys.executable, str(ROOT / "cli.py"), "fit", "--out", str(args.out), "--quiet",
+           "--set", f"trainer.max_time={budget}", *args.extra]
+    start = time.time()
+    subprocess.run(fit, check=True)
+    fit_wall = time.time() - start
+    subprocess.run([sys.executable, str(ROOT / "cli.py"), "test", "--run", str(args.out), "--quiet"], check=True)
+
+    summary = json.loads((args.out / "summary.json").read_text())
+    metrics = json.loads((args.out / "test" / "metrics.json").read_text())
+    import torch
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__}, {'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}")
+    print(f"config: configs/ham10000.yaml {' '.join(args.extra)} (model {summary['model']}, "
+          f"{summary['image_size']} px), training budget {budget}")
+    print(f"epochs run: {summary['epochs']}, best epoch (val): {summary['best_epoch']}, "
+          f"val balanced accuracy {summary['best_val_balanced_accuracy']:.4f}")
+    print(f"seconds per epoch: {summary['seconds_per_epoch']}, fit wall time: {fit_wall / 60:.1f} min")
+    print(f"TEST ({metrics['n_images']} images): balanced accuracy {metrics['balanced_accuracy']:.4f}, "
+          f"accuracy {metrics['accuracy']:.4f}, macro AUROC {metrics['auroc_macro']:.4f}, "
+          f"malignant-vs-benign AUROC {metrics['auroc_malignant']:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""lesion-pl command line: fit, test and inspect skin-lesion classifiers.
+
+Thin on purpose: parses arguments and calls lesion_pl; heavy imports happen inside the commands.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from lesion_pl.errors import LesionPLError
+
+app = typer.Typer(help="Train, evaluate and export CNN classifiers for dermoscopic skin-lesion images.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Look at a dataset: sizes, classes, splits.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def friendly_errors(fn):
+    """A LesionPLError becomes one line on stderr and exit code 2, not a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LesionPLError as e:
+            typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(2)
+    return wrapper
+
+
+CONFIG_OPT = typer.Option(None, "--config", "-c", help="YAML config (default: configs/ham10000.yaml).")
+DATA_ROOT_OPT = typer.Option(None, "--data-root", "-d",
+                             help="Dataset folder (default: $LESION_PL_DATA/ham10000, else data/ham10000).")
+SET_OPT = typer.Option(None, "--set", "-s", help="Override a config key: --set data.image_size=96 (repeatable).")
+
+
+@app.command()
+@friendly_errors
+def fit(
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder for config, splits, checkpoints, logs."),
+    config: Optional[Path] = CONFIG_OPT,
+    data_root: Optional[Path] = DATA_ROOT_OPT,
+    max_epochs: Optional[int] = typer.Option(None, help="Override trainer.max_epochs."),
+    seed: Optional[int] = typer.Option(None, help="Override the seed (training and split)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run from its last.ckpt."),
+    overrides: Optional[List[str]] = SET_OPT,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Train a model; writes the resolved config, splits.csv, logs and checkpoints into --out."""
+    from lesion_pl.config import load_config
+    from lesion_pl.training import fit as run_fit
+
+    sets = list(overrides or [])
+    if data_root is not None:
+        sets.append(f"data.root={data_root}")
+    if max_epochs is not None:
+        sets.append(f"trainer.max_epochs={max_epochs}")
+    if seed is not None:
+        sets += [f"seed={seed}", f"data.splits.seed={seed}"]
+    if resume and config is None and (out / "config.yaml").exists():
+        config = out / "config.yaml"
+    cfg = load_config(config, sets)
+    summary = run_fit(cfg, out, resume=resume, progress=not quiet)
+    typer.echo(f"best val balanced accuracy {summary['best_val_balanced_accuracy']:.4f} "
+               f"(epoch {summary['best_epoch']}), {summary['epochs']} epochs in {summary['fit_seconds']:.0f} s; "
+               f"run folder: {out}")
+
+
+@app.command()
+@friendly_errors
+def test(
+    run: Path = typer.Option(..., "--run", "-r", help="Run folder made by `fit`."),
+    data_root: Optional[Path] = DATA_ROOT_OPT,
+    split: str = typer.Option("test", help="Which split to evaluate: test, val, train or all."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Evaluate the run's best checkpoint; writes RUN/test/metrics.json, predictions.csv and plots."""
+    from lesion_pl.evaluate.run_test import format_report, test_run
+
+    report = test_run(run, data_root, split, progress=not quiet)
+    typer.echo(format_report(report))
+    typer.echo(f"\nwrote {run / 'test'}/metrics.json, predictions.csv, confusion_matrix.png, roc.png")
+
+
+@data_app.command("summary")
+@friendly_errors
+def data_summary(
+    data_root: Optional[Path] = DATA_ROOT_OPT,
+    config: Optional[Path] = CONFIG_OPT,
+    splits: Optional[Path] = typer.Option(None, help="A splits.csv to use instead of making the split."),
+    overrides: Optional[List[str]] = SET_OPT,
+):
+    """Images, lesions and class counts per split; checks that no lesion is in two splits."""
+    from lesion_pl.config import load_config, resolve_data_root
+    from lesion_pl.data.sources import read_source
+    from lesion_pl.data.splits import check_no_leak, make_splits, read_splits, summarize
+
+    sets = list(overrides or []) + ([f"data.root={data_root}"] if data_root else [])
+    cfg = load_config(config, sets)
+    root = resolve_data_root(cfg)
+    table = read_source(cfg["data"]["format"], root)
+    s = cfg["data"]["splits"]
+    split = read_splits(table, splits) if splits else make_splits(table, s, int(s.get("seed", cfg["seed"])))
+    check_no_leak(table, split)
+    typer.echo(f"{root}: {len(table)} images, {table['group'].nunique()} lesions, "
+               f"{'split from ' + str(splits) if splits else 'split seed ' + str(s.get('seed', cfg['seed']))}")
+    typer.echo(summarize(table, split).to_string())
+    typer.echo("no lesion is in two splits")
+
+
+if __name__ == "__main__":
+    sys.exit(app())

@@ -1,0 +1,130 @@
+"""The command line end to end on real images: fit, resume, test, data summary, and bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from cli import app
+from lesion_pl.classes import CLASSES
+
+from .conftest import PROJECT, make_dataset, sample_meta
+
+runner = CliRunner()
+FAST = ["--set", "data.image_size=48", "--set", "model.widths=[8,16,32,64]", "--set", "data.batch_size=16",
+        "--set", "data.num_workers=0", "--set", "trainer.limit_train_batches=3", "--quiet"]
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result
+
+
+@pytest.fixture(scope="module")
+def fitted(small_ham, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "e2e"
+    r = invoke("fit", "--data-root", small_ham, "--out", out, "--max-epochs", 2, *FAST)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_fit_writes_a_complete_run_folder(fitted, small_ham):
+    cfg = yaml.safe_load((fitted / "config.yaml").read_text())
+    assert cfg["data"]["image_size"] == 48 and cfg["data"]["root"] == str(small_ham)
+    splits = pd.read_csv(fitted / "splits.csv")
+    meta = pd.read_csv(small_ham / "HAM10000_metadata.csv")
+    assert sorted(splits["image_id"]) == sorted(meta["image_id"])
+    assert (splits.groupby("group")["split"].nunique() == 1).all()
+    summary = json.loads((fitted / "summary.json").read_text())
+    assert summary["epochs"] == 2 and 0 <= summary["best_val_balanced_accuracy"] <= 1
+    log = pd.read_csv(fitted / "logs" / "metrics.csv")
+    assert {"train/loss_epoch", "val/balanced_accuracy", "val/auroc_malignant", "val/recall_mel",
+            "lr-AdamW/pg1"} <= set(log.columns)
+    for name in ("best.ckpt", "last.ckpt"):
+        ckpt = torch.load(fitted / "checkpoints" / name, map_location="cpu", weights_only=True)
+        assert "normalize.mean" in ckpt["state_dict"]
+
+
+def test_test_writes_metrics_predictions_and_plots(fitted):
+    r = invoke("test", "--run", fitted, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "balanced_accuracy" in r.output and "auroc_malignant" in r.output
+    m = json.loads((fitted / "test" / "metrics.json").read_text())
+    for key in ("n_images", "accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro",
+                "auroc_macro", "auroc_malignant"):
+        assert key in m
+    assert set(m["per_class"]) == set(CLASSES)
+    assert set(m["per_class"]["mel"]) == {"precision", "recall", "f1", "auroc", "support"}
+    splits = pd.read_csv(fitted / "splits.csv")
+    n_test = int((splits["split"] == "test").sum())
+    assert m["n_images"] == n_test == sum(v["support"] for v in m["per_class"].values())
+    preds = pd.read_csv(fitted / "test" / "predictions.csv")
+    assert len(preds) == n_test
+    probs = preds[[f"p_{c}" for c in CLASSES]].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+    for png in ("confusion_matrix.png", "roc.png"):
+        with Image.open(fitted / "test" / png) as im:
+            assert im.size[0] > 500 and im.size[1] > 300
+
+
+def test_resume_continues_from_last(fitted):
+    r = invoke("fit", "--out", fitted, "--resume", "--max-epochs", 3, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert json.loads((fitted / "summary.json").read_text())["epochs"] == 3
+    log = pd.read_csv(fitted / "logs" / "metrics.csv")
+    assert sorted(log["epoch"].dropna().unique()) == [0, 1, 2]  # history before the resume is kept
+    r = invoke("fit", "--out", fitted, "--max-epochs", 3, *FAST)
+    assert r.exit_code == 2 and "already holds checkpoints" in r.output
+
+
+def test_data_summary(small_ham):
+    r = invoke("data", "summary", "--data-root", small_ham)
+    assert r.exit_code == 0, r.output
+    assert "no lesion is in two splits" in r.output
+    assert "lesions" in r.output and "mel" in r.output
+
+
+def _fails_cleanly(args, out, message):
+    """Exit code 2, one line naming the problem, no traceback, nothing written to the run folder."""
+    proc = subprocess.run([sys.executable, str(PROJECT / "cli.py"), *map(str, args)], capture_output=True,
+                          text=True, cwd=PROJECT)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert message in proc.stderr
+    assert not out.exists()
+
+
+def test_missing_data_root(tmp_path):
+    _fails_cleanly(["fit", "--data-root", tmp_path / "nope", "--out", tmp_path / "run"], tmp_path / "run",
+                   "does not exist")
+
+
+def test_bad_datasets_fail_before_anything_is_written(ham_root, ham_meta, tmp_path):
+    meta = sample_meta(ham_meta, 30)
+    no_col = make_dataset(ham_root, meta.drop(columns="lesion_id"), tmp_path / "no_col")
+    r = invoke("fit", "--data-root", no_col, "--out", tmp_path / "r1", *FAST)
+    assert r.exit_code == 2 and "missing column(s) lesion_id" in r.output and not (tmp_path / "r1").exists()
+
+    corrupt = make_dataset(ham_root, meta, tmp_path / "corrupt")
+    victim = corrupt / "images" / f"{meta['image_id'][0]}.jpg"
+    victim.write_bytes(b"not a jpeg at all")
+    r = invoke("fit", "--data-root", corrupt, "--out", tmp_path / "r2", *FAST)
+    assert r.exit_code == 2 and victim.name in r.output and not (tmp_path / "r2").exists()
+
+    ok = make_dataset(ham_root, meta, tmp_path / "ok")
+    r = invoke("fit", "--data-root", ok, "--out", tmp_path / "r3", "--set",
+               "data.splits={train: 0.85, val: 0.15, test: 0.0}", *FAST)
+    assert r.exit_code == 2 and "the test split is empty" in r.output and not (tmp_path / "r3").exists()
+
+
+def test_test_without_a_run(tmp_path):
+    r = invoke("test", "--run", tmp_path / "nothing")
+    assert r.exit_code == 2 and "fit --out" in r.output
