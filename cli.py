@@ -85,6 +85,66 @@ def test(
     typer.echo(f"\nwrote {run / 'test'}/metrics.json, predictions.csv, confusion_matrix.png, roc.png")
 
 
+@app.command()
+@friendly_errors
+def export(
+    run: Path = typer.Option(..., "--run", "-r", help="Run folder made by `fit`."),
+    opset: int = typer.Option(18, help="ONNX opset (17 or newer)."),
+    int8: bool = typer.Option(False, "--int8", help="Also write model.int8.onnx and compare it with fp32."),
+    data_root: Optional[Path] = DATA_ROOT_OPT,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Export the best checkpoint to RUN/export/model.onnx and verify it against PyTorch on real images."""
+    from export.run_export import export_run
+
+    r = export_run(run, opset=opset, int8=int8, data_root=data_root, progress=not quiet)
+    p = r["parity"]
+    typer.echo(f"wrote {r['model']} (opset {r['opset']}, {r['size_bytes'] / 1e6:.2f} MB)")
+    typer.echo(f"parity on {p['n_images']} real images: max |onnxruntime - PyTorch| probability "
+               f"{p['max_abs_diff']:.2e}, same top class on {p['argmax_agree']}/{p['n_images']}")
+    if "int8" in r:
+        q = r["int8"]
+        typer.echo(f"wrote {q['model']} ({q['quantization']} int8, {q['size_bytes'] / 1e6:.2f} MB); "
+                   f"on {q['test_images']} test images:")
+        for name in ("fp32", "int8"):
+            m = q[name]
+            typer.echo(f"  {name}: accuracy {m['accuracy']:.4f}, balanced accuracy {m['balanced_accuracy']:.4f}, "
+                       f"{m['images_per_s_batch32']:.0f} images/s at batch 32")
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _expand(inputs: List[Path]) -> List[Path]:
+    files: List[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            files.append(item)  # a missing or unreadable file is reported by the predictor
+    return files
+
+
+@app.command()
+@friendly_errors
+def predict(
+    images: List[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    model: Path = typer.Option(..., "--model", "-m", help="An ONNX file made by `export`."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the predictions to a .csv or .json file."),
+    batch_size: int = typer.Option(32, help="Images per onnxruntime call."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+):
+    """Predict with an exported model (onnxruntime only, no torch): top class, probability, malignancy."""
+    from export.predict_table import predict_table
+
+    files = _expand(images)
+    if not files:
+        raise LesionPLError(f"no image files in {', '.join(map(str, images))}")
+    failed = predict_table(model, files, out, batch_size, progress=not quiet and len(files) > 50)
+    if failed:
+        raise typer.Exit(1)
+
+
 @data_app.command("summary")
 @friendly_errors
 def data_summary(

@@ -63,3 +63,27 @@ def make_dataset(ham_root: Path, meta: pd.DataFrame, dest: Path, layout: str = "
 def small_ham(ham_root, ham_meta, tmp_path_factory) -> Path:
     """About 210 real images, 30 lesions per class, in the flat layout (fast end-to-end runs)."""
     return make_dataset(ham_root, sample_meta(ham_meta, 30), tmp_path_factory.mktemp("small_ham"))
+
+
+FAST = ["--set", "data.image_size=48", "--set", "model.widths=[8,16,32,64]", "--set", "data.batch_size=16",
+        "--set", "data.num_workers=0", "--set", "trainer.limit_train_batches=3", "--quiet"]
+
+
+def invoke(*args):
+    """Run the CLI in-process (typer's CliRunner); returns the result with exit_code and output."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="session")
+def trained_run(small_ham, tmp_path_factory) -> Path:
+    """A tiny model fitted (2 epochs, few batches) and tested on real images."""
+    out = tmp_path_factory.mktemp("runs") / "trained"
+    r = invoke("fit", "--data-root", small_ham, "--out", out, "--max-epochs", 2, *FAST)
+    assert r.exit_code == 0, r.output
+    r = invoke("test", "--run", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    return out

@@ -11,25 +11,15 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from typer.testing import CliRunner
-
-from cli import app
 from lesion_pl.classes import CLASSES
 
-from .conftest import PROJECT, make_dataset, sample_meta
+from .conftest import FAST, PROJECT, invoke, make_dataset, sample_meta
 
-runner = CliRunner()
-FAST = ["--set", "data.image_size=48", "--set", "model.widths=[8,16,32,64]", "--set", "data.batch_size=16",
-        "--set", "data.num_workers=0", "--set", "trainer.limit_train_batches=3", "--quiet"]
-
-
-def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    return result
 
 
 @pytest.fixture(scope="module")
 def fitted(small_ham, tmp_path_factory):
+    """A run of its own: these tests resume it."""
     out = tmp_path_factory.mktemp("runs") / "e2e"
     r = invoke("fit", "--data-root", small_ham, "--out", out, "--max-epochs", 2, *FAST)
     assert r.exit_code == 0, r.output
@@ -92,7 +82,7 @@ def test_data_summary(small_ham):
     assert "lesions" in r.output and "mel" in r.output
 
 
-def _fails_cleanly(args, out, message):
+def fails_cleanly(args, out, message):
     """Exit code 2, one line naming the problem, no traceback, nothing written to the run folder."""
     proc = subprocess.run([sys.executable, str(PROJECT / "cli.py"), *map(str, args)], capture_output=True,
                           text=True, cwd=PROJECT)
@@ -103,7 +93,7 @@ def _fails_cleanly(args, out, message):
 
 
 def test_missing_data_root(tmp_path):
-    _fails_cleanly(["fit", "--data-root", tmp_path / "nope", "--out", tmp_path / "run"], tmp_path / "run",
+    fails_cleanly(["fit", "--data-root", tmp_path / "nope", "--out", tmp_path / "run"], tmp_path / "run",
                    "does not exist")
 
 

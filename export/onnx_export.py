@@ -1,0 +1,92 @@
+"""Checkpoint -> model.onnx: uint8 NHWC images in, probabilities and logits out, normalisation in the
+graph, metadata that makes the file self-describing, and a parity check against PyTorch."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lesion_pl import __version__
+from lesion_pl.classes import CLASSES, DISPLAY_NAMES, MALIGNANT
+from lesion_pl.errors import LesionPLError
+from lesion_pl.io import atomic_path
+from lesion_pl.preprocess import RESIZE_POLICY
+
+from .metadata import PREFIX
+
+MIN_OPSET = 17
+PARITY_TOLERANCE = 1e-4
+
+
+class OnnxWrapper(nn.Module):
+    """uint8 images [N, H, W, 3] -> (softmax probabilities [N, 7], logits [N, 7])."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier
+        self.classifier.channels_last = False  # a memory layout hint means nothing in ONNX
+
+    def forward(self, images: torch.Tensor):
+        logits = self.classifier(images.permute(0, 3, 1, 2))
+        return logits.softmax(dim=1), logits
+
+
+def metadata(run_summary: dict, image_size: int, mean: list, std: list) -> dict[str, str]:
+    meta = {
+        "classes": json.dumps(list(CLASSES)),
+        "display_names": json.dumps([DISPLAY_NAMES[c] for c in CLASSES]),
+        "malignant": json.dumps(list(MALIGNANT)),
+        "input_height": str(image_size),
+        "input_width": str(image_size),
+        "input_layout": "NHWC",
+        "input_dtype": "uint8 RGB 0..255 (normalisation is inside the graph)",
+        "resize_policy": RESIZE_POLICY.replace("SIZE", str(image_size)),
+        "normalization": json.dumps({"mean": mean, "std": std, "scale": "0..1"}),
+        "version": __version__,
+        "model": str(run_summary.get("model", "")),
+        "val_metrics": json.dumps(run_summary.get("best_val_metrics", {})),
+    }
+    return {PREFIX + k: v for k, v in meta.items()}
+
+
+def export_onnx(classifier: nn.Module, image_size: int, path: Path, opset: int, meta: dict[str, str]) -> Path:
+    import onnx
+
+    max_opset = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= max_opset:
+        raise LesionPLError(f"--opset {opset} is not supported: use {MIN_OPSET} to {max_opset}")
+    wrapper = OnnxWrapper(classifier).eval()
+    example = (torch.zeros(2, image_size, image_size, 3, dtype=torch.uint8),)
+    names = dict(input_names=["images"], output_names=["probabilities", "logits"])
+    with atomic_path(Path(path)) as tmp:
+        if opset >= 18:  # the torch.export-based exporter starts at opset 18
+            torch.onnx.export(wrapper, example, str(tmp), opset_version=opset, dynamo=True, verbose=False,
+                              dynamic_shapes={"images": {0: torch.export.Dim("batch")}}, **names)
+        else:
+            torch.onnx.export(wrapper, example, str(tmp), opset_version=opset, dynamo=False,
+                              dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"},
+                                            "logits": {0: "batch"}}, **names)
+        model = onnx.load(str(tmp))
+        for key, value in meta.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.checker.check_model(model)
+        onnx.save(model, str(tmp))
+    return Path(path)
+
+
+@torch.inference_mode()
+def parity(classifier: nn.Module, onnx_path: Path, images: np.ndarray) -> dict:
+    """onnxruntime vs PyTorch on the same uint8 images: max |probability difference|, argmax agreement."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    wrapper = OnnxWrapper(classifier).eval()
+    torch_probs = wrapper(torch.from_numpy(np.ascontiguousarray(images)))[0].numpy()
+    onnx_probs = session.run(["probabilities"], {"images": images})[0]
+    return {"n_images": int(len(images)),
+            "max_abs_diff": float(np.abs(torch_probs - onnx_probs).max()),
+            "argmax_agree": int((torch_probs.argmax(1) == onnx_probs.argmax(1)).sum())}

@@ -1,0 +1,142 @@
+"""Run a lesion-pl ONNX model with onnxruntime, numpy and Pillow only (no torch).
+
+    from export.runtime import LesionOnnxClassifier
+    clf = LesionOnnxClassifier("runs/NAME/export/model.onnx")
+    result = clf.predict(["a.jpg", pil_image, uint8_array])
+    result.top_class, result.top_probability, result.malignancy, result.probabilities
+
+Images of any size and mode: EXIF orientation applied, converted to RGB, resized as the model's
+metadata says (the same function training used).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+from lesion_pl.errors import LesionPLError
+from lesion_pl.preprocess import ImageReadError, load_rgb, resize_center_crop, to_rgb
+
+from .metadata import PREFIX, REQUIRED
+
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+
+@dataclass
+class Predictions:
+    classes: tuple[str, ...]
+    probabilities: np.ndarray  # [N, C]
+    malignancy: np.ndarray  # [N], sum of the malignant classes' probabilities
+
+    @property
+    def top_index(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1)
+
+    @property
+    def top_class(self) -> list[str]:
+        return [self.classes[i] for i in self.top_index]
+
+    @property
+    def top_probability(self) -> np.ndarray:
+        return self.probabilities.max(axis=1)
+
+    def __len__(self) -> int:
+        return len(self.probabilities)
+
+
+def _array_to_image(arr: np.ndarray) -> Image.Image:
+    if arr.dtype != np.uint8:  # 16-bit or float images: scale to 0..255
+        arr = arr.astype(np.float64)
+        arr = (arr / max(float(arr.max()), 1e-12) * 255.0).clip(0, 255).astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise LesionPLError(f"an image array must be HxW, HxWx3 or HxWx4, got shape {arr.shape}")
+    return Image.fromarray(arr)
+
+
+class LesionOnnxClassifier:
+    def __init__(self, model_path: str | os.PathLike, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(model_path)
+        if not self.path.is_file():
+            raise LesionPLError(f"model file {self.path} does not exist; `python cli.py export --run RUN` makes one")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise LesionPLError(f"{self.path} is not an ONNX model onnxruntime can load: "
+                                f"{str(e).splitlines()[0][:200]}") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        missing = [k for k in REQUIRED if PREFIX + k not in meta]
+        if missing:
+            raise LesionPLError(f"{self.path} has no lesion-pl metadata ({', '.join(PREFIX + k for k in missing)}); "
+                                "export it with `python cli.py export`")
+        self.metadata = {k[len(PREFIX):]: v for k, v in meta.items() if k.startswith(PREFIX)}
+        self.classes = tuple(json.loads(self.metadata["classes"]))
+        self.display_names = tuple(json.loads(self.metadata["display_names"]))
+        malignant = set(json.loads(self.metadata["malignant"]))
+        self.malignant_indices = [i for i, c in enumerate(self.classes) if c in malignant]
+        self.size = int(self.metadata["input_height"])
+
+    def preprocess(self, image: ImageLike) -> np.ndarray:
+        """One image -> uint8 [size, size, 3], exactly as training saw it."""
+        if isinstance(image, (str, os.PathLike)):
+            img = load_rgb(image)
+        elif isinstance(image, Image.Image):
+            img = to_rgb(image)
+        elif isinstance(image, np.ndarray):
+            img = to_rgb(_array_to_image(image))
+        else:
+            raise LesionPLError(f"cannot predict on a {type(image).__name__}: give a path, a PIL image or an array")
+        return resize_center_crop(img, self.size)
+
+    def predict_arrays(self, batch: np.ndarray) -> Predictions:
+        """Preprocessed uint8 [N, size, size, 3] -> predictions."""
+        probs = self.session.run(["probabilities"], {"images": np.ascontiguousarray(batch, dtype=np.uint8)})[0]
+        return Predictions(self.classes, probs, probs[:, self.malignant_indices].sum(axis=1))
+
+    def predict(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 32) -> Predictions:
+        if isinstance(images, (str, os.PathLike, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim <= 3):
+            images = [images]
+        parts = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            parts.append(self.predict_arrays(np.stack([self.preprocess(im) for im in chunk])).probabilities)
+        probs = np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), np.float32)
+        return Predictions(self.classes, probs, probs[:, self.malignant_indices].sum(axis=1))
+
+    def predict_files(self, paths: Iterable[str | os.PathLike], batch_size: int = 32, progress: bool = False):
+        """Predict every readable file; returns (paths predicted, Predictions, [(path, error), ...])."""
+        from tqdm.auto import tqdm
+
+        paths = list(paths)
+        done, probs, errors = [], [], []
+        batch, batch_paths = [], []
+
+        def flush():
+            if batch:
+                probs.append(self.predict_arrays(np.stack(batch)).probabilities)
+                done.extend(batch_paths)
+                batch.clear()
+                batch_paths.clear()
+
+        for p in tqdm(paths, desc="predicting", unit="img", disable=not progress):
+            try:
+                batch.append(self.preprocess(p))
+                batch_paths.append(p)
+            except (ImageReadError, LesionPLError) as e:
+                errors.append((p, str(e)))
+            if len(batch) == batch_size:
+                flush()
+        flush()
+        all_probs = np.concatenate(probs) if probs else np.zeros((0, len(self.classes)), np.float32)
+        return done, Predictions(self.classes, all_probs, all_probs[:, self.malignant_indices].sum(axis=1)), errors

@@ -1,0 +1,154 @@
+"""Export to ONNX and the torch-free runtime: parity with PyTorch on real images, metadata, int8,
+image modes, and bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+from PIL import Image
+
+from export.runtime import LesionOnnxClassifier
+from lesion_pl.classes import CLASSES, MALIGNANT
+from lesion_pl.errors import LesionPLError
+
+from .conftest import PROJECT, invoke
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run):
+    r = invoke("export", "--run", trained_run, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "same top class on 64/64" in r.output
+    return trained_run / "export" / "model.onnx"
+
+
+def test_onnx_file_describes_itself(exported):
+    model = onnx.load(str(exported))
+    onnx.checker.check_model(model)
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert json.loads(meta["lesion_pl.classes"]) == list(CLASSES)
+    assert json.loads(meta["lesion_pl.malignant"]) == list(MALIGNANT)
+    assert meta["lesion_pl.input_height"] == meta["lesion_pl.input_width"] == "48"
+    assert meta["lesion_pl.input_layout"] == "NHWC"
+    assert "centre crop" in meta["lesion_pl.resize_policy"]
+    (inp,) = model.graph.input
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [48, 48, 3]
+    assert [o.name for o in model.graph.output] == ["probabilities", "logits"]
+
+
+def test_runtime_matches_the_torch_test_run_on_real_images(exported, trained_run, small_ham):
+    """The whole torch path (cache, model) and the whole ONNX path (runtime preprocessing, onnxruntime)."""
+    torch_preds = pd.read_csv(trained_run / "test" / "predictions.csv")
+    files = [next(small_ham.rglob(f"{i}.jpg")) for i in torch_preds["image_id"]]
+    result = LesionOnnxClassifier(exported).predict(files, batch_size=16)
+    torch_probs = torch_preds[[f"p_{c}" for c in CLASSES]].to_numpy()
+    assert len(files) >= 20
+    assert np.abs(result.probabilities - torch_probs).max() <= 1e-4
+    assert result.top_class == torch_preds["pred"].tolist()
+    np.testing.assert_allclose(result.malignancy, torch_preds["malignant_prob"], atol=1e-4)
+
+
+def test_runtime_imports_and_predicts_without_torch(exported, small_ham):
+    image = next(small_ham.rglob("*.jpg"))
+    code = f"""
+import sys, json
+sys.modules['torch'] = None  # any 'import torch' now fails
+from export.runtime import LesionOnnxClassifier
+r = LesionOnnxClassifier({str(exported)!r}).predict([{str(image)!r}])
+assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules if sys.modules[m] is not None)
+print(json.dumps({{'top': r.top_class[0], 'sum': float(r.probabilities.sum())}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["top"] in CLASSES and out["sum"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_runtime_accepts_any_image_mode(exported, small_ham, tmp_path):
+    clf = LesionOnnxClassifier(exported)
+    src = Image.open(next(small_ham.rglob("*.jpg")))
+    rgb = np.asarray(src)
+    src.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    src.convert("RGBA").save(tmp_path / "rgba.png")
+    src.convert("L").save(tmp_path / "gray.png")
+    Image.fromarray((np.asarray(src.convert("L")).astype(np.uint16) * 257)).save(tmp_path / "gray16.png")
+    inputs = [tmp_path / "cmyk.jpg", tmp_path / "rgba.png", tmp_path / "gray.png", tmp_path / "gray16.png",
+              src, rgb, rgb.astype(np.uint16) * 257]
+    result = clf.predict(inputs)
+    assert result.probabilities.shape == (len(inputs), 7)
+    np.testing.assert_allclose(result.probabilities.sum(1), 1.0, atol=1e-4)
+    # the uint8 array, the PIL image and its 16-bit copy are the same picture
+    np.testing.assert_allclose(result.probabilities[5], result.probabilities[4], atol=1e-6)
+    np.testing.assert_allclose(result.probabilities[6], result.probabilities[4], atol=1e-2)
+
+
+def test_exif_orientation_is_applied(exported, small_ham, tmp_path):
+    clf = LesionOnnxClassifier(exported)
+    src = Image.open(next(small_ham.rglob("*.jpg")))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored pixels must be turned 90 degrees clockwise to display
+    src.save(tmp_path / "tagged.jpg", exif=exif, quality=95)
+    raw = np.asarray(Image.open(tmp_path / "tagged.jpg").convert("RGB"))
+    shown = clf.preprocess(tmp_path / "tagged.jpg")
+    expected = clf.preprocess(np.rot90(raw, k=-1).copy())
+    np.testing.assert_array_equal(shown, expected)
+
+
+def test_int8_export_reports_accuracy_and_keeps_metadata(trained_run):
+    r = invoke("export", "--run", trained_run, "--int8", "--quiet")
+    assert r.exit_code == 0, r.output
+    report = json.loads((trained_run / "export" / "export.json").read_text())
+    q = report["int8"]
+    assert q["size_bytes"] < report["size_bytes"]
+    for name in ("fp32", "int8"):
+        assert 0 <= q[name]["balanced_accuracy"] <= 1 and q[name]["images_per_s_batch32"] > 0
+    clf = LesionOnnxClassifier(trained_run / "export" / "model.int8.onnx")
+    assert clf.classes == CLASSES and clf.metadata["quantization"].startswith("int8")
+
+
+def test_predict_command_over_a_folder_with_a_bad_file(exported, small_ham, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for p in sorted(small_ham.rglob("*.jpg"))[:3]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    proc = subprocess.run([sys.executable, "cli.py", "predict", str(folder), "--model", str(exported),
+                           "--out", str(tmp_path / "p.csv")], capture_output=True, text=True, cwd=PROJECT)
+    assert proc.returncode == 1
+    assert "broken.jpg" in proc.stderr and "1 of 4 file(s) could not be predicted" in proc.stderr
+    table = pd.read_csv(tmp_path / "p.csv")
+    assert len(table) == 3 and set(table["top_class"]) <= set(CLASSES)
+    assert table["file"].str.endswith(".jpg").all()
+
+
+def test_bad_model_files(exported, tmp_path):
+    with pytest.raises(LesionPLError, match="does not exist"):
+        LesionOnnxClassifier(tmp_path / "missing.onnx")
+    (tmp_path / "text.onnx").write_text("hello")
+    with pytest.raises(LesionPLError, match="not an ONNX model"):
+        LesionOnnxClassifier(tmp_path / "text.onnx")
+    bare = onnx.load(str(exported))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    with pytest.raises(LesionPLError, match="no lesion-pl metadata"):
+        LesionOnnxClassifier(tmp_path / "bare.onnx")
+
+
+def test_unsupported_opset(trained_run):
+    r = invoke("export", "--run", trained_run, "--opset", "11", "--quiet")
+    assert r.exit_code == 2 and "--opset 11 is not supported" in r.output
+
+
+def test_opset_17(trained_run, tmp_path):
+    r = invoke("export", "--run", trained_run, "--opset", "17", "--quiet")
+    assert r.exit_code == 0 and "same top class on 64/64" in r.output, r.output
+    model = onnx.load(str(trained_run / "export" / "model.onnx"))
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [17]
