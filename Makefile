@@ -15,12 +15,16 @@ $(VENV)/.installed: requirements.txt
 
 install: $(VENV)/.installed
 
-# The main job on the default data: check the data, train, evaluate on the held-out test split.
+# The main job on the default data: check the data, train, evaluate on the held-out test split,
+# export to ONNX (verified against PyTorch) and predict a few images with the torch-free runtime.
 run: install
 	$(BIN)/python cli.py data summary
 	@if [ -f $(RUN)/summary.json ]; then echo "$(RUN) is already trained; skipping fit (rm -r $(RUN) to retrain)"; \
 	 else $(BIN)/python cli.py fit --out $(RUN) $(FIT_ARGS); fi
 	$(BIN)/python cli.py test --run $(RUN)
+	$(BIN)/python cli.py export --run $(RUN) --int8
+	$(BIN)/python cli.py predict "$${LESION_PL_DATA:-data}/ham10000" --model $(RUN)/export/model.onnx --limit 8 \
+	  --out $(RUN)/export/predictions_sample.csv
 
 test: install
 	$(BIN)/python -m pytest

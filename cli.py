@@ -132,12 +132,13 @@ def predict(
     model: Path = typer.Option(..., "--model", "-m", help="An ONNX file made by `export`."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the predictions to a .csv or .json file."),
     batch_size: int = typer.Option(32, help="Images per onnxruntime call."),
+    limit: Optional[int] = typer.Option(None, help="Predict only the first N files found."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Predict with an exported model (onnxruntime only, no torch): top class, probability, malignancy."""
     from export.predict_table import predict_table
 
-    files = _expand(images)
+    files = _expand(images)[:limit]
     if not files:
         raise LesionPLError(f"no image files in {', '.join(map(str, images))}")
     failed = predict_table(model, files, out, batch_size, progress=not quiet and len(files) > 50)

@@ -29,3 +29,18 @@ def test_user_file_over_defaults_and_roundtrip(tmp_path):
     assert cfg["data"]["batch_size"] == 8 and cfg["data"]["image_size"] > 0
     save_config(cfg, tmp_path / "out.yaml")
     assert read_yaml(tmp_path / "out.yaml") == cfg
+
+
+def test_cli_and_package_import_without_torch():
+    """`import lesion_pl` and `cli.py --help` stay fast: neither loads torch, Lightning or matplotlib."""
+    import subprocess
+    import sys
+
+    from .conftest import PROJECT
+
+    code = ("import sys, lesion_pl, cli; heavy = [m for m in ('torch', 'pytorch_lightning', 'matplotlib') "
+            "if m in sys.modules]; print(heavy); assert not heavy")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = subprocess.run([sys.executable, "cli.py", "--help"], capture_output=True, text=True, cwd=PROJECT)
+    assert proc.returncode == 0 and "fit" in proc.stdout and "export" in proc.stdout
