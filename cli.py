@@ -75,14 +75,33 @@ def test(
     run: Path = typer.Option(..., "--run", "-r", help="Run folder made by `fit`."),
     data_root: Optional[Path] = DATA_ROOT_OPT,
     split: str = typer.Option("test", help="Which split to evaluate: test, val, train or all."),
+    tta: bool = typer.Option(False, "--tta", help="Average the 8 flips/90-degree rotations of each image."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
-    """Evaluate the run's best checkpoint; writes RUN/test/metrics.json, predictions.csv and plots."""
+    """Evaluate the run's best checkpoint (calibrated); writes RUN/test/metrics.json, predictions.csv, plots."""
     from lesion_pl.evaluate.run_test import format_report, test_run
 
-    report = test_run(run, data_root, split, progress=not quiet)
+    report = test_run(run, data_root, split, tta=tta, progress=not quiet)
     typer.echo(format_report(report))
-    typer.echo(f"\nwrote {run / 'test'}/metrics.json, predictions.csv, confusion_matrix.png, roc.png")
+    typer.echo(f"\nwrote {run / 'test'}/metrics.json, predictions.csv, confusion_matrix.png, roc.png, reliability.png")
+
+
+@app.command()
+@friendly_errors
+def calibrate(
+    run: Path = typer.Option(..., "--run", "-r", help="Run folder made by `fit`."),
+    data_root: Optional[Path] = DATA_ROOT_OPT,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Fit temperature scaling and the referral thresholds on the validation split (fit does this too)."""
+    from lesion_pl.evaluate.calibrate import calibrate_run
+
+    c = calibrate_run(run, data_root, progress=not quiet)
+    typer.echo(f"temperature {c['temperature']:.4f}: validation NLL {c['val_nll_before']:.4f} -> {c['val_nll_after']:.4f}")
+    for name, op in c["operating_points"].items():
+        typer.echo(f"{name}: refer at p >= {op['threshold']:.4f}, validation sensitivity {op['val']['sensitivity']:.3f} "
+                   f"(target {op['target_sensitivity']:.2f}), specificity {op['val']['specificity']:.3f}")
+    typer.echo(f"wrote {run / 'calibration.json'}")
 
 
 @app.command()
@@ -133,6 +152,7 @@ def predict(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the predictions to a .csv or .json file."),
     batch_size: int = typer.Option(32, help="Images per onnxruntime call."),
     limit: Optional[int] = typer.Option(None, help="Predict only the first N files found."),
+    tta: bool = typer.Option(False, "--tta", help="Average the 8 flips/90-degree rotations of each image."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Predict with an exported model (onnxruntime only, no torch): top class, probability, malignancy."""
@@ -141,7 +161,7 @@ def predict(
     files = _expand(images)[:limit]
     if not files:
         raise LesionPLError(f"no image files in {', '.join(map(str, images))}")
-    failed = predict_table(model, files, out, batch_size, progress=not quiet and len(files) > 50)
+    failed = predict_table(model, files, out, batch_size, tta=tta, progress=not quiet and len(files) > 50)
     if failed:
         raise typer.Exit(1)
 

@@ -42,17 +42,18 @@ def main() -> None:
     from export.onnx_export import OnnxWrapper
     from export.runtime import LesionOnnxClassifier
     from lesion_pl.checkpoint import load_classifier
-    from lesion_pl.config import read_yaml
+    from lesion_pl.config import load_config
     from lesion_pl.data.datamodule import LesionDataModule
 
     run = args.run
-    cfg = read_yaml(run / "config.yaml")
+    cfg = load_config(run / "config.yaml")
     dm = LesionDataModule(cfg, splits_file=run / "splits.csv", progress=False).build()
     idx = dm.indices("test")
     images = np.asarray(dm.cache[idx])
     labels = dm.table["label"].to_numpy()[idx]
 
-    torch_model = OnnxWrapper(load_classifier(run / "checkpoints" / "best.ckpt")).eval()
+    temperature = json.loads((run / "calibration.json").read_text())["temperature"]
+    torch_model = OnnxWrapper(load_classifier(run / "checkpoints" / "best.ckpt"), temperature).eval()
     torch_model.classifier.channels_last = bool(cfg["trainer"].get("channels_last"))
 
     @torch.inference_mode()

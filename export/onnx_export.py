@@ -22,19 +22,20 @@ PARITY_TOLERANCE = 1e-4
 
 
 class OnnxWrapper(nn.Module):
-    """uint8 images [N, H, W, 3] -> (softmax probabilities [N, 7], logits [N, 7])."""
+    """uint8 images [N, H, W, 3] -> (calibrated probabilities softmax(logits / T) [N, 7], logits [N, 7])."""
 
-    def __init__(self, classifier: nn.Module):
+    def __init__(self, classifier: nn.Module, temperature: float = 1.0):
         super().__init__()
         self.classifier = classifier
         self.classifier.channels_last = False  # a memory layout hint means nothing in ONNX
+        self.temperature = float(temperature)
 
     def forward(self, images: torch.Tensor):
         logits = self.classifier(images.permute(0, 3, 1, 2))
-        return logits.softmax(dim=1), logits
+        return (logits / self.temperature).softmax(dim=1), logits
 
 
-def metadata(run_summary: dict, image_size: int, mean: list, std: list) -> dict[str, str]:
+def metadata(run_summary: dict, image_size: int, mean: list, std: list, calibration: dict) -> dict[str, str]:
     meta = {
         "classes": json.dumps(list(CLASSES)),
         "display_names": json.dumps([DISPLAY_NAMES[c] for c in CLASSES]),
@@ -48,17 +49,24 @@ def metadata(run_summary: dict, image_size: int, mean: list, std: list) -> dict[
         "version": __version__,
         "model": str(run_summary.get("model", "")),
         "val_metrics": json.dumps(run_summary.get("best_val_metrics", {})),
+        "temperature": repr(float(calibration["temperature"])),
+        "operating_points": json.dumps({
+            name: {"threshold": op["threshold"], "target_sensitivity": op["target_sensitivity"],
+                   "val_sensitivity": op["val"]["sensitivity"], "val_specificity": op["val"]["specificity"],
+                   "score": "sum of the probabilities of " + ("mel, bcc, akiec" if name == "malignant" else "mel")}
+            for name, op in calibration["operating_points"].items()}),
     }
     return {PREFIX + k: v for k, v in meta.items()}
 
 
-def export_onnx(classifier: nn.Module, image_size: int, path: Path, opset: int, meta: dict[str, str]) -> Path:
+def export_onnx(classifier: nn.Module, temperature: float, image_size: int, path: Path, opset: int,
+                meta: dict[str, str]) -> Path:
     import onnx
 
     max_opset = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= opset <= max_opset:
         raise LesionPLError(f"--opset {opset} is not supported: use {MIN_OPSET} to {max_opset}")
-    wrapper = OnnxWrapper(classifier).eval()
+    wrapper = OnnxWrapper(classifier, temperature).eval()
     example = (torch.zeros(2, image_size, image_size, 3, dtype=torch.uint8),)
     names = dict(input_names=["images"], output_names=["probabilities", "logits"])
     with atomic_path(Path(path)) as tmp:
@@ -79,12 +87,12 @@ def export_onnx(classifier: nn.Module, image_size: int, path: Path, opset: int, 
 
 
 @torch.inference_mode()
-def parity(classifier: nn.Module, onnx_path: Path, images: np.ndarray) -> dict:
+def parity(classifier: nn.Module, temperature: float, onnx_path: Path, images: np.ndarray) -> dict:
     """onnxruntime vs PyTorch on the same uint8 images: max |probability difference|, argmax agreement."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    wrapper = OnnxWrapper(classifier).eval()
+    wrapper = OnnxWrapper(classifier, temperature).eval()
     torch_probs = wrapper(torch.from_numpy(np.ascontiguousarray(images)))[0].numpy()
     onnx_probs = session.run(["probabilities"], {"images": images})[0]
     return {"n_images": int(len(images)),

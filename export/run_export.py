@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lesion_pl.config import read_yaml
+from lesion_pl.config import load_config
 from lesion_pl.errors import LesionPLError
 from lesion_pl.io import atomic_write_json
 from lesion_pl.run import RunDir
@@ -36,13 +36,14 @@ def export_run(run_path: Path, opset: int = 18, int8: bool = False, data_root: P
                progress: bool = True) -> dict:
     from lesion_pl.checkpoint import load_classifier
     from lesion_pl.data.datamodule import LesionDataModule
+    from lesion_pl.evaluate.calibrate import load_calibration
 
     from .onnx_export import PARITY_TOLERANCE, export_onnx, metadata, parity
     from .runtime import LesionOnnxClassifier
 
     run = RunDir(Path(run_path))
     run.require_fitted()
-    cfg = read_yaml(run.config)
+    cfg = load_config(run.config)
     if data_root is not None:
         cfg["data"]["root"] = str(data_root)
     summary = json.loads(run.summary.read_text()) if run.summary.exists() else {}
@@ -51,15 +52,18 @@ def export_run(run_path: Path, opset: int = 18, int8: bool = False, data_root: P
     size = int(cfg["data"]["image_size"])
     out_dir = run.path / "export"
     fp32 = out_dir / "model.onnx"
-    export_onnx(classifier, size, fp32, opset, metadata(summary, size, list(hp["mean"]), list(hp["std"])))
+    cal = load_calibration(run, data_root, progress)
+    temperature = cal["temperature"]
+    export_onnx(classifier, temperature, size, fp32, opset,
+                metadata(summary, size, list(hp["mean"]), list(hp["std"]), cal))
 
     dm = LesionDataModule(cfg, splits_file=run.splits, progress=progress).build()
     test_idx = dm.indices("test")
     test_images = np.asarray(dm.cache[test_idx])
     # test images first, topped up from the other splits when the test split is small
     parity_idx = np.concatenate([test_idx, dm.indices("val"), dm.indices("train")])[:PARITY_IMAGES]
-    check = parity(classifier, fp32, np.asarray(dm.cache[np.sort(parity_idx)]))
-    report = {"model": str(fp32), "opset": opset, "size_bytes": fp32.stat().st_size, "parity": check}
+    check = parity(classifier, temperature, fp32, np.asarray(dm.cache[np.sort(parity_idx)]))
+    report = {"model": str(fp32), "opset": opset, "temperature": temperature, "size_bytes": fp32.stat().st_size, "parity": check}
     if check["max_abs_diff"] > PARITY_TOLERANCE or check["argmax_agree"] != check["n_images"]:
         fp32.unlink()
         raise LesionPLError(f"ONNX output differs from PyTorch on {check['n_images']} images: max |diff| "

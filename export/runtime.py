@@ -3,7 +3,10 @@
     from export.runtime import LesionOnnxClassifier
     clf = LesionOnnxClassifier("runs/NAME/export/model.onnx")
     result = clf.predict(["a.jpg", pil_image, uint8_array])
-    result.top_class, result.top_probability, result.malignancy, result.probabilities
+    result.top_class, result.top_probability, result.malignancy, result.refer, result.probabilities
+
+Probabilities are calibrated (temperature scaling inside the graph); `refer` compares the malignancy
+probability with the threshold chosen on validation for the run's target sensitivity (metadata).
 
 Images of any size and mode: EXIF orientation applied, converted to RGB, resized as the model's
 metadata says (the same function training used).
@@ -30,8 +33,14 @@ ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
 @dataclass
 class Predictions:
     classes: tuple[str, ...]
-    probabilities: np.ndarray  # [N, C]
+    probabilities: np.ndarray  # [N, C], calibrated
     malignancy: np.ndarray  # [N], sum of the malignant classes' probabilities
+    referral_threshold: float | None = None  # chosen on validation for a target sensitivity
+
+    @property
+    def refer(self) -> np.ndarray | None:
+        """True where the malignancy probability reaches the run's referral threshold."""
+        return None if self.referral_threshold is None else self.malignancy >= self.referral_threshold
 
     @property
     def top_index(self) -> np.ndarray:
@@ -86,6 +95,8 @@ class LesionOnnxClassifier:
         malignant = set(json.loads(self.metadata["malignant"]))
         self.malignant_indices = [i for i, c in enumerate(self.classes) if c in malignant]
         self.size = int(self.metadata["input_height"])
+        self.operating_points = json.loads(self.metadata.get("operating_points", "{}"))
+        self.referral_threshold = self.operating_points.get("malignant", {}).get("threshold")
 
     def preprocess(self, image: ImageLike) -> np.ndarray:
         """One image -> uint8 [size, size, 3], exactly as training saw it."""
@@ -99,22 +110,32 @@ class LesionOnnxClassifier:
             raise LesionPLError(f"cannot predict on a {type(image).__name__}: give a path, a PIL image or an array")
         return resize_center_crop(img, self.size)
 
-    def predict_arrays(self, batch: np.ndarray) -> Predictions:
-        """Preprocessed uint8 [N, size, size, 3] -> predictions."""
-        probs = self.session.run(["probabilities"], {"images": np.ascontiguousarray(batch, dtype=np.uint8)})[0]
-        return Predictions(self.classes, probs, probs[:, self.malignant_indices].sum(axis=1))
+    def _result(self, probs: np.ndarray) -> Predictions:
+        return Predictions(self.classes, probs, probs[:, self.malignant_indices].sum(axis=1), self.referral_threshold)
 
-    def predict(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 32) -> Predictions:
+    def predict_arrays(self, batch: np.ndarray, tta: bool = False) -> Predictions:
+        """Preprocessed uint8 [N, size, size, 3] -> predictions; `tta` averages the 8 flips/rotations."""
+        batch = np.asarray(batch, dtype=np.uint8)
+        if tta:
+            views = [np.rot90(batch, k, axes=(1, 2)) for k in range(4)]
+            views += [v[:, :, ::-1] for v in views]
+            out = self.session.run(["probabilities"], {"images": np.ascontiguousarray(np.concatenate(views))})[0]
+            probs = out.reshape(len(views), len(batch), -1).mean(axis=0)
+        else:
+            probs = self.session.run(["probabilities"], {"images": np.ascontiguousarray(batch)})[0]
+        return self._result(probs)
+
+    def predict(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 32, tta: bool = False) -> Predictions:
         if isinstance(images, (str, os.PathLike, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim <= 3):
             images = [images]
         parts = []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
-            parts.append(self.predict_arrays(np.stack([self.preprocess(im) for im in chunk])).probabilities)
-        probs = np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), np.float32)
-        return Predictions(self.classes, probs, probs[:, self.malignant_indices].sum(axis=1))
+            parts.append(self.predict_arrays(np.stack([self.preprocess(im) for im in chunk]), tta).probabilities)
+        return self._result(np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), np.float32))
 
-    def predict_files(self, paths: Iterable[str | os.PathLike], batch_size: int = 32, progress: bool = False):
+    def predict_files(self, paths: Iterable[str | os.PathLike], batch_size: int = 32, tta: bool = False,
+                      progress: bool = False):
         """Predict every readable file; returns (paths predicted, Predictions, [(path, error), ...])."""
         from tqdm.auto import tqdm
 
@@ -124,7 +145,7 @@ class LesionOnnxClassifier:
 
         def flush():
             if batch:
-                probs.append(self.predict_arrays(np.stack(batch)).probabilities)
+                probs.append(self.predict_arrays(np.stack(batch), tta).probabilities)
                 done.extend(batch_paths)
                 batch.clear()
                 batch_paths.clear()
@@ -139,4 +160,4 @@ class LesionOnnxClassifier:
                 flush()
         flush()
         all_probs = np.concatenate(probs) if probs else np.zeros((0, len(self.classes)), np.float32)
-        return done, Predictions(self.classes, all_probs, all_probs[:, self.malignant_indices].sum(axis=1)), errors
+        return done, self._result(all_probs), errors

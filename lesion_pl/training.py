@@ -105,6 +105,9 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
         "train_std": dm.std,
     }
     atomic_write_json(run.summary, summary)
+    if run.best.exists():
+        from .evaluate.calibrate import calibrate_run
+        summary["calibration"] = calibrate_run(run.path, progress=progress)
     return summary
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (BinaryAUROC, MulticlassAccuracy, MulticlassAUROC,
-                                         MulticlassF1Score, MulticlassPrecision, MulticlassRecall)
+                                         MulticlassCalibrationError, MulticlassF1Score, MulticlassPrecision,
+                                         MulticlassRecall)
 from torchmetrics.wrappers import ClasswiseWrapper
 
 from ..classes import CLASSES, MALIGNANT_INDICES, NUM_CLASSES
@@ -67,3 +68,8 @@ def metrics_report(probs: torch.Tensor, target: torch.Tensor) -> dict:
         for i, code in enumerate(CLASSES)
     }
     return out
+
+
+def expected_calibration_error(probs: torch.Tensor, target: torch.Tensor, n_bins: int = 15) -> float:
+    """Top-label ECE with `n_bins` equal-width confidence bins (torchmetrics, L1 norm)."""
+    return float(MulticlassCalibrationError(NUM_CLASSES, n_bins=n_bins, norm="l1")(probs, target))

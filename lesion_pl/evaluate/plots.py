@@ -67,3 +67,21 @@ def roc_png(target: np.ndarray, probs: np.ndarray, malignant_prob: np.ndarray, i
                ylabel="True positive rate (sensitivity)", title=title)
         ax.legend(loc="lower right", fontsize=8)
     _save(fig, path)
+
+
+def reliability_png(raw: np.ndarray, calibrated: np.ndarray, target: np.ndarray, path: Path) -> None:
+    """Reliability diagram (15 bins): accuracy against confidence, before and after temperature scaling."""
+    from ..calibration import reliability
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfectly calibrated")
+    for probs, name, color in ((raw, "before", "tab:orange"), (calibrated, "after temperature scaling", "tab:blue")):
+        _, rows = reliability(probs, target)
+        conf = [r[0] for r in rows if r[2]]
+        acc = [r[1] for r in rows if r[2]]
+        ax.plot(conf, acc, marker="o", color=color, label=name)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="Confidence (top-class probability)", ylabel="Accuracy",
+           title=f"Reliability, {len(target)} images, 15 bins")
+    ax.legend(loc="upper left")
+    _save(fig, path)

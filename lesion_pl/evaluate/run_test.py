@@ -8,32 +8,39 @@ import pandas as pd
 import torch
 
 from ..classes import CLASSES, MALIGNANT_INDICES
-from ..config import read_yaml
+from ..calibration import binary_stats, bootstrap_ci, brier_score, softmax
+from ..config import load_config
 from ..errors import LesionPLError
 from ..io import atomic_path, atomic_write_json
 from ..run import RunDir
+from .calibrate import scores_and_positives
 
 
-@torch.inference_mode()
-def predict_probs(model, dataset, batch_size: int = 128, progress: bool = True) -> np.ndarray:
-    from tqdm.auto import tqdm
+def operating_points(cal: dict, probs: np.ndarray, target: np.ndarray, groups: np.ndarray,
+                     n_boot: int, seed: int) -> dict:
+    """Each validation-chosen threshold applied to these images, with lesion-bootstrap 95% CIs."""
+    out = {}
+    for name, op in cal["operating_points"].items():
+        scores, positive = scores_and_positives(probs, target, name)
+        out[name] = {"threshold": op["threshold"], "target_sensitivity": op["target_sensitivity"],
+                     "val_sensitivity": op["val"]["sensitivity"], "val_specificity": op["val"]["specificity"],
+                     **binary_stats(scores, positive, op["threshold"]),
+                     "ci95": bootstrap_ci(scores, positive, groups, op["threshold"], n_boot, seed)}
+    return out
 
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=0)
-    device = next(model.parameters()).device
-    out = [model(x.to(device)).float().softmax(1).cpu()
-           for x, _ in tqdm(loader, desc="predicting", unit="batch", disable=not progress)]
-    return torch.cat(out).numpy()
 
-
-def test_run(run_path: Path, data_root: Path | None = None, split: str = "test", progress: bool = True) -> dict:
+def test_run(run_path: Path, data_root: Path | None = None, split: str = "test", tta: bool = False,
+             progress: bool = True) -> dict:
     from ..checkpoint import load_classifier
     from ..data.datamodule import LesionDataModule
-    from .metrics import metrics_report
-    from .plots import confusion_matrix_png, roc_png
+    from .calibrate import load_calibration
+    from .inference import predict_logits
+    from .metrics import expected_calibration_error, metrics_report
+    from .plots import confusion_matrix_png, reliability_png, roc_png
 
     run = RunDir(Path(run_path))
     run.require_fitted()
-    cfg = read_yaml(run.config)
+    cfg = load_config(run.config)
     if data_root is not None:
         cfg["data"]["root"] = str(data_root)
     dm = LesionDataModule(cfg, splits_file=run.splits, progress=progress).build()
@@ -43,13 +50,23 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     if len(ds) == 0:
         raise LesionPLError(f"the {split} split of {dm.root} is empty")
 
-    model = load_classifier(run.best)
-    probs = predict_probs(model, ds, progress=progress)
+    cal = load_calibration(run, data_root, progress)
+    logits = predict_logits(load_classifier(run.best), ds, tta=tta, progress=progress)
+    raw, probs = softmax(logits), softmax(logits, cal["temperature"])
     target = np.asarray(ds.labels)
-    report = metrics_report(torch.from_numpy(probs), torch.from_numpy(target))
-    report = {"split": split, "data_root": str(dm.root), "checkpoint": str(run.best), **report}
-
+    t_target = torch.from_numpy(target)
+    report = metrics_report(torch.from_numpy(probs).float(), t_target)
     rows = dm.table.iloc[ds.indices]
+    report = {"split": split, "data_root": str(dm.root), "checkpoint": str(run.best), "tta": tta, **report}
+    report["calibration"] = {
+        "temperature": cal["temperature"],
+        "ece_15_before": expected_calibration_error(torch.from_numpy(raw).float(), t_target),
+        "ece_15_after": expected_calibration_error(torch.from_numpy(probs).float(), t_target),
+        "brier_before": brier_score(raw, target), "brier_after": brier_score(probs, target),
+    }
+    report["operating_points"] = operating_points(cal, probs, target, rows["group"].to_numpy(),
+                                                  int(cfg["calibration"]["bootstrap"]), int(cfg["seed"]))
+
     malignant_prob = probs[:, list(MALIGNANT_INDICES)].sum(1)
     preds = pd.DataFrame({"image_id": rows["image_id"].to_numpy(), "group": rows["group"].to_numpy(),
                           "dx": rows["dx"].to_numpy(), "pred": [CLASSES[i] for i in probs.argmax(1)],
@@ -61,6 +78,7 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     confusion_matrix_png(target, probs.argmax(1), run.test / "confusion_matrix.png")
     is_mal = np.isin(target, MALIGNANT_INDICES).astype(int)
     roc_png(target, probs, malignant_prob, is_mal, run.test / "roc.png")
+    reliability_png(raw, probs, target, run.test / "reliability.png")
     atomic_write_json(run.test / "metrics.json", report)
     return report
 
@@ -75,4 +93,12 @@ def format_report(report: dict) -> str:
     for code, m in report["per_class"].items():
         lines.append(f"  {code:<6} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} "
                      f"{m['auroc']:>6.3f} {m['support']:>8d}")
+    c = report["calibration"]
+    lines += ["", f"  calibration (T = {c['temperature']:.3f}): ECE {c['ece_15_before']:.4f} -> {c['ece_15_after']:.4f}, "
+                  f"Brier {c['brier_before']:.4f} -> {c['brier_after']:.4f}"]
+    for name, op in report["operating_points"].items():
+        ci = op["ci95"]
+        lines.append(f"  {name} referral at p >= {op['threshold']:.3f} (val sensitivity {op['val_sensitivity']:.3f}): "
+                     + ", ".join(f"{k} {op[k]:.3f} [{ci[k][0]:.3f}, {ci[k][1]:.3f}]"
+                                 for k in ("sensitivity", "specificity", "ppv", "npv")))
     return "\n".join(lines)

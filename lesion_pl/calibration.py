@@ -1,0 +1,90 @@
+"""Calibration and operating points, in numpy (no torch): temperature scaling, Brier score,
+the threshold that reaches a target sensitivity, and lesion-level bootstrap confidence intervals.
+
+The torch-free ONNX runtime imports `softmax` from here, so this module must stay numpy-only.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Softmax over the last axis of logits / T; [N, C] or [N, views, C] (views averaged)."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    p = e / e.sum(axis=-1, keepdims=True)
+    return p.mean(axis=1) if p.ndim == 3 else p
+
+
+def nll(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The T > 0 that minimises the negative log-likelihood of softmax(logits / T) (Guo et al., 2017)."""
+    from scipy.optimize import minimize_scalar
+
+    res = minimize_scalar(lambda log_t: nll(softmax(logits, np.exp(log_t)), labels),
+                          bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-4})
+    return float(np.exp(res.x))
+
+
+def brier_score(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Multi-class Brier score: mean over images of the squared distance to the one-hot label."""
+    onehot = np.zeros_like(probs)
+    onehot[np.arange(len(labels)), labels] = 1.0
+    return float(((probs - onehot) ** 2).sum(axis=1).mean())
+
+
+def reliability(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15):
+    """Per bin: mean confidence, accuracy and count (for the reliability diagram)."""
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0, 1, n_bins + 1)
+    idx = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)  # bins (b/n, (b+1)/n]
+    rows = []
+    for b in range(n_bins):
+        m = idx == b
+        rows.append((float(conf[m].mean()) if m.any() else np.nan,
+                     float(correct[m].mean()) if m.any() else np.nan, int(m.sum())))
+    return edges, rows
+
+
+def threshold_for_sensitivity(scores: np.ndarray, positive: np.ndarray, target: float) -> float:
+    """The highest threshold t such that flagging `scores >= t` catches at least `target` of the positives."""
+    pos = np.sort(scores[positive.astype(bool)])[::-1]
+    if len(pos) == 0:
+        raise ValueError("no positive cases to set a threshold on")
+    k = int(np.ceil(target * len(pos)))  # this many positives must be at or above t
+    return float(pos[max(k, 1) - 1])
+
+
+def binary_stats(scores: np.ndarray, positive: np.ndarray, threshold: float) -> dict:
+    flag = scores >= threshold
+    pos = positive.astype(bool)
+    tp, fn = int((flag & pos).sum()), int((~flag & pos).sum())
+    fp, tn = int((flag & ~pos).sum()), int((~flag & ~pos).sum())
+
+    def ratio(a, b):
+        return a / (a + b) if a + b else float("nan")
+
+    return {"sensitivity": ratio(tp, fn), "specificity": ratio(tn, fp), "ppv": ratio(tp, fp),
+            "npv": ratio(tn, fn), "tp": tp, "fn": fn, "fp": fp, "tn": tn}
+
+
+def bootstrap_ci(scores: np.ndarray, positive: np.ndarray, groups: np.ndarray, threshold: float,
+                 n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile CIs of sensitivity, specificity, PPV and NPV, resampling lesions (groups), not images."""
+    rng = np.random.default_rng(seed)
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse))[:-1])
+    keys = ("sensitivity", "specificity", "ppv", "npv")
+    draws = {k: [] for k in keys}
+    for _ in range(n_boot):
+        pick = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
+        s = binary_stats(scores[pick], positive[pick], threshold)
+        for k in keys:
+            draws[k].append(s[k])
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return {k: [float(np.nanpercentile(v, lo)), float(np.nanpercentile(v, hi))] for k, v in draws.items()}

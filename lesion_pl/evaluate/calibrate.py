@@ -1,0 +1,61 @@
+"""`calibrate`: temperature scaling and the referral thresholds, fitted on the validation split only,
+saved as RUN/calibration.json and used by test, export and the ONNX runtime."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..calibration import binary_stats, fit_temperature, nll, softmax, threshold_for_sensitivity
+from ..classes import CLASS_TO_INDEX, MALIGNANT_INDICES
+from ..config import load_config
+from ..io import atomic_write_json
+from ..run import RunDir
+
+# Each operating point: a score (summed probabilities of these classes) and who counts as positive.
+OPERATING_POINTS = {"malignant": list(MALIGNANT_INDICES), "melanoma": [CLASS_TO_INDEX["mel"]]}
+
+
+def scores_and_positives(probs: np.ndarray, labels: np.ndarray, name: str):
+    idx = OPERATING_POINTS[name]
+    return probs[:, idx].sum(axis=1), np.isin(labels, idx)
+
+
+def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool = True) -> dict:
+    from ..checkpoint import load_classifier
+    from ..data.datamodule import LesionDataModule
+    from .inference import predict_logits
+
+    run = RunDir(Path(run_path))
+    run.require_fitted()
+    cfg = load_config(run.config)
+    if data_root is not None:
+        cfg["data"]["root"] = str(data_root)
+    dm = LesionDataModule(cfg, splits_file=run.splits, progress=progress).build()
+    ds = dm.dataset("val")
+    labels = np.asarray(ds.labels)
+    logits = predict_logits(load_classifier(run.best), ds, progress=progress)
+    t = fit_temperature(logits, labels)
+    probs = softmax(logits, t)
+    c = cfg["calibration"]
+    result = {"split": "val", "n_images": int(len(labels)), "temperature": t,
+              "val_nll_before": nll(softmax(logits), labels), "val_nll_after": nll(probs, labels),
+              "operating_points": {}}
+    for name, target in (("malignant", c["malignant_sensitivity"]), ("melanoma", c["melanoma_sensitivity"])):
+        scores, positive = scores_and_positives(probs, labels, name)
+        if not positive.any():
+            continue
+        threshold = threshold_for_sensitivity(scores, positive, float(target))
+        result["operating_points"][name] = {"target_sensitivity": float(target), "threshold": threshold,
+                                            "val": binary_stats(scores, positive, threshold)}
+    atomic_write_json(run.path / "calibration.json", result)
+    return result
+
+
+def load_calibration(run: RunDir, data_root: Path | None = None, progress: bool = True) -> dict:
+    """The run's calibration.json, fitted now (on validation) where the run has none yet."""
+    path = run.path / "calibration.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    return calibrate_run(run.path, data_root, progress)

@@ -1,0 +1,121 @@
+"""Calibration and operating points: temperature scaling, ECE, Brier, thresholds, lesion bootstrap,
+and the calibrated + TTA probabilities agreeing between PyTorch and the ONNX runtime."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from export.runtime import LesionOnnxClassifier
+from lesion_pl.calibration import (binary_stats, bootstrap_ci, brier_score, fit_temperature, nll, softmax,
+                                   threshold_for_sensitivity)
+from lesion_pl.classes import CLASSES
+from lesion_pl.evaluate.metrics import expected_calibration_error
+
+from .conftest import invoke
+
+
+def test_temperature_scaling_lowers_validation_nll_on_real_predictions(trained_run):
+    cal = json.loads((trained_run / "calibration.json").read_text())
+    assert cal["split"] == "val" and cal["temperature"] > 0
+    assert cal["val_nll_after"] < cal["val_nll_before"]
+
+
+def test_fit_temperature_finds_the_nll_minimum():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 7, 500)
+    logits = rng.normal(size=(500, 7))
+    logits[np.arange(500), labels] += 2.0
+    logits *= 5.0  # over-confident: the best temperature is well above 1
+    t = fit_temperature(logits, labels)
+    assert t > 1.5
+    best = nll(softmax(logits, t), labels)
+    assert best < nll(softmax(logits, t * 1.1), labels) and best < nll(softmax(logits, t / 1.1), labels)
+
+
+def test_ece_and_brier_by_hand():
+    # 4 images, 2 classes of 7 used. Confidences 0.9 (right), 0.9 (wrong), 0.6 (right), 0.6 (right)
+    probs = np.zeros((4, 7))
+    probs[0, [0, 1]] = [0.9, 0.1]
+    probs[1, [0, 1]] = [0.9, 0.1]
+    probs[2, [1, 0]] = [0.6, 0.4]
+    probs[3, [1, 0]] = [0.6, 0.4]
+    labels = np.array([0, 1, 1, 1])
+    # bins: {0.9, 0.9}: accuracy 0.5, confidence 0.9 -> 0.4; {0.6, 0.6}: accuracy 1.0, confidence 0.6 -> 0.4
+    ece = expected_calibration_error(torch.tensor(probs, dtype=torch.float32), torch.tensor(labels))
+    assert ece == pytest.approx(0.5 * 0.4 + 0.5 * 0.4, abs=1e-6)
+    brier = ((0.1 ** 2 + 0.1 ** 2) + (0.9 ** 2 + 0.9 ** 2) + (0.4 ** 2 + 0.4 ** 2) * 2) / 4
+    assert brier_score(probs, labels) == pytest.approx(brier)
+
+
+def test_threshold_search_toy_case():
+    scores = np.array([0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.85, 0.05])
+    positive = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0])  # 10 positives
+    t = threshold_for_sensitivity(scores, positive, 0.9)
+    assert t == pytest.approx(0.2)  # 9 of 10 positives are >= 0.2, and no higher threshold catches 9
+    s = binary_stats(scores, positive, t)
+    assert (s["tp"], s["fn"], s["fp"], s["tn"]) == (9, 1, 1, 1)
+    assert s["sensitivity"] == pytest.approx(0.9) and s["ppv"] == pytest.approx(0.9)
+    assert threshold_for_sensitivity(scores, positive, 1.0) == pytest.approx(0.1)
+
+
+def test_bootstrap_ci_resamples_lesions_reproducibly():
+    rng = np.random.default_rng(1)
+    groups = np.repeat(np.arange(150), 2)  # two images per lesion
+    positive = np.repeat(rng.random(150) < 0.3, 2)
+    scores = np.clip(positive * 0.4 + rng.random(300) * 0.6, 0, 1)
+    point = binary_stats(scores, positive, 0.5)
+    a = bootstrap_ci(scores, positive, groups, 0.5, n_boot=300, seed=3)
+    b = bootstrap_ci(scores, positive, groups, 0.5, n_boot=300, seed=3)
+    assert a == b
+    for k in ("sensitivity", "specificity", "ppv", "npv"):
+        assert a[k][0] <= point[k] <= a[k][1] and a[k][0] < a[k][1]
+
+
+def test_test_reports_calibration_and_operating_points(trained_run):
+    m = json.loads((trained_run / "test" / "metrics.json").read_text())
+    c = m["calibration"]
+    assert c["temperature"] != 1.0
+    assert 0 <= c["ece_15_after"] <= 1 and 0 <= c["brier_after"] <= 2
+    for name in ("malignant", "melanoma"):
+        op = m["operating_points"][name]
+        assert op["target_sensitivity"] == 0.9 and op["val_sensitivity"] >= 0.9
+        for k in ("sensitivity", "specificity", "ppv", "npv"):
+            lo, hi = op["ci95"][k]
+            assert lo <= op[k] <= hi
+    assert (trained_run / "test" / "reliability.png").stat().st_size > 10_000
+
+
+def test_calibrated_tta_probabilities_agree_between_torch_and_onnx(trained_run, small_ham, tmp_path):
+    r = invoke("export", "--run", trained_run, "--quiet")
+    assert r.exit_code == 0, r.output
+    r = invoke("test", "--run", trained_run, "--tta", "--quiet")
+    assert r.exit_code == 0, r.output
+    preds = pd.read_csv(trained_run / "test" / "predictions.csv")
+    clf = LesionOnnxClassifier(trained_run / "export" / "model.onnx")
+    assert float(clf.metadata["temperature"]) == pytest.approx(
+        json.loads((trained_run / "calibration.json").read_text())["temperature"])
+    files = [next(small_ham.rglob(f"{i}.jpg")) for i in preds["image_id"]]
+    onnx_tta = clf.predict(files, tta=True).probabilities
+    torch_tta = preds[[f"p_{c}" for c in CLASSES]].to_numpy()
+    assert np.abs(onnx_tta - torch_tta).max() <= 1e-4
+    assert np.abs(clf.predict(files).probabilities - torch_tta).max() > 1e-3  # TTA does change something
+    invoke("test", "--run", trained_run, "--quiet")  # leave the plain test outputs for other tests
+
+
+def test_predict_says_refer_or_not(trained_run, small_ham):
+    model = trained_run / "export" / "model.onnx"
+    if not model.exists():
+        assert invoke("export", "--run", trained_run, "--quiet").exit_code == 0
+    clf = LesionOnnxClassifier(model)
+    files = sorted(small_ham.rglob("*.jpg"))[:6]
+    r = invoke("predict", *files, "--model", model)
+    assert r.exit_code == 0, r.output
+    assert "referral threshold: malignancy >=" in r.output and "not a diagnostic device" in r.output
+    res = clf.predict(files)
+    for f, refer in zip(files, res.refer):
+        line = next(l for l in r.output.splitlines() if l.startswith(str(f)))
+        assert line.endswith("refer") if refer else line.endswith("no referral at this threshold")
