@@ -27,18 +27,17 @@ def main() -> None:
     from lesion_pl.evaluate.run_test import test_run
 
     rows = {}
-    for tta in (False, True):
+    for tta in (True, False):  # single view last, so the run's test/ folder ends as `cli.py test` leaves it
         start = time.perf_counter()
         m = test_run(args.run, tta=tta, progress=False)
         rows["8-view TTA" if tta else "single view"] = (m, time.perf_counter() - start)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
           f"run {args.run}; {m['n_images']} test images")
     print(f"{'':<12} {'bal acc':>8} {'AUROC':>7} {'mal AUROC':>10} {'ECE':>7} {'Brier':>7} {'seconds':>8}")
-    for name, (m, sec) in rows.items():
+    for name, (m, sec) in sorted(rows.items(), key=lambda kv: kv[0] != "single view"):
         c = m["calibration"]
         print(f"{name:<12} {m['balanced_accuracy']:>8.4f} {m['auroc_macro']:>7.4f} {m['auroc_malignant']:>10.4f} "
               f"{c['ece_15_after']:>7.4f} {c['brier_after']:>7.4f} {sec:>8.1f}")
-    print("(the run's test/ folder now holds the 8-view TTA outputs; rerun `cli.py test` for single view)")
 
 
 if __name__ == "__main__":
