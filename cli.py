@@ -166,6 +166,41 @@ def predict(
         raise typer.Exit(1)
 
 
+@app.command()
+@friendly_errors
+def report(
+    run: Path = typer.Option(..., "--run", "-r", help="Run folder made by `fit` and `test`."),
+    data_root: Optional[Path] = DATA_ROOT_OPT,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Write RUN/report/index.html: one self-contained page of metrics, curves, galleries and error analysis."""
+    from lesion_pl.evaluate.report import build_report
+
+    typer.echo(f"wrote {build_report(run, data_root, progress=not quiet)}")
+
+
+@app.command()
+@friendly_errors
+def explain(
+    images: List[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    run: Path = typer.Option(..., "--run", "-r", help="Run folder made by `fit`."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the overlays (default RUN/explain)."),
+):
+    """Grad-CAM overlays with the prediction, one PNG per image."""
+    from lesion_pl.evaluate.explain import explain_images
+
+    files = _expand(images)
+    if not files:
+        raise LesionPLError(f"no image files in {', '.join(map(str, images))}")
+    done, errors = explain_images(files, run, out)
+    for path, png, top, p, mal in done:
+        typer.echo(f"{path}: {top} {p:.3f}, malignancy {mal:.3f} -> {png}")
+    for path, reason in errors:
+        typer.secho(f"failed: {reason}", fg="red", err=True)
+    if errors:
+        raise typer.Exit(1)
+
+
 @data_app.command("summary")
 @friendly_errors
 def data_summary(

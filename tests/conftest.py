@@ -48,21 +48,26 @@ def sample_meta(meta: pd.DataFrame, per_class: int, seed: int = 0) -> pd.DataFra
     return pd.concat(picked).reset_index(drop=True)
 
 
-def make_dataset(ham_root: Path, meta: pd.DataFrame, dest: Path, layout: str = "flat") -> Path:
-    """Copy the images of `meta` into `dest` in the flat (images/) or Kaggle (part_1/part_2) layout."""
+def make_dataset(ham_root: Path, meta: pd.DataFrame, dest: Path, layout: str = "flat", masks: bool = False) -> Path:
+    """Copy the images of `meta` into `dest` in the flat (images/) or Kaggle (part_1/part_2) layout,
+    and with `masks` their lesion masks into masks/."""
     dest.mkdir(parents=True, exist_ok=True)
     meta.to_csv(dest / "HAM10000_metadata.csv", index=False)
     for i, image_id in enumerate(meta["image_id"]):
         folder = "images" if layout == "flat" else f"HAM10000_images_part_{1 + i % 2}"
         (dest / folder).mkdir(exist_ok=True)
         shutil.copy(ham_root / "images" / f"{image_id}.jpg", dest / folder / f"{image_id}.jpg")
+        if masks:
+            (dest / "masks").mkdir(exist_ok=True)
+            name = f"{image_id}_segmentation.png"
+            shutil.copy(ham_root / "masks" / name, dest / "masks" / name)
     return dest
 
 
 @pytest.fixture(scope="session")
 def small_ham(ham_root, ham_meta, tmp_path_factory) -> Path:
-    """About 210 real images, 30 lesions per class, in the flat layout (fast end-to-end runs)."""
-    return make_dataset(ham_root, sample_meta(ham_meta, 30), tmp_path_factory.mktemp("small_ham"))
+    """About 210 real images (30 lesions per class) and their masks, flat layout (fast end-to-end runs)."""
+    return make_dataset(ham_root, sample_meta(ham_meta, 30), tmp_path_factory.mktemp("small_ham"), masks=True)
 
 
 FAST = ["--set", "data.image_size=48", "--set", "model.widths=[8,16,32,64]", "--set", "data.batch_size=16",

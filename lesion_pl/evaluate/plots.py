@@ -29,10 +29,9 @@ def confusion_matrix_png(target: np.ndarray, pred: np.ndarray, path: Path) -> np
     k = len(CLASSES)
     cm = np.bincount(target * k + pred, minlength=k * k).reshape(k, k)
     rows = np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    labels = [f"{c}\n{DISPLAY_NAMES[c].split(' /')[0]}" if len(DISPLAY_NAMES[c]) < 22 else c for c in CLASSES]
     fig, axes = plt.subplots(1, 2, figsize=(15, 6.2))
     sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, ax=axes[0],
-                xticklabels=CLASSES, yticklabels=labels)
+                xticklabels=CLASSES, yticklabels=CLASSES)
     sns.heatmap(cm / rows, annot=True, fmt=".2f", cmap="Blues", vmin=0, vmax=1, ax=axes[1],
                 xticklabels=CLASSES, yticklabels=CLASSES)
     for ax, title in zip(axes, ("Counts", "Row-normalised (recall on the diagonal)")):

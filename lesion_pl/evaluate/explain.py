@@ -1,0 +1,64 @@
+"""`explain`: Grad-CAM overlays of a run's model on any images, with the (calibrated) prediction."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..calibration import softmax
+from ..classes import CLASSES, DISPLAY_NAMES, MALIGNANT_INDICES
+from ..config import load_config
+from ..io import atomic_path
+from ..preprocess import ImageReadError, preprocess_file
+from ..run import RunDir
+
+
+def explain_images(paths: list[Path], run_path: Path, out_dir: Path | None = None):
+    """Writes OUT/<name>_gradcam.png per image; returns ([(path, png, top class, prob, malignancy)], [(path, error)])."""
+    from ..checkpoint import load_classifier
+    from .gradcam import gradcam, overlay
+    from .report_figures import _plt, _png
+
+    run = RunDir(Path(run_path))
+    run.require_fitted()
+    cfg = load_config(run.config)
+    size = int(cfg["data"]["image_size"])
+    cal_path = run.path / "calibration.json"
+    cal = json.loads(cal_path.read_text()) if cal_path.exists() else {"temperature": 1.0, "operating_points": {}}
+    threshold = cal["operating_points"].get("malignant", {}).get("threshold")
+    model = load_classifier(run.best)
+    out_dir = Path(out_dir) if out_dir else run.path / "explain"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done, errors = [], []
+    plt = _plt()
+    for path in paths:
+        try:
+            img = preprocess_file(path, size)
+        except ImageReadError as e:
+            errors.append((path, str(e)))
+            continue
+        cam, logits = gradcam(model, torch.from_numpy(img.copy()).permute(2, 0, 1)[None].contiguous())
+        probs = softmax(logits.numpy(), cal["temperature"])[0]
+        top = int(probs.argmax())
+        mal = float(probs[list(MALIGNANT_INDICES)].sum())
+        fig, axes = plt.subplots(1, 3, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1, 1, 1.1]})
+        axes[0].imshow(img)
+        axes[0].set_title("model input")
+        axes[1].imshow(overlay(img, cam[0].numpy()))
+        axes[1].set_title(f"Grad-CAM for {CLASSES[top]}")
+        for ax in axes[:2]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        order = np.argsort(probs)
+        axes[2].barh([CLASSES[i] for i in order], probs[order], color="tab:blue")
+        axes[2].set(xlim=(0, 1), xlabel="probability (calibrated)")
+        refer = "" if threshold is None else (" - refer" if mal >= threshold else " - no referral at this threshold")
+        fig.suptitle(f"{Path(path).name}: {DISPLAY_NAMES[CLASSES[top]]} ({probs[top]:.2f}), "
+                     f"malignancy {mal:.2f}{refer}", fontsize=10)
+        target = out_dir / f"{Path(path).stem}_gradcam.png"
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(_png(fig))
+        done.append((path, target, CLASSES[top], float(probs[top]), mal))
+    return done, errors

@@ -1,0 +1,278 @@
+"""`report`: one self-contained HTML page (images embedded) about a tested run: summary, training
+curves, test metrics, ROC/PR, calibration, galleries with Grad-CAM, error analysis and findings."""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..classes import CLASS_TO_INDEX, CLASSES, DISPLAY_NAMES, MALIGNANT_INDICES
+from ..config import load_config
+from ..errors import LesionPLError
+from ..io import atomic_path, atomic_write_text
+from ..run import RunDir
+from . import report_figures as figs
+
+AGE_BANDS = [(0, 30, "<30"), (30, 45, "30-44"), (45, 60, "45-59"), (60, 75, "60-74"), (75, 200, "75+")]
+MIN_SUBGROUP = 20  # findings only name subgroups with at least this many test images
+
+
+def _age_band(age) -> str:
+    if pd.isna(age):
+        return "unknown"
+    return next(label for lo, hi, label in AGE_BANDS if lo <= age < hi)
+
+
+def error_tables(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Error rate per value of each metadata column present (localization, age band, sex, dx_type)."""
+    frame = frame.copy()
+    if "age" in frame:
+        frame["age band"] = frame["age"].map(_age_band)
+    tables = {}
+    for col in ("localization", "age band", "sex", "dx_type"):
+        if col in frame:
+            g = frame.groupby(frame[col].fillna("unknown").astype(str))["wrong"]
+            t = pd.DataFrame({"images": g.size(), "errors": g.sum().astype(int), "error_rate": g.mean()})
+            tables[col] = t.sort_values("error_rate", ascending=False)
+    return tables
+
+
+def lesion_masks(root: Path, image_ids, size: int) -> dict[str, np.ndarray]:
+    """Binary masks (`<image_id>_segmentation.png` anywhere under root), preprocessed like the images."""
+    from PIL import Image
+
+    from ..preprocess import resize_center_crop
+
+    found = {p.name[: -len("_segmentation.png")]: p for p in root.rglob("*_segmentation.png")}
+    out = {}
+    for image_id in image_ids:
+        if image_id in found:
+            with Image.open(found[image_id]) as m:
+                out[image_id] = resize_center_crop(m.convert("RGB"), size)[..., 0] > 127
+    return out
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _table(df: pd.DataFrame, floats: str = "{:.3f}") -> str:
+    return df.to_html(classes="t", border=0, float_format=lambda v: floats.format(v), na_rep="")
+
+
+def build_report(run_path: Path, data_root: Path | None = None, progress: bool = True,
+                 per_class: int = 4, per_confusion: int = 6) -> Path:
+    from ..checkpoint import load_classifier
+    from ..data.datamodule import LesionDataModule
+    from ..data.splits import summarize
+    from .gradcam import gradcam, mass_inside, overlay
+
+    run = RunDir(Path(run_path))
+    run.require_fitted()
+    test_cmd = f"python cli.py test --run {run.path}"
+    metrics = json.loads(run.require(run.test / "metrics.json", test_cmd).read_text())
+    preds = pd.read_csv(run.require(run.test / "predictions.csv", test_cmd))
+    summary = json.loads(run.summary.read_text()) if run.summary.exists() else {}
+    cfg = load_config(run.config)
+    if data_root is not None:
+        cfg["data"]["root"] = str(data_root)
+    try:
+        dm = LesionDataModule(cfg, splits_file=run.splits, progress=progress).build()
+    except LesionPLError as e:
+        raise LesionPLError(f"{e} (the run's images are read from {cfg['data']['root'] or 'the default data root'}; "
+                            "if they moved, pass --data-root DIR)") from None
+
+    row_of = pd.Series(np.arange(len(dm.table)), index=dm.table["image_id"])
+    missing = preds["image_id"][~preds["image_id"].isin(row_of.index)]
+    if len(missing):
+        raise LesionPLError(f"{len(missing)} tested image(s) are not in the data at {dm.root}, e.g. "
+                            f"{missing.iloc[0]}; rerun `{test_cmd}`")
+    rows = row_of[preds["image_id"]].to_numpy()
+    images = np.asarray(dm.cache[np.sort(rows)])[np.argsort(np.argsort(rows))]
+    probs = preds[[f"p_{c}" for c in CLASSES]].to_numpy()
+    target = preds["dx"].map(CLASS_TO_INDEX).to_numpy()
+    pred = probs.argmax(1)
+    frame = dm.table.iloc[rows].reset_index(drop=True).assign(pred=[CLASSES[i] for i in pred], wrong=pred != target)
+
+    # Grad-CAM for every tested image, in batches
+    model = load_classifier(run.best)
+    cams = []
+    for i in range(0, len(images), 64):
+        x = torch.from_numpy(np.ascontiguousarray(images[i:i + 64])).permute(0, 3, 1, 2)
+        cams.append(gradcam(model, x)[0].numpy())
+    cams = np.concatenate(cams)
+
+    out_dir = run.path / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pngs: dict[str, bytes] = {}
+
+    def item(k: int) -> dict:
+        return {"overlay": overlay(images[k], cams[k]), "true": CLASSES[target[k]], "pred": CLASSES[pred[k]],
+                "probs": probs[k], "image_id": preds["image_id"][k]}
+
+    # Galleries: a seeded sample per class, then the most confident errors of the largest confusions
+    rng = np.random.default_rng(int(cfg["seed"]))
+    sample = []
+    for c in range(len(CLASSES)):
+        idx = np.flatnonzero(target == c)
+        sample += sorted(rng.choice(idx, size=min(per_class, len(idx)), replace=False).tolist())
+    pngs["gallery"] = figs.gallery([item(k) for k in sample], f"Test images, {per_class} per class, with Grad-CAM "
+                                   "of the predicted class and the top-3 probabilities")
+    confusions = (frame[frame["wrong"]].groupby(["dx", "pred"]).size().sort_values(ascending=False))
+    conf_sections = []
+    for n, ((t, p), count) in enumerate(confusions.head(3).items()):
+        idx = np.flatnonzero((target == CLASS_TO_INDEX[t]) & (pred == CLASS_TO_INDEX[p]))
+        idx = idx[np.argsort(-probs[idx, CLASS_TO_INDEX[p]])][:per_confusion]
+        key = f"errors_{n + 1}_{t}_as_{p}"
+        pngs[key] = figs.gallery([item(k) for k in idx], f"{t} predicted as {p}: the {len(idx)} most confident "
+                                 f"of {count} errors", columns=3)
+        conf_sections.append((t, p, int(count), key))
+
+    # Curves and subgroup tables
+    log_path = run.path / "logs" / "metrics.csv"
+    if log_path.exists():
+        pngs["training_curves"] = figs.training_curves(pd.read_csv(log_path))
+    mal_prob = probs[:, list(MALIGNANT_INDICES)].sum(1)
+    is_mal = np.isin(target, MALIGNANT_INDICES).astype(int)
+    op = metrics.get("operating_points", {}).get("malignant")
+    pngs["roc"] = figs.roc_with_operating_point(target, probs, mal_prob, is_mal, op)
+    pngs["precision_recall"] = figs.precision_recall(target, probs, mal_prob, is_mal)
+    overall_error = float(frame["wrong"].mean())
+    tables = error_tables(frame)
+    if tables:
+        pngs["subgroup_errors"] = figs.subgroup_errors(tables, overall_error)
+
+    masks = lesion_masks(dm.root, preds["image_id"], images.shape[1])
+    cam_stats = None
+    if masks:
+        have = np.array([i in masks for i in preds["image_id"]])
+        share = mass_inside(cams[have], np.stack([masks[i] for i in preds["image_id"][have]]))
+        wrong = frame["wrong"].to_numpy()[have]
+        cam_stats = {"images": int(have.sum()), "overall": float(np.nanmean(share)),
+                     "correct": float(np.nanmean(share[~wrong])) if (~wrong).any() else float("nan"),
+                     "wrong": float(np.nanmean(share[wrong])) if wrong.any() else float("nan"),
+                     "lesion_area": float(np.mean([masks[i].mean() for i in preds["image_id"][have]]))}
+
+    for name, png in pngs.items():
+        with atomic_path(out_dir / f"{name}.png") as tmp:
+            tmp.write_bytes(png)
+    for name in ("confusion_matrix", "reliability"):
+        if (run.test / f"{name}.png").exists():
+            pngs[name] = (run.test / f"{name}.png").read_bytes()
+
+    findings = _findings(metrics, frame, confusions, tables, overall_error, cam_stats)
+    page = _html(run, cfg, summary, metrics, summarize(dm.table, dm.split), tables, conf_sections, cam_stats,
+                 findings, pngs)
+    index = out_dir / "index.html"
+    atomic_write_text(index, page)
+    return index
+
+
+def _findings(metrics, frame, confusions, tables, overall_error, cam_stats) -> list[str]:
+    out = []
+    support = frame["dx"].value_counts()
+    for (t, p), count in confusions.head(3).items():
+        out.append(f"{count} of {support[t]} {t} test images ({count / support[t]:.1%}) were predicted as {p}.")
+    recalls = {c: v["recall"] for c, v in metrics["per_class"].items() if v["support"] > 0}
+    worst = min(recalls, key=recalls.get)
+    out.append(f"Lowest recall: {worst} ({DISPLAY_NAMES[worst]}) {recalls[worst]:.3f} over "
+               f"{metrics['per_class'][worst]['support']} images; highest: {max(recalls, key=recalls.get)} "
+               f"{max(recalls.values()):.3f}.")
+    for name, t in tables.items():
+        big = t[t["images"] >= MIN_SUBGROUP]
+        if len(big):
+            g = big.index[0]
+            out.append(f"Highest error rate by {name} (groups of >= {MIN_SUBGROUP} images): {g}, "
+                       f"{big['error_rate'].iloc[0]:.3f} over {int(big['images'].iloc[0])} images, against "
+                       f"{overall_error:.3f} overall.")
+    op = metrics.get("operating_points", {}).get("malignant")
+    if op:
+        out.append(f"At the referral threshold chosen on validation ({op['threshold']:.3f}, validation sensitivity "
+                   f"{op['val_sensitivity']:.3f}), test sensitivity is {op['sensitivity']:.3f} "
+                   f"(95% CI {op['ci95']['sensitivity'][0]:.3f}-{op['ci95']['sensitivity'][1]:.3f}) and specificity "
+                   f"{op['specificity']:.3f} ({op['ci95']['specificity'][0]:.3f}-{op['ci95']['specificity'][1]:.3f}).")
+    cal = metrics.get("calibration")
+    if cal:
+        out.append(f"Temperature scaling (T = {cal['temperature']:.3f}) moved the test ECE from "
+                   f"{cal['ece_15_before']:.4f} to {cal['ece_15_after']:.4f}.")
+    if cam_stats:
+        out.append(f"On average {cam_stats['overall']:.1%} of the Grad-CAM mass lies inside the lesion mask "
+                   f"(the lesion covers {cam_stats['lesion_area']:.1%} of the image): {cam_stats['correct']:.1%} for "
+                   f"correct and {cam_stats['wrong']:.1%} for wrong predictions ({cam_stats['images']} images).")
+    return out
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1280px;margin:2em auto;padding:0 1em;
+color:#222;line-height:1.45}
+h1{margin-bottom:.2em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
+img{max-width:100%;height:auto;display:block;margin:1em 0}
+table.t{border-collapse:collapse;font-size:.9em;margin:.5em 0} table.t td,table.t th{padding:.25em .7em;
+border-bottom:1px solid #e3e3e3;text-align:right} table.t th{background:#f4f4f4}
+.note{color:#666;font-size:.9em} pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:.8em}
+.grid{display:flex;flex-wrap:wrap;gap:2em} li{margin:.3em 0}
+"""
+
+
+def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_stats, findings, pngs) -> str:
+    import yaml
+
+    from .. import __version__
+
+    overall = pd.DataFrame({k: [metrics[k]] for k in ("accuracy", "balanced_accuracy", "precision_macro",
+                                                       "recall_macro", "f1_macro", "auroc_macro", "auroc_malignant")},
+                           index=[f"test ({metrics['n_images']} images)"])
+    per_class = pd.DataFrame(metrics["per_class"]).T
+    per_class.insert(0, "diagnosis", [DISPLAY_NAMES[c] for c in per_class.index])
+    per_class["support"] = per_class["support"].astype(int)
+    facts = {"data": summary.get("data_root", str(cfg["data"]["root"])), "model": cfg["model"]["name"],
+             "input size": f"{cfg['data']['image_size']} px", "epochs run": summary.get("epochs"),
+             "best epoch (validation)": summary.get("best_epoch"),
+             "training wall time": f"{summary['fit_seconds'] / 60:.1f} min" if "fit_seconds" in summary else "",
+             "checkpoint": metrics.get("checkpoint", ""), "test-time augmentation": metrics.get("tta", False)}
+    s = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>lesion-pl report: {html.escape(run.path.name)}"
+         f"</title><style>{CSS}</style></head><body>",
+         f"<h1>lesion-pl report: {html.escape(run.path.name)}</h1>",
+         f"<p class='note'>lesion-pl {__version__}. A research tool, not a diagnostic device. All figures are on the "
+         "held-out test split unless marked; thresholds and calibration were chosen on the validation split.</p>",
+         "<h2>Findings</h2><ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in findings) + "</ul>",
+         "<h2>Run</h2><div class='grid'>",
+         _table(pd.DataFrame({"": list(map(str, facts.values()))}, index=list(facts))),
+         "<div><b>Images per class and split</b>" + _table(split_table) + "</div></div>"]
+    if "training_curves" in pngs:
+        s += ["<h2>Training</h2>", _img(pngs["training_curves"], "training curves")]
+    s += ["<h2>Test metrics</h2>", _table(overall, "{:.4f}"), _table(per_class)]
+    if "confusion_matrix" in pngs:
+        s.append(_img(pngs["confusion_matrix"], "confusion matrix"))
+    s += ["<h2>ROC and precision-recall</h2>", _img(pngs["roc"], "ROC curves"),
+          _img(pngs["precision_recall"], "precision-recall curves")]
+    ops = metrics.get("operating_points", {})
+    if ops:
+        rows = {name: {"threshold": op["threshold"], "val sensitivity": op["val_sensitivity"],
+                       **{f"test {k}": f"{op[k]:.3f} [{op['ci95'][k][0]:.3f}, {op['ci95'][k][1]:.3f}]"
+                          for k in ("sensitivity", "specificity", "ppv", "npv")}} for name, op in ops.items()}
+        s += ["<h3>Referral operating points (95% CI: bootstrap over lesions)</h3>", _table(pd.DataFrame(rows).T)]
+    cal = metrics.get("calibration")
+    if cal:
+        s += ["<h2>Calibration</h2>", _table(pd.DataFrame({k: [v] for k, v in cal.items()}), "{:.4f}")]
+        if "reliability" in pngs:
+            s.append(_img(pngs["reliability"], "reliability diagram"))
+    s += ["<h2>Prediction gallery</h2>", _img(pngs["gallery"], "prediction gallery")]
+    s.append("<h2>Misclassified</h2>")
+    for t, p, count, key in conf_sections:
+        s += [f"<h3>{t} predicted as {p} ({count} images)</h3>", _img(pngs[key], f"{t} predicted as {p}")]
+    if tables:
+        s += ["<h3>Error rate by subgroup (from the metadata)</h3>", _img(pngs["subgroup_errors"], "subgroup errors"),
+              "<div class='grid'>" + "".join(f"<div><b>{html.escape(n)}</b>{_table(t)}</div>" for n, t in tables.items())
+              + "</div>"]
+    if cam_stats:
+        s += ["<h3>Where the model looks: Grad-CAM mass inside the lesion mask</h3>",
+              _table(pd.DataFrame({k: [v] for k, v in cam_stats.items()}))]
+    s += ["<h2>Config</h2>", f"<pre>{html.escape(yaml.safe_dump(cfg, sort_keys=False))}</pre>",
+          "<p class='note'>Data: HAM10000 (Tschandl et al., Sci. Data 2018), CC BY-NC.</p></body></html>"]
+    return "\n".join(s)

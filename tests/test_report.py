@@ -1,0 +1,115 @@
+"""The HTML report (rendered in a real headless Chromium), Grad-CAM, `explain`, and their errors."""
+from __future__ import annotations
+
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lesion_pl.config import load_config
+from lesion_pl.evaluate.gradcam import gradcam, mass_inside
+from lesion_pl.module import LesionClassifier
+
+from .conftest import invoke
+
+
+@pytest.fixture(scope="module")
+def report(trained_run):
+    r = invoke("report", "--run", trained_run, "--quiet")
+    assert r.exit_code == 0, r.output
+    return trained_run / "report" / "index.html"
+
+
+def test_report_is_one_self_contained_page(report):
+    page = report.read_text()
+    for section in ("Findings", "Run", "Training", "Test metrics", "ROC and precision-recall", "Calibration",
+                    "Prediction gallery", "Misclassified", "Error rate by subgroup", "Grad-CAM mass inside the lesion",
+                    "Config"):
+        assert section in page, section
+    sources = re.findall(r'<img [^>]*src="([^"]+)"', page)
+    assert len(sources) >= 9 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert not re.search(r'(href|src)="(http|file|/)', page)  # nothing outside the file
+    for png in ("gallery.png", "roc.png", "precision_recall.png", "training_curves.png", "subgroup_errors.png"):
+        assert (report.parent / png).stat().st_size > 5_000
+
+
+def test_findings_are_computed_from_the_predictions(report, trained_run):
+    preds = pd.read_csv(trained_run / "test" / "predictions.csv")
+    wrong = preds[preds["dx"] != preds["pred"]]
+    (t, p), count = next(iter(wrong.groupby(["dx", "pred"]).size().sort_values(ascending=False).items()))
+    n = int((preds["dx"] == t).sum())
+    assert f"{count} of {n} {t} test images ({count / n:.1%}) were predicted as {p}." in report.read_text()
+    assert re.search(r"of the Grad-CAM mass lies inside the lesion mask", report.read_text())
+
+
+def test_report_renders_in_headless_chromium(report):
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1300,2000"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+    try:
+        driver.get(report.as_uri())
+        assert driver.title.startswith("lesion-pl report")
+        counts = driver.execute_script(
+            "const imgs = [...document.images];"
+            "return [imgs.length, imgs.filter(i => !i.complete || i.naturalWidth === 0).length];")
+        assert counts[0] >= 9 and counts[1] == 0, f"{counts[1]} of {counts[0]} images broken"
+        shot = report.parent / "screenshot.png"
+        driver.save_screenshot(str(shot))
+        assert shot.stat().st_size > 20_000
+    finally:
+        driver.quit()
+
+
+def test_explain_writes_overlays_and_names_bad_files(trained_run, small_ham, tmp_path):
+    images = sorted(small_ham.glob("images/*.jpg"))[:2]
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"nope")
+    r = invoke("explain", *images, bad, "--run", trained_run, "--out", tmp_path / "ex")
+    assert r.exit_code == 1
+    assert "broken.jpg" in r.output
+    for img in images:
+        assert (tmp_path / "ex" / f"{img.stem}_gradcam.png").stat().st_size > 10_000
+        assert img.name in r.output and "malignancy" in r.output
+
+
+def test_gradcam_on_a_timm_cnn_and_mass_inside():
+    cfg = load_config(None, ["model.name=resnet18"])
+    model = LesionClassifier(cfg, [0.5] * 3, [0.2] * 3).eval()
+    cams, logits = gradcam(model, torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8))
+    assert cams.shape == (2, 64, 64) and logits.shape == (2, 7)
+    assert float(cams.min()) >= 0 and float(cams.max()) == pytest.approx(1.0)
+    cam = np.ones((1, 4, 4))
+    mask = np.zeros((1, 4, 4), bool)
+    mask[:, :2] = True
+    assert mass_inside(cam, mask)[0] == pytest.approx(0.5)
+
+
+def test_report_needs_a_finished_test(trained_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(trained_run, copy, ignore=shutil.ignore_patterns("test", "report"))
+    r = invoke("report", "--run", copy)
+    assert r.exit_code == 2 and "metrics.json does not exist" in r.output and "cli.py test --run" in r.output
+    (copy / "checkpoints" / "best.ckpt").unlink()
+    r = invoke("report", "--run", copy)
+    assert r.exit_code == 2 and "best.ckpt does not exist" in r.output
+
+
+def test_report_when_the_images_moved(trained_run, small_ham, tmp_path):
+    moved = tmp_path / "moved"
+    shutil.copytree(small_ham, moved)
+    shutil.rmtree(moved / "images")
+    r = invoke("report", "--run", trained_run, "--data-root", moved)
+    assert r.exit_code == 2 and "not found" in r.output and "--data-root" in r.output
