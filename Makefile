@@ -16,7 +16,8 @@ $(VENV)/.installed: requirements.txt
 install: $(VENV)/.installed
 
 # The main job on the default data: check the data, train, evaluate on the held-out test split,
-# export to ONNX (verified against PyTorch) and predict a few images with the torch-free runtime.
+# export to ONNX (verified against PyTorch), predict a few images with the torch-free runtime,
+# and write the HTML report.
 run: install
 	$(BIN)/python cli.py data summary
 	@if [ -f $(RUN)/summary.json ]; then echo "$(RUN) is already trained; skipping fit (rm -r $(RUN) to retrain)"; \
@@ -25,6 +26,7 @@ run: install
 	$(BIN)/python cli.py export --run $(RUN) --int8
 	$(BIN)/python cli.py predict "$${LESION_PL_DATA:-data}/ham10000" --model $(RUN)/export/model.onnx --limit 8 \
 	  --out $(RUN)/export/predictions_sample.csv
+	$(BIN)/python cli.py report --run $(RUN)
 
 test: install
 	$(BIN)/python -m pytest
