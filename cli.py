@@ -34,6 +34,8 @@ def friendly_errors(fn):
 CONFIG_OPT = typer.Option(None, "--config", "-c", help="YAML config (default: configs/ham10000.yaml).")
 DATA_ROOT_OPT = typer.Option(None, "--data-root", "-d",
                              help="Dataset folder (default: $LESION_PL_DATA/ham10000, else data/ham10000).")
+RUN_OPT = typer.Option(..., "--run", "-r", help="Run folder made by `fit`.")
+QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 SET_OPT = typer.Option(None, "--set", "-s", help="Override a config key: --set data.image_size=96 (repeatable).")
 
 
@@ -47,7 +49,7 @@ def fit(
     seed: Optional[int] = typer.Option(None, help="Override the seed (training and split)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run from its last.ckpt."),
     overrides: Optional[List[str]] = SET_OPT,
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    quiet: bool = QUIET_OPT,
 ):
     """Train a model; writes the resolved config, splits.csv, logs and checkpoints into --out."""
     from lesion_pl.config import load_config
@@ -72,11 +74,11 @@ def fit(
 @app.command()
 @friendly_errors
 def test(
-    run: Path = typer.Option(..., "--run", "-r", help="Run folder made by `fit`."),
+    run: Path = RUN_OPT,
     data_root: Optional[Path] = DATA_ROOT_OPT,
     split: str = typer.Option("test", help="Which split to evaluate: test, val, train or all."),
     tta: bool = typer.Option(False, "--tta", help="Average the 8 flips/90-degree rotations of each image."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    quiet: bool = QUIET_OPT,
 ):
     """Evaluate the run's best checkpoint (calibrated); writes RUN/test/metrics.json, predictions.csv, plots."""
     from lesion_pl.evaluate.run_test import format_report, test_run
@@ -89,9 +91,9 @@ def test(
 @app.command()
 @friendly_errors
 def calibrate(
-    run: Path = typer.Option(..., "--run", "-r", help="Run folder made by `fit`."),
+    run: Path = RUN_OPT,
     data_root: Optional[Path] = DATA_ROOT_OPT,
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    quiet: bool = QUIET_OPT,
 ):
     """Fit temperature scaling and the referral thresholds on the validation split (fit does this too)."""
     from lesion_pl.evaluate.calibrate import calibrate_run
@@ -107,11 +109,11 @@ def calibrate(
 @app.command()
 @friendly_errors
 def export(
-    run: Path = typer.Option(..., "--run", "-r", help="Run folder made by `fit`."),
+    run: Path = RUN_OPT,
     opset: int = typer.Option(18, help="ONNX opset (17 or newer)."),
     int8: bool = typer.Option(False, "--int8", help="Also write model.int8.onnx and compare it with fp32."),
     data_root: Optional[Path] = DATA_ROOT_OPT,
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    quiet: bool = QUIET_OPT,
 ):
     """Export the best checkpoint to RUN/export/model.onnx and verify it against PyTorch on real images."""
     from export.run_export import export_run
@@ -135,12 +137,15 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def _expand(inputs: List[Path]) -> List[Path]:
+    """Files as given, folders as the image files under them; an error if that finds none."""
     files: List[Path] = []
     for item in inputs:
         if item.is_dir():
             files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         else:
-            files.append(item)  # a missing or unreadable file is reported by the predictor
+            files.append(item)  # a missing or unreadable file is reported on its own line later
+    if not files:
+        raise LesionPLError(f"no image files in {', '.join(map(str, inputs))}")
     return files
 
 
@@ -159,8 +164,6 @@ def predict(
     from export.predict_table import predict_table
 
     files = _expand(images)[:limit]
-    if not files:
-        raise LesionPLError(f"no image files in {', '.join(map(str, images))}")
     failed = predict_table(model, files, out, batch_size, tta=tta, progress=not quiet and len(files) > 50)
     if failed:
         raise typer.Exit(1)
@@ -171,7 +174,7 @@ def predict(
 def report(
     run: Path = typer.Option(..., "--run", "-r", help="Run folder made by `fit` and `test`."),
     data_root: Optional[Path] = DATA_ROOT_OPT,
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    quiet: bool = QUIET_OPT,
 ):
     """Write RUN/report/index.html: one self-contained page of metrics, curves, galleries and error analysis."""
     from lesion_pl.evaluate.report import build_report
@@ -183,15 +186,13 @@ def report(
 @friendly_errors
 def explain(
     images: List[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
-    run: Path = typer.Option(..., "--run", "-r", help="Run folder made by `fit`."),
+    run: Path = RUN_OPT,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the overlays (default RUN/explain)."),
 ):
     """Grad-CAM overlays with the prediction, one PNG per image."""
     from lesion_pl.evaluate.explain import explain_images
 
     files = _expand(images)
-    if not files:
-        raise LesionPLError(f"no image files in {', '.join(map(str, images))}")
     done, errors = explain_images(files, run, out)
     for path, png, top, p, mal in done:
         typer.echo(f"{path}: {top} {p:.3f}, malignancy {mal:.3f} -> {png}")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 
-from lesion_pl.config import load_config
 from lesion_pl.errors import LesionPLError
 from lesion_pl.io import atomic_write_json
 from lesion_pl.run import RunDir
@@ -35,7 +34,6 @@ def _accuracy(clf, images: np.ndarray, labels: np.ndarray) -> dict:
 def export_run(run_path: Path, opset: int = 18, int8: bool = False, data_root: Path | None = None,
                progress: bool = True) -> dict:
     from lesion_pl.checkpoint import load_classifier
-    from lesion_pl.data.datamodule import LesionDataModule
     from lesion_pl.evaluate.calibrate import load_calibration
 
     from .onnx_export import PARITY_TOLERANCE, export_onnx, metadata, parity
@@ -43,9 +41,7 @@ def export_run(run_path: Path, opset: int = 18, int8: bool = False, data_root: P
 
     run = RunDir(Path(run_path))
     run.require_fitted()
-    cfg = load_config(run.config)
-    if data_root is not None:
-        cfg["data"]["root"] = str(data_root)
+    cfg = run.load_config(data_root)
     summary = json.loads(run.summary.read_text()) if run.summary.exists() else {}
     classifier = load_classifier(run.best)
     hp = classifier.hparams
@@ -57,7 +53,7 @@ def export_run(run_path: Path, opset: int = 18, int8: bool = False, data_root: P
     export_onnx(classifier, temperature, size, fp32, opset,
                 metadata(summary, size, list(hp["mean"]), list(hp["std"]), cal))
 
-    dm = LesionDataModule(cfg, splits_file=run.splits, progress=progress).build()
+    dm = run.datamodule(cfg, progress)
     test_idx = dm.indices("test")
     test_images = np.asarray(dm.cache[test_idx])
     # test images first, topped up from the other splits when the test split is small

@@ -48,6 +48,21 @@ class RunDir:
             raise LesionPLError(f"{what} does not exist; `{made_by}` makes it")
         return what
 
+    def load_config(self, data_root: Path | None = None) -> dict:
+        """The run's saved config (over the defaults), pointed at `data_root` where given."""
+        from .config import load_config
+
+        cfg = load_config(self.config)
+        if data_root is not None:
+            cfg["data"]["root"] = str(data_root)
+        return cfg
+
+    def datamodule(self, cfg: dict, progress: bool = True):
+        """The run's data with its own splits.csv, checked and cached."""
+        from .data.datamodule import LesionDataModule
+
+        return LesionDataModule(cfg, splits_file=self.splits, progress=progress).build()
+
     def require_fitted(self) -> None:
         if not self.path.is_dir():
             raise LesionPLError(f"run folder {self.path} does not exist; "

@@ -61,5 +61,4 @@ def build_cache(paths: list[str], size: int, cache_dir: Path | None = None,
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
             raise LesionPLError(f"{len(errors)} bad image(s): {sorted(errors)[0]}{more}")
         arr.flush()
-        del arr
     return np.load(target, mmap_mode="r")

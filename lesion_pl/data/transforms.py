@@ -5,7 +5,6 @@ normalisation (the training split's mean/std) happens inside the model, as in th
 """
 from __future__ import annotations
 
-import torch
 from torchvision.transforms import v2
 
 

@@ -9,7 +9,6 @@ import numpy as np
 
 from ..calibration import binary_stats, fit_temperature, nll, softmax, threshold_for_sensitivity
 from ..classes import CLASS_TO_INDEX, MALIGNANT_INDICES
-from ..config import load_config
 from ..io import atomic_write_json
 from ..run import RunDir
 
@@ -24,15 +23,12 @@ def scores_and_positives(probs: np.ndarray, labels: np.ndarray, name: str):
 
 def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool = True) -> dict:
     from ..checkpoint import load_classifier
-    from ..data.datamodule import LesionDataModule
     from .inference import predict_logits
 
     run = RunDir(Path(run_path))
     run.require_fitted()
-    cfg = load_config(run.config)
-    if data_root is not None:
-        cfg["data"]["root"] = str(data_root)
-    dm = LesionDataModule(cfg, splits_file=run.splits, progress=progress).build()
+    cfg = run.load_config(data_root)
+    dm = run.datamodule(cfg, progress)
     ds = dm.dataset("val")
     labels = np.asarray(ds.labels)
     logits = predict_logits(load_classifier(run.best), ds, progress=progress)

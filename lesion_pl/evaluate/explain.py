@@ -9,7 +9,6 @@ import torch
 
 from ..calibration import softmax
 from ..classes import CLASSES, DISPLAY_NAMES, MALIGNANT_INDICES
-from ..config import load_config
 from ..io import atomic_path
 from ..preprocess import ImageReadError, preprocess_file
 from ..run import RunDir
@@ -23,7 +22,7 @@ def explain_images(paths: list[Path], run_path: Path, out_dir: Path | None = Non
 
     run = RunDir(Path(run_path))
     run.require_fitted()
-    cfg = load_config(run.config)
+    cfg = run.load_config()
     size = int(cfg["data"]["image_size"])
     cal_path = run.path / "calibration.json"
     cal = json.loads(cal_path.read_text()) if cal_path.exists() else {"temperature": 1.0, "operating_points": {}}

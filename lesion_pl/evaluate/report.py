@@ -12,7 +12,6 @@ import pandas as pd
 import torch
 
 from ..classes import CLASS_TO_INDEX, CLASSES, DISPLAY_NAMES, MALIGNANT_INDICES
-from ..config import load_config
 from ..errors import LesionPLError
 from ..io import atomic_path, atomic_write_text
 from ..run import RunDir
@@ -68,7 +67,6 @@ def _table(df: pd.DataFrame, floats: str = "{:.3f}") -> str:
 def build_report(run_path: Path, data_root: Path | None = None, progress: bool = True,
                  per_class: int = 4, per_confusion: int = 6) -> Path:
     from ..checkpoint import load_classifier
-    from ..data.datamodule import LesionDataModule
     from ..data.splits import summarize
     from .gradcam import gradcam, mass_inside, overlay
 
@@ -78,11 +76,9 @@ def build_report(run_path: Path, data_root: Path | None = None, progress: bool =
     metrics = json.loads(run.require(run.test / "metrics.json", test_cmd).read_text())
     preds = pd.read_csv(run.require(run.test / "predictions.csv", test_cmd))
     summary = json.loads(run.summary.read_text()) if run.summary.exists() else {}
-    cfg = load_config(run.config)
-    if data_root is not None:
-        cfg["data"]["root"] = str(data_root)
+    cfg = run.load_config(data_root)
     try:
-        dm = LesionDataModule(cfg, splits_file=run.splits, progress=progress).build()
+        dm = run.datamodule(cfg, progress)
     except LesionPLError as e:
         raise LesionPLError(f"{e} (the run's images are read from {cfg['data']['root'] or 'the default data root'}; "
                             "if they moved, pass --data-root DIR)") from None

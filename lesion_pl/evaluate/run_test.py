@@ -9,7 +9,6 @@ import torch
 
 from ..classes import CLASSES, MALIGNANT_INDICES
 from ..calibration import binary_stats, bootstrap_ci, brier_score, softmax
-from ..config import load_config
 from ..errors import LesionPLError
 from ..io import atomic_path, atomic_write_json
 from ..run import RunDir
@@ -32,7 +31,6 @@ def operating_points(cal: dict, probs: np.ndarray, target: np.ndarray, groups: n
 def test_run(run_path: Path, data_root: Path | None = None, split: str = "test", tta: bool = False,
              progress: bool = True) -> dict:
     from ..checkpoint import load_classifier
-    from ..data.datamodule import LesionDataModule
     from .calibrate import load_calibration
     from .inference import predict_logits
     from .metrics import expected_calibration_error, metrics_report
@@ -40,10 +38,8 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
 
     run = RunDir(Path(run_path))
     run.require_fitted()
-    cfg = load_config(run.config)
-    if data_root is not None:
-        cfg["data"]["root"] = str(data_root)
-    dm = LesionDataModule(cfg, splits_file=run.splits, progress=progress).build()
+    cfg = run.load_config(data_root)
+    dm = run.datamodule(cfg, progress)
     if split not in ("train", "val", "test", "all"):
         raise LesionPLError(f"--split must be train, val, test or all, got '{split}'")
     ds = dm.dataset(split)
