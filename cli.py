@@ -218,13 +218,15 @@ def data_summary(
     sets = list(overrides or []) + ([f"data.root={data_root}"] if data_root else [])
     cfg = load_config(config, sets)
     root = resolve_data_root(cfg)
-    table = read_source(cfg["data"]["format"], root)
+    table = read_source(cfg["data"]["format"], root, cfg["data"])
     s = cfg["data"]["splits"]
     split = read_splits(table, splits) if splits else make_splits(table, s, int(s.get("seed", cfg["seed"])))
     check_no_leak(table, split)
     typer.echo(f"{root}: {len(table)} images, {table['group'].nunique()} lesions, "
                f"{'split from ' + str(splits) if splits else 'split seed ' + str(s.get('seed', cfg['seed']))}")
     typer.echo(summarize(table, split).to_string())
+    for label, count in table.attrs.get("dropped", {}).items():
+        typer.echo(f"left out (data.drop_labels): {count} image(s) labelled {label}")
     typer.echo("no lesion is in two splits")
 
 

@@ -75,16 +75,16 @@ def load_config(path: Path | None = None, overrides: list[str] = ()) -> dict:
     return cfg
 
 
-def default_data_root(fmt: str = "ham10000") -> Path:
-    """$LESION_PL_DATA/<format> where the variable is set, else data/<format> in the project."""
+def default_data_root() -> Path:
+    """$LESION_PL_DATA/ham10000 where the variable is set, else data/ham10000 in the project."""
     base = os.environ.get("LESION_PL_DATA")
     base_path = Path(base) if base else Path(__file__).resolve().parent.parent / "data"
-    return base_path / fmt
+    return base_path / "ham10000"
 
 
 def resolve_data_root(cfg: dict) -> Path:
     root = cfg["data"]["root"]
-    return Path(root).expanduser() if root else default_data_root(cfg["data"]["format"])
+    return Path(root).expanduser() if root else default_data_root()
 
 
 def save_config(cfg: dict, path: Path) -> None:

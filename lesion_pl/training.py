@@ -93,6 +93,7 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
     summary = {
         "data_root": str(dm.root),
         "images": {s: int((dm.split == s).sum()) for s in ("train", "val", "test")},
+        "left_out": dm.table.attrs.get("dropped", {}),
         "model": cfg["model"]["name"],
         "image_size": int(cfg["data"]["image_size"]),
         "epochs": int(trainer.current_epoch),

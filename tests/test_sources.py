@@ -82,7 +82,7 @@ def test_unknown_dx_label(ham_root, ham_meta, tmp_path):
         meta.to_csv(root / "HAM10000_metadata.csv", index=False)
 
     root = _write(ham_root, ham_meta, tmp_path, edit)
-    with pytest.raises(LesionPLError, match=r"unknown dx label\(s\) 'melanomaa' in 1 row\(s\) \(first at line 5\)"):
+    with pytest.raises(LesionPLError, match=r"unknown label\(s\) 'melanomaa' in 1 row\(s\) \(first at line 5\)"):
         read_ham10000(root)
 
 
@@ -97,5 +97,5 @@ def test_duplicate_image_id(ham_root, ham_meta, tmp_path):
         pd.concat([meta, meta[:1]]).to_csv(root / "HAM10000_metadata.csv", index=False)
 
     root = _write(ham_root, ham_meta, tmp_path, edit)
-    with pytest.raises(LesionPLError, match="image_id listed twice"):
+    with pytest.raises(LesionPLError, match="image listed twice"):
         read_ham10000(root)

@@ -60,7 +60,7 @@ class LesionDataModule(pl.LightningDataModule):
             return self
         d = self.cfg["data"]
         self.root = resolve_data_root(self.cfg)
-        table = read_source(d["format"], self.root)
+        table = read_source(d["format"], self.root, d)
         if self.splits_file:
             split = read_splits(table, Path(self.splits_file))
         else:

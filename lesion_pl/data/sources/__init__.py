@@ -1,0 +1,48 @@
+"""Readers: one per on-disk dataset format, each returning the same table.
+
+Columns: image_id, path (absolute), dx (class code), label (class index), group (lesion or patient
+id: one group never crosses splits), plus whatever metadata the source has. Rows left out on the
+user's request (data.drop_labels) are counted in table.attrs["dropped"].
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ...errors import LesionPLError
+from .common import IMAGE_SUFFIXES, index_images
+from .generic import read_folder, read_generic_csv
+from .ham10000 import HOW_TO_GET as HOW_TO_GET_HAM10000
+from .ham10000 import find_metadata, read_ham10000
+from .isic import find_ground_truth, read_isic_csv
+
+READERS = {"ham10000": read_ham10000, "isic-csv": read_isic_csv, "csv": read_generic_csv, "folder": read_folder}
+
+
+def detect_format(root: Path) -> str:
+    """The format of `root` where only one fits; an error that lists the formats otherwise."""
+    root = Path(root)
+    if not root.is_dir():
+        raise LesionPLError(f"data root {root} does not exist. {HOW_TO_GET_HAM10000}")
+    if find_metadata(root):
+        return "ham10000"
+    if find_ground_truth(root):
+        return "isic-csv"
+    subdirs = [d for d in root.iterdir() if d.is_dir()]
+    if subdirs and not list(root.glob("*.csv")) and all(
+            any(p.suffix.lower() in IMAGE_SUFFIXES for p in d.iterdir()) for d in subdirs):
+        return "folder"
+    raise LesionPLError(f"cannot tell the format of {root}; pass --format ({', '.join(READERS)})")
+
+
+def read_source(fmt: str, root: str | Path, options: dict | None = None) -> pd.DataFrame:
+    if fmt == "auto":
+        fmt = detect_format(Path(root))
+    if fmt not in READERS:
+        raise LesionPLError(f"unknown data format '{fmt}' (known: auto, {', '.join(READERS)})")
+    return READERS[fmt](root, options)
+
+
+__all__ = ["READERS", "detect_format", "index_images", "read_source", "read_ham10000", "read_isic_csv",
+           "read_generic_csv", "read_folder", "HOW_TO_GET_HAM10000"]

@@ -1,0 +1,98 @@
+"""What every reader shares: finding images under a root, mapping labels into the label space,
+and the checks that make a bad row one clear error."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ...classes import CLASS_TO_INDEX, CLASSES
+from ...errors import LesionPLError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def index_images(root: Path) -> dict[str, Path]:
+    """image stem -> path, for every image file anywhere under `root` (first in sorted order wins)."""
+    found: dict[str, Path] = {}
+    for path in sorted(root.rglob("*")):
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.stem not in found:
+            found[path.stem] = path
+    return found
+
+
+def require_root(root: Path, how_to_get: str = "") -> Path:
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise LesionPLError(f"data root {root} does not exist. {how_to_get}".strip())
+    return root
+
+
+def read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
+    try:
+        df = pd.read_csv(path, dtype=str)
+    except Exception as e:
+        raise LesionPLError(f"cannot read {path}: {e}") from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise LesionPLError(f"{path} is missing column(s) {', '.join(missing)} (has: {', '.join(map(str, df.columns))})")
+    if df.empty:
+        raise LesionPLError(f"{path} lists no images")
+    for col in required:
+        blank = df[col].isna()
+        if blank.any():
+            raise LesionPLError(f"{path}: {int(blank.sum())} row(s) with an empty '{col}' "
+                                f"(lines {(df.index[blank][:5] + 2).tolist()})")
+    return df
+
+
+def map_labels(raw: pd.Series, where: str, label_map: dict | None = None, drop: list | tuple = ()) -> tuple[pd.Series, dict]:
+    """Source labels -> class codes (case-insensitive; `label_map` first). Labels in `drop` are
+    removed (returned as {label: count}); any other unknown label is an error naming it."""
+    lmap = {str(k).strip().lower(): str(v).strip().lower() for k, v in (label_map or {}).items()}
+    for k, v in lmap.items():
+        if v not in CLASSES:
+            raise LesionPLError(f"data.label_map maps '{k}' to '{v}', which is not a class ({', '.join(CLASSES)})")
+    norm = raw.astype(str).str.strip().str.lower()
+    dropping = {str(d).strip().lower() for d in drop}
+    dropped = norm.isin(dropping) & ~norm.isin(lmap)
+    dx = norm.map(lambda v: lmap.get(v, v))
+    unknown = sorted(set(dx[~dropped]) - set(CLASSES))
+    if unknown:
+        bad = dx.isin(unknown) & ~dropped
+        first = int(raw.index[bad][0]) + 2  # header line, 1-based
+        raise LesionPLError(f"{where}: unknown label(s) {', '.join(map(repr, unknown))} in {int(bad.sum())} row(s) "
+                            f"(first at line {first}); known: {', '.join(CLASSES)}; map them with "
+                            "--set data.label_map={LABEL: code} or leave them out with --set data.drop_labels=[LABEL]")
+    counts = raw[dropped].astype(str).value_counts().to_dict()
+    return dx.where(~dropped), counts
+
+
+def inside_root(root: Path, rel: str, where: str) -> Path:
+    """A path from a data file, resolved under `root`; one that leaves the root is refused."""
+    path = (root / rel).resolve()
+    if root.resolve() not in path.parents:
+        raise LesionPLError(f"{where}: image path '{rel}' points outside the data root {root}")
+    return path
+
+
+def finish(images: pd.Series, paths: pd.Series, dx: pd.Series, groups: pd.Series, meta: pd.DataFrame | None,
+           where: str, root: Path, dropped: dict) -> pd.DataFrame:
+    """The reader's table, with missing files reported together and dropped rows recorded in attrs."""
+    keep = dx.notna()
+    if paths[keep].isna().any():
+        absent = images[keep & paths.isna()].tolist()
+        raise LesionPLError(f"{len(absent)} image(s) listed in {where} not found under {root}: "
+                            f"{', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}")
+    dup = images[keep].duplicated()
+    if dup.any():
+        raise LesionPLError(f"{where}: image listed twice: {', '.join(images[keep][dup][:5])}")
+    table = pd.DataFrame({"image_id": images, "path": paths.map(lambda p: str(Path(p).resolve()) if pd.notna(p) else p),
+                          "dx": dx, "group": groups})
+    if meta is not None:
+        for col in meta.columns:
+            table[col] = meta[col]
+    table = table[keep].reset_index(drop=True)
+    table["label"] = table["dx"].map(CLASS_TO_INDEX).astype(int)
+    table.attrs["dropped"] = dropped
+    return table

@@ -1,0 +1,45 @@
+"""Formats of the user's own making: `csv` (an image-path column, a label column, an optional group
+column) and `folder` (one sub-folder per class, the ImageFolder layout)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ...errors import LesionPLError
+from .common import IMAGE_SUFFIXES, finish, inside_root, map_labels, read_csv, require_root
+
+
+def read_generic_csv(root: str | Path, options: dict | None = None) -> pd.DataFrame:
+    options = options or {}
+    root = require_root(Path(root))
+    c = options.get("columns") or {}
+    image_col, label_col, group_col = c.get("image", "image"), c.get("label", "label"), c.get("group")
+    csv = Path(options["csv"]) if options.get("csv") else None
+    if csv is None:
+        found = sorted(root.glob("*.csv"))
+        if len(found) != 1:
+            raise LesionPLError(f"{root} holds {len(found)} CSV files; name one with --set data.csv=FILE")
+        csv = found[0]
+    df = read_csv(csv, (image_col, label_col) + ((group_col,) if group_col else ()))
+    paths = pd.Series([inside_root(root, rel, str(csv)) for rel in df[image_col]], index=df.index)
+    paths = paths.where(paths.map(Path.is_file))
+    dx, dropped = map_labels(df[label_col], str(csv), options.get("label_map"), options.get("drop_labels", ()))
+    images = df[image_col].map(lambda rel: Path(rel).stem)
+    groups = df[group_col] if group_col else images
+    extra = df[[col for col in df.columns if col not in (image_col, label_col, group_col)]]
+    return finish(images, paths.astype(object).where(paths.notna()), dx, groups, extra, str(csv), root, dropped)
+
+
+def read_folder(root: str | Path, options: dict | None = None) -> pd.DataFrame:
+    options = options or {}
+    root = require_root(Path(root))
+    rows = [(p, sub.name) for sub in sorted(root.iterdir()) if sub.is_dir()
+            for p in sorted(sub.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not rows:
+        raise LesionPLError(f"{root} has no class sub-folders with images (expected ROOT/<class>/<image>.jpg)")
+    paths = pd.Series([str(p) for p, _ in rows])
+    raw = pd.Series([label for _, label in rows])
+    dx, dropped = map_labels(raw, f"the sub-folders of {root}", options.get("label_map"), options.get("drop_labels", ()))
+    images = pd.Series([str(p.relative_to(root).with_suffix("")) for p, _ in rows])
+    return finish(images, paths, dx, images, None, str(root), root, dropped)

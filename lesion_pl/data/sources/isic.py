@@ -1,0 +1,49 @@
+"""ISIC challenge ground truth: an `image` column and one 0/1 column per class (2018 Task 3: MEL, NV,
+BCC, AKIEC, BKL, DF, VASC; 2019 adds SCC and UNK, and writes AK for AKIEC). Images <image>.jpg
+anywhere under the root. A `lesion_id` column (ISIC 2019's metadata has one) groups the splits."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ...errors import LesionPLError
+from .common import finish, index_images, map_labels, read_csv, require_root
+
+ISIC_CODES = {"MEL": "mel", "NV": "nv", "BCC": "bcc", "AKIEC": "akiec", "AK": "akiec", "BKL": "bkl",
+              "DF": "df", "VASC": "vasc", "SCC": "scc", "UNK": "unk"}
+
+
+def find_ground_truth(root: Path) -> Path | None:
+    for csv in sorted(root.glob("*.csv")) + sorted(root.glob("*/*.csv")):
+        try:
+            cols = set(pd.read_csv(csv, nrows=0).columns)
+        except Exception:
+            continue
+        if "image" in cols and len(cols & set(ISIC_CODES)) >= 3:
+            return csv
+    return None
+
+
+def read_isic_csv(root: str | Path, options: dict | None = None) -> pd.DataFrame:
+    options = options or {}
+    root = require_root(Path(root))
+    csv = Path(options["csv"]) if options.get("csv") else find_ground_truth(root)
+    if csv is None:
+        raise LesionPLError(f"no ISIC ground-truth CSV (an 'image' column and class columns MEL, NV, ...) in {root}")
+    gt = read_csv(csv, ("image",))
+    classes = [c for c in gt.columns if c in ISIC_CODES]
+    onehot = gt[classes].apply(pd.to_numeric, errors="coerce").fillna(0).to_numpy()
+    bad = onehot.sum(axis=1) != 1
+    if bad.any():
+        first = int(bad.argmax())
+        raise LesionPLError(f"{csv}: {int(bad.sum())} row(s) without exactly one class set to 1 "
+                            f"(first at line {first + 2}, image {gt['image'][first]})")
+    raw = pd.Series([classes[i] for i in onehot.argmax(axis=1)], index=gt.index)
+    label_map = {**{k: v for k, v in ISIC_CODES.items() if v in ("mel", "nv", "bcc", "akiec", "bkl", "df", "vasc")},
+                 **(options.get("label_map") or {})}
+    dx, dropped = map_labels(raw, str(csv), label_map, options.get("drop_labels", ()))
+    groups = gt["lesion_id"].fillna(gt["image"]) if "lesion_id" in gt else gt["image"]
+    images = index_images(root)
+    extra = gt[[c for c in gt.columns if c not in classes and c not in ("image", "lesion_id")]]
+    return finish(gt["image"], gt["image"].map(images), dx, groups, extra, str(csv), root, dropped)
