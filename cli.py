@@ -36,6 +36,8 @@ DATA_ROOT_OPT = typer.Option(None, "--data-root", "-d",
                              help="Dataset folder (default: $LESION_PL_DATA/ham10000, else data/ham10000).")
 RUN_OPT = typer.Option(..., "--run", "-r", help="Run folder made by `fit`.")
 QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress bars.")
+FORMAT_OPT = typer.Option(None, "--format", "-f", help="Dataset format: auto, ham10000, isic-csv, csv, folder.")
+SKIP_BAD_OPT = typer.Option(False, "--skip-bad-images", help="Leave out unreadable images (counted) instead of failing.")
 SET_OPT = typer.Option(None, "--set", "-s", help="Override a config key: --set data.image_size=96 (repeatable).")
 
 
@@ -48,6 +50,8 @@ def fit(
     max_epochs: Optional[int] = typer.Option(None, help="Override trainer.max_epochs."),
     seed: Optional[int] = typer.Option(None, help="Override the seed (training and split)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run from its last.ckpt."),
+    data_format: Optional[str] = FORMAT_OPT,
+    skip_bad_images: bool = SKIP_BAD_OPT,
     overrides: Optional[List[str]] = SET_OPT,
     quiet: bool = QUIET_OPT,
 ):
@@ -58,6 +62,10 @@ def fit(
     sets = list(overrides or [])
     if data_root is not None:
         sets.append(f"data.root={data_root}")
+    if data_format is not None:
+        sets.append(f"data.format={data_format}")
+    if skip_bad_images:
+        sets.append("data.skip_bad_images=true")
     if max_epochs is not None:
         sets.append(f"trainer.max_epochs={max_epochs}")
     if seed is not None:
@@ -66,6 +74,9 @@ def fit(
         config = out / "config.yaml"
     cfg = load_config(config, sets)
     summary = run_fit(cfg, out, resume=resume, progress=not quiet)
+    if summary["skipped_bad_images"]:
+        typer.secho(f"warning: skipped {len(summary['skipped_bad_images'])} unreadable image(s); "
+                    f"listed in {out / 'summary.json'}", fg="yellow", err=True)
     typer.echo(f"best val balanced accuracy {summary['best_val_balanced_accuracy']:.4f} "
                f"(epoch {summary['best_epoch']}), {summary['epochs']} epochs in {summary['fit_seconds']:.0f} s; "
                f"run folder: {out}")
@@ -78,12 +89,17 @@ def test(
     data_root: Optional[Path] = DATA_ROOT_OPT,
     split: str = typer.Option("test", help="Which split to evaluate: test, val, train or all."),
     tta: bool = typer.Option(False, "--tta", help="Average the 8 flips/90-degree rotations of each image."),
+    data_format: Optional[str] = FORMAT_OPT,
+    skip_bad_images: bool = SKIP_BAD_OPT,
     quiet: bool = QUIET_OPT,
 ):
-    """Evaluate the run's best checkpoint (calibrated); writes RUN/test/metrics.json, predictions.csv, plots."""
+    """Evaluate the run's best checkpoint (calibrated); writes RUN/test/metrics.json, predictions.csv, plots.
+
+    On another dataset: --data-root DIR [--format F] --split all."""
     from lesion_pl.evaluate.run_test import format_report, test_run
 
-    report = test_run(run, data_root, split, tta=tta, progress=not quiet)
+    report = test_run(run, data_root, split, tta=tta, progress=not quiet, data_format=data_format,
+                      skip_bad_images=skip_bad_images)
     typer.echo(format_report(report))
     typer.echo(f"\nwrote {run / 'test'}/metrics.json, predictions.csv, confusion_matrix.png, roc.png, reliability.png")
 
@@ -228,6 +244,36 @@ def data_summary(
     for label, count in table.attrs.get("dropped", {}).items():
         typer.echo(f"left out (data.drop_labels): {count} image(s) labelled {label}")
     typer.echo("no lesion is in two splits")
+
+
+@data_app.command("check")
+@friendly_errors
+def data_check(
+    data_root: Optional[Path] = DATA_ROOT_OPT,
+    data_format: Optional[str] = FORMAT_OPT,
+    out: Path = typer.Option(Path("bad_images.csv"), "--out", "-o", help="Where to write the list of bad files."),
+    config: Optional[Path] = CONFIG_OPT,
+):
+    """Open every image of a dataset in parallel; list the unreadable ones with the reason."""
+    import pandas as pd
+
+    from lesion_pl.config import load_config, resolve_data_root
+    from lesion_pl.data.check import find_bad_images
+    from lesion_pl.data.sources import read_source
+    from lesion_pl.io import atomic_path
+
+    sets = ([f"data.root={data_root}"] if data_root else []) + ([f"data.format={data_format}"] if data_format else [])
+    cfg = load_config(config, sets)
+    root = resolve_data_root(cfg)
+    table = read_source(cfg["data"]["format"], root, cfg["data"])
+    bad = find_bad_images(table["path"].tolist())
+    with atomic_path(out) as tmp:
+        pd.DataFrame({"path": list(bad), "reason": list(bad.values())}).to_csv(tmp, index=False)
+    typer.echo(f"{len(table)} images checked, {len(bad)} bad; list written to {out}")
+    for path, reason in list(bad.items())[:10]:
+        typer.secho(f"  {reason}", fg="red", err=True)
+    if bad:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

@@ -48,20 +48,25 @@ class RunDir:
             raise LesionPLError(f"{what} does not exist; `{made_by}` makes it")
         return what
 
-    def load_config(self, data_root: Path | None = None) -> dict:
-        """The run's saved config (over the defaults), pointed at `data_root` where given."""
+    def load_config(self, data_root: Path | None = None, data_format: str | None = None,
+                    skip_bad_images: bool = False) -> dict:
+        """The run's saved config (over the defaults), pointed at other data where given."""
         from .config import load_config
 
         cfg = load_config(self.config)
         if data_root is not None:
             cfg["data"]["root"] = str(data_root)
+        if data_format is not None:
+            cfg["data"]["format"] = data_format
+        if skip_bad_images:
+            cfg["data"]["skip_bad_images"] = True
         return cfg
 
-    def datamodule(self, cfg: dict, progress: bool = True):
-        """The run's data with its own splits.csv, checked and cached."""
+    def datamodule(self, cfg: dict, progress: bool = True, whole: bool = False):
+        """The run's data with its own splits.csv (or, `whole`, every image as one split), checked and cached."""
         from .data.datamodule import LesionDataModule
 
-        return LesionDataModule(cfg, splits_file=self.splits, progress=progress).build()
+        return LesionDataModule(cfg, splits_file=None if whole else self.splits, progress=progress, whole=whole).build()
 
     def require_fitted(self) -> None:
         if not self.path.is_dir():

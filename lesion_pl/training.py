@@ -75,7 +75,8 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
     if not run.splits.exists():
         write_splits(dm.table, dm.split, run.splits)
 
-    model = LesionClassifier(cfg, dm.mean, dm.std, dm.class_weights())
+    mean, std = dm.train_stats()
+    model = LesionClassifier(cfg, mean, std, dm.class_weights())
     trainer = build_trainer(cfg, run, progress)
     log = run.path / "logs" / "metrics.csv"
     backup = log.with_name("metrics.before-resume.csv")
@@ -94,6 +95,7 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
         "data_root": str(dm.root),
         "images": {s: int((dm.split == s).sum()) for s in ("train", "val", "test")},
         "left_out": dm.table.attrs.get("dropped", {}),
+        "skipped_bad_images": dm.skipped,
         "model": cfg["model"]["name"],
         "image_size": int(cfg["data"]["image_size"]),
         "epochs": int(trainer.current_epoch),
@@ -102,8 +104,8 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
         "best_val_metrics": _val_metrics_at(run, _best_epoch(run)),
         "fit_seconds": round(wall + previous.get("fit_seconds", 0.0), 1),
         "seconds_per_epoch": round(wall / max(1, trainer.current_epoch - previous.get("epochs", 0)), 1),
-        "train_mean": dm.mean,
-        "train_std": dm.std,
+        "train_mean": mean,
+        "train_std": std,
     }
     atomic_write_json(run.summary, summary)
     if run.best.exists():

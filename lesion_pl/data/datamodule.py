@@ -17,6 +17,7 @@ from ..classes import NUM_CLASSES
 from ..config import resolve_data_root
 from ..errors import LesionPLError
 from .cache import build_cache
+from .check import bad_images_cached
 from .dataset import CachedImages
 from .sources import read_source
 from .splits import SPLITS, check_no_leak, make_splits, read_splits
@@ -47,9 +48,11 @@ def channel_stats(cache: np.ndarray, indices: np.ndarray, chunk: int = 512) -> t
 
 
 class LesionDataModule(pl.LightningDataModule):
-    def __init__(self, cfg: dict, splits_file: Path | None = None, progress: bool = True):
+    def __init__(self, cfg: dict, splits_file: Path | None = None, progress: bool = True, whole: bool = False):
+        """`whole`: every image in one 'all' split and no split file (evaluating a model on other data)."""
         super().__init__()
         self.cfg = cfg
+        self.whole = whole
         self.splits_file = splits_file or cfg["data"].get("splits_file")
         self.progress = progress
         self.table: pd.DataFrame | None = None
@@ -61,20 +64,30 @@ class LesionDataModule(pl.LightningDataModule):
         d = self.cfg["data"]
         self.root = resolve_data_root(self.cfg)
         table = read_source(d["format"], self.root, d)
-        if self.splits_file:
+        self.skipped: dict[str, str] = {}
+        if d.get("skip_bad_images"):
+            self.skipped = bad_images_cached(table["path"].tolist(), d.get("cache_dir"), self.progress)
+            table = table[~table["path"].isin(self.skipped)].reset_index(drop=True)
+        if self.whole:
+            split = pd.Series("all", index=table.index, name="split")
+        elif self.splits_file:
             split = read_splits(table, Path(self.splits_file))
         else:
             s = d["splits"]
             split = make_splits(table, s, int(s.get("seed", self.cfg["seed"])))
-        check_no_leak(table, split)
-        for name in SPLITS:
-            if not (split == name).any():
-                raise LesionPLError(f"the {name} split is empty ({len(table)} images, fractions {d['splits']})")
+        if not self.whole:
+            check_no_leak(table, split)
+            for name in SPLITS:
+                if not (split == name).any():
+                    raise LesionPLError(f"the {name} split is empty ({len(table)} images, fractions {d['splits']})")
         self.cache = build_cache(table["path"].tolist(), int(d["image_size"]), d.get("cache_dir"),
                                  progress=self.progress)
         self.table, self.split = table, split
-        self.mean, self.std = channel_stats(self.cache, self.indices("train"))
         return self
+
+    def train_stats(self) -> tuple[list, list]:
+        """Per-channel mean and std of the training split (normalisation for a new model)."""
+        return channel_stats(self.cache, self.indices("train"))
 
     def indices(self, split: str) -> np.ndarray:
         if split == "all":

@@ -51,11 +51,11 @@ def metric_collection(per_class: bool = False, auroc: bool = True) -> MetricColl
 
 
 def metrics_report(probs: torch.Tensor, target: torch.Tensor) -> dict:
-    """The test metrics as plain numbers: the overall scores and `per_class` {code: {...}}."""
-    coll = metric_collection()
-    coll.update(probs, target)
-    out = {"n_images": int(len(target))}
-    out.update({k: float(v) for k, v in coll.compute().items()})
+    """The test metrics as plain numbers: the overall scores and `per_class` {code: {...}}.
+
+    Macro averages are over the classes present in `target` (`classes_present`), so data with only
+    some of the classes (another source, a subset) is not scored on classes it cannot have.
+    """
     per = {
         "precision": MulticlassPrecision(NUM_CLASSES, average=None)(probs, target),
         "recall": MulticlassRecall(NUM_CLASSES, average=None)(probs, target),
@@ -63,6 +63,19 @@ def metrics_report(probs: torch.Tensor, target: torch.Tensor) -> dict:
         "auroc": MulticlassAUROC(NUM_CLASSES, average=None)(probs, target),
     }
     support = torch.bincount(target, minlength=NUM_CLASSES)
+    present = support > 0
+    mal = is_malignant(target)
+    out = {
+        "n_images": int(len(target)),
+        "classes_present": [c for c, p in zip(CLASSES, present) if p],
+        "accuracy": float((probs.argmax(1) == target).float().mean()),
+        "balanced_accuracy": float(per["recall"][present].mean()),
+        "precision_macro": float(per["precision"][present].mean()),
+        "recall_macro": float(per["recall"][present].mean()),
+        "f1_macro": float(per["f1"][present].mean()),
+        "auroc_macro": float(per["auroc"][present].mean()) if present.sum() > 1 else float("nan"),
+        "auroc_malignant": float(BinaryAUROC()(malignancy(probs), mal)) if 0 < mal.sum() < len(mal) else float("nan"),
+    }
     out["per_class"] = {
         code: {**{k: float(v[i]) for k, v in per.items()}, "support": int(support[i])}
         for i, code in enumerate(CLASSES)

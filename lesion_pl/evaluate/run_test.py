@@ -29,7 +29,7 @@ def operating_points(cal: dict, probs: np.ndarray, target: np.ndarray, groups: n
 
 
 def test_run(run_path: Path, data_root: Path | None = None, split: str = "test", tta: bool = False,
-             progress: bool = True) -> dict:
+             progress: bool = True, data_format: str | None = None, skip_bad_images: bool = False) -> dict:
     from ..checkpoint import load_classifier
     from .calibrate import load_calibration
     from .inference import predict_logits
@@ -38,10 +38,10 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
 
     run = RunDir(Path(run_path))
     run.require_fitted()
-    cfg = run.load_config(data_root)
-    dm = run.datamodule(cfg, progress)
     if split not in ("train", "val", "test", "all"):
         raise LesionPLError(f"--split must be train, val, test or all, got '{split}'")
+    cfg = run.load_config(data_root, data_format, skip_bad_images)
+    dm = run.datamodule(cfg, progress, whole=split == "all")
     ds = dm.dataset(split)
     if len(ds) == 0:
         raise LesionPLError(f"the {split} split of {dm.root} is empty")
@@ -53,7 +53,8 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     t_target = torch.from_numpy(target)
     report = metrics_report(torch.from_numpy(probs).float(), t_target)
     rows = dm.table.iloc[ds.indices]
-    report = {"split": split, "data_root": str(dm.root), "checkpoint": str(run.best), "tta": tta, **report}
+    report = {"split": split, "data_root": str(dm.root), "checkpoint": str(run.best), "tta": tta,
+              "skipped_bad_images": dm.skipped, **report}
     report["calibration"] = {
         "temperature": cal["temperature"],
         "ece_15_before": expected_calibration_error(torch.from_numpy(raw).float(), t_target),
@@ -81,7 +82,13 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
 
 def format_report(report: dict) -> str:
     """The metrics as a plain-text table for the terminal."""
-    lines = [f"{report['n_images']} images ({report['split']} split of {report['data_root']})", ""]
+    lines = [f"{report['n_images']} images ({report['split']} split of {report['data_root']})"]
+    if len(report["classes_present"]) < len(report["per_class"]):
+        lines.append(f"metrics are over the {len(report['classes_present'])} classes present: "
+                     f"{', '.join(report['classes_present'])}")
+    if report.get("skipped_bad_images"):
+        lines.append(f"skipped {len(report['skipped_bad_images'])} unreadable image(s) (listed in metrics.json)")
+    lines.append("")
     for key in ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro",
                 "auroc_macro", "auroc_malignant"):
         lines.append(f"  {key:<20} {report[key]:.4f}")
