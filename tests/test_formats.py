@@ -115,3 +115,31 @@ def test_data_summary_for_each_format(ham_root, ham_meta, tmp_path):
         r = invoke("data", "summary", "--data-root", root)
         assert r.exit_code == 0, r.output
         assert f"{len(meta)} images" in r.output and "no lesion is in two splits" in r.output
+
+
+def isic2020_dataset(ham_root, meta, root):
+    rows = []
+    for _, r in meta.iterrows():
+        _copy(ham_root, r["image_id"], root / "train" / f"{r['image_id']}.jpg")
+        rows.append({"image_name": r["image_id"], "patient_id": r["lesion_id"], "target": int(r["dx"] == "mel")})
+    pd.DataFrame(rows).to_csv(root / "train.csv", index=False)
+    return root
+
+
+def test_isic2020_evaluates_melanoma_and_malignancy_outputs(trained_run, ham_root, meta, tmp_path):
+    root = isic2020_dataset(ham_root, meta, tmp_path / "isic2020")
+    assert detect_format(root) == "isic2020"
+    table = read_source("auto", root)
+    assert table["melanoma_target"].sum() == (meta["dx"] == "mel").sum()
+    copy = tmp_path / "run"
+    shutil.copytree(trained_run, copy, ignore=shutil.ignore_patterns("test", "report", "export"))
+    r = invoke("test", "--run", copy, "--data-root", root, "--split", "all", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "melanoma/benign labels only" in r.output
+    import json
+    m = json.loads((copy / "test" / "metrics.json").read_text())
+    assert m["n_images"] == len(meta) and m["positives"] == int((meta["dx"] == "mel").sum())
+    assert 0 <= m["auroc_melanoma_vs_target"] <= 1
+    assert set(m["operating_points"]) == {"malignant", "melanoma"}
+    r = invoke("fit", "--data-root", root, "--out", tmp_path / "nofit", "--quiet")
+    assert r.exit_code == 2 and "cannot train" in r.output and not (tmp_path / "nofit").exists()

@@ -64,6 +64,9 @@ class LesionDataModule(pl.LightningDataModule):
         d = self.cfg["data"]
         self.root = resolve_data_root(self.cfg)
         table = read_source(d["format"], self.root, d)
+        if "melanoma_target" in table and not self.whole:
+            raise LesionPLError(f"{self.root} has only melanoma/benign labels (ISIC 2020): it cannot train or be "
+                                "split; evaluate a run on it with `python cli.py test --run RUN --data-root DIR --split all`")
         self.skipped: dict[str, str] = {}
         if d.get("skip_bad_images"):
             self.skipped = bad_images_cached(table["path"].tolist(), d.get("cache_dir"), self.progress)

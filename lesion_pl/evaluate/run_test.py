@@ -49,10 +49,12 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     cal = load_calibration(run, data_root, progress)
     logits = predict_logits(load_classifier(run.best), ds, tta=tta, progress=progress)
     raw, probs = softmax(logits), softmax(logits, cal["temperature"])
+    rows = dm.table.iloc[ds.indices]
+    if "melanoma_target" in rows:
+        return _binary_test(run, cfg, cal, probs, rows, split, dm, tta)
     target = np.asarray(ds.labels)
     t_target = torch.from_numpy(target)
     report = metrics_report(torch.from_numpy(probs).float(), t_target)
-    rows = dm.table.iloc[ds.indices]
     report = {"split": split, "data_root": str(dm.root), "checkpoint": str(run.best), "tta": tta,
               "skipped_bad_images": dm.skipped, **report}
     report["calibration"] = {
@@ -80,8 +82,48 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     return report
 
 
+def _binary_test(run: RunDir, cfg: dict, cal: dict, probs: np.ndarray, rows: pd.DataFrame, split: str, dm,
+                 tta: bool) -> dict:
+    """A source with only melanoma/benign labels (ISIC 2020): AUROC of the melanoma and malignancy
+    outputs against them, and the run's two referral thresholds applied to them."""
+    from torchmetrics.classification import BinaryAUROC
+
+    y = rows["melanoma_target"].to_numpy().astype(int)
+    groups = rows["group"].to_numpy()
+    scores = {"melanoma": probs[:, CLASSES.index("mel")], "malignant": probs[:, list(MALIGNANT_INDICES)].sum(1)}
+    report = {"split": split, "data_root": str(dm.root), "checkpoint": str(run.best), "tta": tta,
+              "skipped_bad_images": dm.skipped, "binary_target": "melanoma", "n_images": int(len(y)),
+              "positives": int(y.sum()), "operating_points": {}}
+    for name, s in scores.items():
+        both = 0 < y.sum() < len(y)
+        report[f"auroc_{name}_vs_target"] = float(BinaryAUROC()(torch.from_numpy(s), torch.from_numpy(y))) if both else float("nan")
+        op = cal["operating_points"].get(name)
+        if op:
+            report["operating_points"][name] = {
+                "threshold": op["threshold"], "val_sensitivity": op["val"]["sensitivity"],
+                **binary_stats(s, y, op["threshold"]),
+                "ci95": bootstrap_ci(s, y, groups, op["threshold"], int(cfg["calibration"]["bootstrap"]), int(cfg["seed"]))}
+    preds = pd.DataFrame({"image_id": rows["image_id"].to_numpy(), "group": groups, "melanoma_target": y,
+                          "pred": [CLASSES[i] for i in probs.argmax(1)], "malignant_prob": scores["malignant"],
+                          **{f"p_{c}": probs[:, i] for i, c in enumerate(CLASSES)}})
+    run.test.mkdir(parents=True, exist_ok=True)
+    with atomic_path(run.test / "predictions.csv") as tmp:
+        preds.to_csv(tmp, index=False, float_format="%.6f")
+    atomic_write_json(run.test / "metrics.json", report)
+    return report
+
+
 def format_report(report: dict) -> str:
     """The metrics as a plain-text table for the terminal."""
+    if report.get("binary_target"):
+        lines = [f"{report['n_images']} images ({report['positives']} melanoma) from {report['data_root']}: "
+                 "melanoma/benign labels only",
+                 f"  AUROC of the melanoma probability   {report['auroc_melanoma_vs_target']:.4f}",
+                 f"  AUROC of the malignancy probability {report['auroc_malignant_vs_target']:.4f}"]
+        for name, op in report["operating_points"].items():
+            lines.append(f"  {name} referral at p >= {op['threshold']:.3f}: sensitivity {op['sensitivity']:.3f}, "
+                         f"specificity {op['specificity']:.3f}")
+        return "\n".join(lines)
     lines = [f"{report['n_images']} images ({report['split']} split of {report['data_root']})"]
     if len(report["classes_present"]) < len(report["per_class"]):
         lines.append(f"metrics are over the {len(report['classes_present'])} classes present: "

@@ -16,8 +16,10 @@ from .generic import read_folder, read_generic_csv
 from .ham10000 import HOW_TO_GET as HOW_TO_GET_HAM10000
 from .ham10000 import find_metadata, read_ham10000
 from .isic import find_ground_truth, read_isic_csv
+from .isic2020 import find_isic2020_csv, read_isic2020
 
-READERS = {"ham10000": read_ham10000, "isic-csv": read_isic_csv, "csv": read_generic_csv, "folder": read_folder}
+READERS = {"ham10000": read_ham10000, "isic-csv": read_isic_csv, "isic2020": read_isic2020, "csv": read_generic_csv,
+           "folder": read_folder}
 
 
 def detect_format(root: Path) -> str:
@@ -29,6 +31,8 @@ def detect_format(root: Path) -> str:
         return "ham10000"
     if find_ground_truth(root):
         return "isic-csv"
+    if find_isic2020_csv(root):
+        return "isic2020"
     subdirs = [d for d in root.iterdir() if d.is_dir()]
     if subdirs and not list(root.glob("*.csv")) and all(
             any(p.suffix.lower() in IMAGE_SUFFIXES for p in d.iterdir()) for d in subdirs):
@@ -45,4 +49,4 @@ def read_source(fmt: str, root: str | Path, options: dict | None = None) -> pd.D
 
 
 __all__ = ["READERS", "detect_format", "index_images", "read_source", "read_ham10000", "read_isic_csv",
-           "read_generic_csv", "read_folder", "HOW_TO_GET_HAM10000"]
+           "read_generic_csv", "read_folder", "read_isic2020", "HOW_TO_GET_HAM10000"]

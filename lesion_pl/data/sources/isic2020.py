@@ -1,0 +1,51 @@
+"""ISIC 2020: `image_name` and a binary `target` (1 = melanoma), optionally `patient_id`.
+
+It has no 7-class labels, so it serves to evaluate a model's melanoma and malignancy outputs
+(`test --split all`), not to train one: the table's label is -1 and `melanoma_target` holds 0/1.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ...errors import LesionPLError
+from .common import index_images, read_csv, require_root
+
+REQUIRED = ("image_name", "target")
+
+
+def find_isic2020_csv(root: Path) -> Path | None:
+    for csv in sorted(root.glob("*.csv")) + sorted(root.glob("*/*.csv")):
+        try:
+            if set(REQUIRED) <= set(pd.read_csv(csv, nrows=0).columns):
+                return csv
+        except Exception:
+            continue
+    return None
+
+
+def read_isic2020(root: str | Path, options: dict | None = None) -> pd.DataFrame:
+    options = options or {}
+    root = require_root(Path(root))
+    csv = Path(options["csv"]) if options.get("csv") else find_isic2020_csv(root)
+    if csv is None:
+        raise LesionPLError(f"no ISIC 2020 CSV (columns image_name, target) in {root}")
+    df = read_csv(csv, REQUIRED)
+    target = pd.to_numeric(df["target"], errors="coerce")
+    bad = ~target.isin([0, 1])
+    if bad.any():
+        raise LesionPLError(f"{csv}: 'target' must be 0 or 1; {int(bad.sum())} row(s) are not "
+                            f"(first at line {int(df.index[bad][0]) + 2}: {df['target'][bad].iloc[0]!r})")
+    paths = df["image_name"].map(index_images(root))
+    if paths.isna().any():
+        absent = df["image_name"][paths.isna()].tolist()
+        raise LesionPLError(f"{len(absent)} image(s) listed in {csv} not found under {root}: {', '.join(absent[:5])}")
+    groups = df["patient_id"].fillna(df["image_name"]) if "patient_id" in df else df["image_name"]
+    table = pd.DataFrame({"image_id": df["image_name"], "path": paths.map(lambda p: str(p.resolve())),
+                          "dx": "unknown", "group": groups, "label": -1, "melanoma_target": target.astype(int)})
+    for col in df.columns:
+        if col not in REQUIRED and col not in table:
+            table[col] = df[col]
+    table.attrs["dropped"] = {}
+    return table
