@@ -36,7 +36,7 @@ DATA_ROOT_OPT = typer.Option(None, "--data-root", "-d",
                              help="Dataset folder (default: $LESION_PL_DATA/ham10000, else data/ham10000).")
 RUN_OPT = typer.Option(..., "--run", "-r", help="Run folder made by `fit`.")
 QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress bars.")
-FORMAT_OPT = typer.Option(None, "--format", "-f", help="Dataset format: auto, ham10000, isic-csv, csv, folder.")
+FORMAT_OPT = typer.Option(None, "--format", "-f", help="Dataset format: auto, ham10000, isic-csv, isic2020, csv, folder, dermamnist.")
 SKIP_BAD_OPT = typer.Option(False, "--skip-bad-images", help="Leave out unreadable images (counted) instead of failing.")
 SET_OPT = typer.Option(None, "--set", "-s", help="Override a config key: --set data.image_size=96 (repeatable).")
 
@@ -222,6 +222,7 @@ def explain(
 @friendly_errors
 def data_summary(
     data_root: Optional[Path] = DATA_ROOT_OPT,
+    data_format: Optional[str] = FORMAT_OPT,
     config: Optional[Path] = CONFIG_OPT,
     splits: Optional[Path] = typer.Option(None, help="A splits.csv to use instead of making the split."),
     overrides: Optional[List[str]] = SET_OPT,
@@ -232,18 +233,26 @@ def data_summary(
     from lesion_pl.data.splits import check_no_leak, make_splits, read_splits, summarize
 
     sets = list(overrides or []) + ([f"data.root={data_root}"] if data_root else [])
+    sets += [f"data.format={data_format}"] if data_format else []
     cfg = load_config(config, sets)
     root = resolve_data_root(cfg)
     table = read_source(cfg["data"]["format"], root, cfg["data"])
     s = cfg["data"]["splits"]
-    split = read_splits(table, splits) if splits else make_splits(table, s, int(s.get("seed", cfg["seed"])))
-    check_no_leak(table, split)
-    typer.echo(f"{root}: {len(table)} images, {table['group'].nunique()} lesions, "
-               f"{'split from ' + str(splits) if splits else 'split seed ' + str(s.get('seed', cfg['seed']))}")
+    if splits:
+        split, how = read_splits(table, splits), f"split from {splits}"
+    elif "official_split" in table:
+        split, how = table["official_split"].rename("split"), "the source's official split"
+    else:
+        split, how = make_splits(table, s, int(s.get("seed", cfg["seed"]))), f"split seed {s.get('seed', cfg['seed'])}"
+    typer.echo(f"{root}: {len(table)} images, {table['group'].nunique()} lesions, {how}")
     typer.echo(summarize(table, split).to_string())
     for label, count in table.attrs.get("dropped", {}).items():
         typer.echo(f"left out (data.drop_labels): {count} image(s) labelled {label}")
-    typer.echo("no lesion is in two splits")
+    if "note" in table.attrs:
+        typer.echo(f"note: {table.attrs['note']}")
+    else:
+        check_no_leak(table, split)
+        typer.echo("no lesion is in two splits")
 
 
 @data_app.command("check")

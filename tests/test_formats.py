@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pandas as pd
+from PIL import Image
 import pytest
 
+from lesion_pl.classes import CLASSES
 from lesion_pl.data.sources import detect_format, read_source
 from lesion_pl.errors import LesionPLError
 
@@ -143,3 +146,33 @@ def test_isic2020_evaluates_melanoma_and_malignancy_outputs(trained_run, ham_roo
     assert set(m["operating_points"]) == {"malignant", "melanoma"}
     r = invoke("fit", "--data-root", root, "--out", tmp_path / "nofit", "--quiet")
     assert r.exit_code == 2 and "cannot train" in r.output and not (tmp_path / "nofit").exists()
+
+
+def dermamnist_npz(ham_root, ham_meta, root, size=28, per_split=(14, 7, 7)):
+    """A DermaMNIST-layout .npz made from real HAM10000 images (medmnist's keys and label order)."""
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    meta = sample_meta(ham_meta, 4, seed=6).sample(frac=1.0, random_state=0).reset_index(drop=True)
+    arrays, start = {}, 0
+    for split, n in zip(("train", "val", "test"), per_split):
+        part = meta[start:start + n]
+        start += n
+        arrays[f"{split}_images"] = np.stack([np.asarray(Image.open(ham_root / "images" / f"{i}.jpg")
+                                                         .convert("RGB").resize((size, size))) for i in part["image_id"]])
+        arrays[f"{split}_labels"] = np.array([[CLASSES.index(d)] for d in part["dx"]], dtype=np.uint8)
+    np.savez(root / ("dermamnist.npz" if size == 28 else f"dermamnist_{size}.npz"), **arrays)
+    return root, arrays
+
+
+def test_dermamnist_through_medmnist_with_its_official_split(ham_root, ham_meta, tmp_path):
+    root, arrays = dermamnist_npz(ham_root, ham_meta, tmp_path / "dm")
+    assert detect_format(root) == "dermamnist"
+    table = read_source("auto", root, {"cache_dir": tmp_path / "cache"})
+    assert table["official_split"].value_counts().to_dict() == {"train": 14, "val": 7, "test": 7}
+    first_test = table[table["official_split"] == "test"].iloc[0]
+    assert first_test["label"] == arrays["test_labels"][0][0]
+    np.testing.assert_array_equal(np.asarray(Image.open(first_test["path"])), arrays["test_images"][0])
+    r = invoke("data", "summary", "--data-root", root)
+    assert r.exit_code == 0, r.output
+    assert "the source's official split" in r.output and "by image" in r.output

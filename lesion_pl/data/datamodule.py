@@ -75,10 +75,12 @@ class LesionDataModule(pl.LightningDataModule):
             split = pd.Series("all", index=table.index, name="split")
         elif self.splits_file:
             split = read_splits(table, Path(self.splits_file))
+        elif "official_split" in table:  # a source that comes with its own split (DermaMNIST)
+            split = table["official_split"].rename("split")
         else:
             s = d["splits"]
             split = make_splits(table, s, int(s.get("seed", self.cfg["seed"])))
-        if not self.whole:
+        if not self.whole and "official_split" not in table:
             check_no_leak(table, split)
             for name in SPLITS:
                 if not (split == name).any():

@@ -12,6 +12,7 @@ import pandas as pd
 
 from ...errors import LesionPLError
 from .common import IMAGE_SUFFIXES, index_images
+from .dermamnist import available_sizes, read_dermamnist
 from .generic import read_folder, read_generic_csv
 from .ham10000 import HOW_TO_GET as HOW_TO_GET_HAM10000
 from .ham10000 import find_metadata, read_ham10000
@@ -19,7 +20,7 @@ from .isic import find_ground_truth, read_isic_csv
 from .isic2020 import find_isic2020_csv, read_isic2020
 
 READERS = {"ham10000": read_ham10000, "isic-csv": read_isic_csv, "isic2020": read_isic2020, "csv": read_generic_csv,
-           "folder": read_folder}
+           "folder": read_folder, "dermamnist": read_dermamnist}
 
 
 def detect_format(root: Path) -> str:
@@ -29,6 +30,8 @@ def detect_format(root: Path) -> str:
         raise LesionPLError(f"data root {root} does not exist. {HOW_TO_GET_HAM10000}")
     if find_metadata(root):
         return "ham10000"
+    if available_sizes(root):
+        return "dermamnist"
     if find_ground_truth(root):
         return "isic-csv"
     if find_isic2020_csv(root):
@@ -49,4 +52,4 @@ def read_source(fmt: str, root: str | Path, options: dict | None = None) -> pd.D
 
 
 __all__ = ["READERS", "detect_format", "index_images", "read_source", "read_ham10000", "read_isic_csv",
-           "read_generic_csv", "read_folder", "read_isic2020", "HOW_TO_GET_HAM10000"]
+           "read_generic_csv", "read_folder", "read_isic2020", "read_dermamnist", "HOW_TO_GET_HAM10000"]
