@@ -255,6 +255,27 @@ def data_summary(
         typer.echo("no lesion is in two splits")
 
 
+@data_app.command("download")
+@friendly_errors
+def data_download(
+    dataset: str = typer.Argument(..., help="ham10000 or dermamnist."),
+    to: Path = typer.Option(Path("data"), "--to", help="Folder to put the dataset in (as <to>/<dataset>/)."),
+    size: int = typer.Option(28, help="dermamnist: image size, 28, 64, 128 or 224."),
+    base_url: Optional[str] = typer.Option(None, help="Fetch from this mirror instead of the official host."),
+    quiet: bool = QUIET_OPT,
+):
+    """Download a public dataset (checksums verified, partial downloads resumed) so that `fit` finds it."""
+    from lesion_pl.data.download import download_dermamnist, download_ham10000
+
+    if dataset == "ham10000":
+        where = download_ham10000(to, base_url, progress=not quiet)
+    elif dataset == "dermamnist":
+        where = download_dermamnist(to, size, base_url, progress=not quiet)
+    else:
+        raise LesionPLError(f"unknown dataset '{dataset}': ham10000 or dermamnist")
+    typer.echo(f"{dataset} is in {where}; use it with --data-root {where}")
+
+
 @data_app.command("check")
 @friendly_errors
 def data_check(

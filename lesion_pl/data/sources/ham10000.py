@@ -13,9 +13,10 @@ METADATA = "HAM10000_metadata.csv"
 REQUIRED = ("lesion_id", "image_id", "dx")
 
 HOW_TO_GET = (
-    "HAM10000 (Tschandl et al., Sci. Data 2018, CC BY-NC) is at https://doi.org/10.7910/DVN/DBW86T: "
-    "put HAM10000_metadata.csv and the image folders (HAM10000_images_part_1/, _part_2/) in DIR and "
-    "pass --data-root DIR, or set LESION_PL_DATA to the folder holding ham10000/ (see data/README.md)"
+    "Get HAM10000 (Tschandl et al., Sci. Data 2018, CC BY-NC) with `python cli.py data download ham10000 --to data` "
+    "(about 3 GB from https://doi.org/10.7910/DVN/DBW86T), or put HAM10000_metadata.csv and the image folders "
+    "(HAM10000_images_part_1/, _part_2/) in DIR and pass --data-root DIR, or set LESION_PL_DATA to the folder "
+    "holding ham10000/ (see data/README.md)"
 )
 
 
