@@ -19,7 +19,10 @@ install: $(VENV)/.installed
 # export to ONNX (verified against PyTorch), predict a few images with the torch-free runtime,
 # and write the HTML report.
 run: install
-	$(BIN)/python cli.py data summary
+	@$(BIN)/python cli.py data summary || { \
+	  printf 'Download HAM10000 (about 3 GB) into data/ now? [y/N] '; read answer || true; \
+	  [ "$$answer" = y ] && $(BIN)/python cli.py data download ham10000 --to data && \
+	  $(BIN)/python cli.py data summary; }
 	@if [ -f $(RUN)/summary.json ]; then echo "$(RUN) is already trained; skipping fit (rm -r $(RUN) to retrain)"; \
 	 else $(BIN)/python cli.py fit --out $(RUN) $(FIT_ARGS); fi
 	$(BIN)/python cli.py test --run $(RUN)

@@ -114,10 +114,16 @@ def test_data_summary_for_each_format(ham_root, ham_meta, tmp_path):
     folder = tmp_path / "folder"
     for _, r in meta.iterrows():
         _copy(ham_root, r["image_id"], folder / r["dx"] / f"{r['image_id']}.jpg")
-    for root in (isic, folder):
-        r = invoke("data", "summary", "--data-root", root)
+    mine = tmp_path / "csv"
+    mine.mkdir()
+    shutil.copytree(folder, mine / "pics")
+    pd.DataFrame({"image": [f"pics/{d}/{i}.jpg" for i, d in zip(meta["image_id"], meta["dx"])], "label": meta["dx"],
+                  "lesion": meta["lesion_id"]}).to_csv(mine / "labels.csv", index=False)
+    for root, extra in ((isic, []), (folder, []), (mine, ["--format", "csv", "--set", "data.columns.group=lesion"])):
+        r = invoke("data", "summary", "--data-root", root, *extra)
         assert r.exit_code == 0, r.output
-        assert f"{len(meta)} images" in r.output and "no lesion is in two splits" in r.output
+        assert f"{len(meta)} images, {meta['lesion_id'].nunique() if root != folder else len(meta)} lesions" in r.output
+        assert "no lesion is in two splits" in r.output
 
 
 def isic2020_dataset(ham_root, meta, root):
@@ -144,6 +150,8 @@ def test_isic2020_evaluates_melanoma_and_malignancy_outputs(trained_run, ham_roo
     assert m["n_images"] == len(meta) and m["positives"] == int((meta["dx"] == "mel").sum())
     assert 0 <= m["auroc_melanoma_vs_target"] <= 1
     assert set(m["operating_points"]) == {"malignant", "melanoma"}
+    r = invoke("data", "summary", "--data-root", root)
+    assert r.exit_code == 0 and "melanoma" in r.output and "benign" in r.output, r.output
     r = invoke("fit", "--data-root", root, "--out", tmp_path / "nofit", "--quiet")
     assert r.exit_code == 2 and "cannot train" in r.output and not (tmp_path / "nofit").exists()
 

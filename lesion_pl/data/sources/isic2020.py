@@ -43,7 +43,8 @@ def read_isic2020(root: str | Path, options: dict | None = None) -> pd.DataFrame
         raise LesionPLError(f"{len(absent)} image(s) listed in {csv} not found under {root}: {', '.join(absent[:5])}")
     groups = df["patient_id"].fillna(df["image_name"]) if "patient_id" in df else df["image_name"]
     table = pd.DataFrame({"image_id": df["image_name"], "path": paths.map(lambda p: str(p.resolve())),
-                          "dx": "unknown", "group": groups, "label": -1, "melanoma_target": target.astype(int)})
+                          "dx": target.map({1: "melanoma", 0: "benign"}), "group": groups, "label": -1,
+                          "melanoma_target": target.astype(int)})
     for col in df.columns:
         if col not in REQUIRED and col not in table:
             table[col] = df[col]
