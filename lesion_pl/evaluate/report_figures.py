@@ -40,9 +40,13 @@ def training_curves(log: pd.DataFrame) -> bytes:
             axes[1].plot(per_epoch.index, per_epoch[col], marker=".", label=label)
     axes[1].set(title="Balanced accuracy", xlabel="Epoch", ylabel="Mean recall over classes", ylim=(0, 1))
     axes[1].legend()
-    lr_cols = [c for c in per_epoch.columns if c.startswith("lr-")]
+    lr_cols = [c for c in log.columns if c.startswith("lr-")]
     if lr_cols:
-        axes[2].plot(per_epoch.index, per_epoch[lr_cols[0]], marker=".", color="tab:green")
+        # the LR monitor logs at the first step of an epoch, on rows without an epoch number
+        lr = log[log[lr_cols[0]].notna()]
+        epoch_end_steps = log.dropna(subset=["epoch"]).groupby("epoch")["step"].max().to_numpy()
+        axes[2].plot(np.searchsorted(epoch_end_steps, lr["step"].to_numpy()), lr[lr_cols[0]], marker=".",
+                     color="tab:green")
     axes[2].set(title="Learning rate (start of epoch)", xlabel="Epoch", ylabel="Learning rate")
     fig.tight_layout()
     return _png(fig)
