@@ -3,6 +3,7 @@ graph, metadata that makes the file self-describing, and a parity check against 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -69,19 +70,21 @@ def export_onnx(classifier: nn.Module, temperature: float, image_size: int, path
     wrapper = OnnxWrapper(classifier, temperature).eval()
     example = (torch.zeros(2, image_size, image_size, 3, dtype=torch.uint8),)
     names = dict(input_names=["images"], output_names=["probabilities", "logits"])
-    with atomic_path(Path(path)) as tmp:
+    with tempfile.TemporaryDirectory() as scratch:  # the exporter may write weights to a side file
+        raw = str(Path(scratch) / "raw.onnx")
         if opset >= 18:  # the torch.export-based exporter starts at opset 18
-            torch.onnx.export(wrapper, example, str(tmp), opset_version=opset, dynamo=True, verbose=False,
+            torch.onnx.export(wrapper, example, raw, opset_version=opset, dynamo=True, verbose=False,
                               dynamic_shapes={"images": {0: torch.export.Dim("batch")}}, **names)
         else:
-            torch.onnx.export(wrapper, example, str(tmp), opset_version=opset, dynamo=False,
+            torch.onnx.export(wrapper, example, raw, opset_version=opset, dynamo=False,
                               dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"},
                                             "logits": {0: "batch"}}, **names)
-        model = onnx.load(str(tmp))
-        for key, value in meta.items():
-            entry = model.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.checker.check_model(model)
+        model = onnx.load(raw)  # with its weights, so the saved file is one self-contained model
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(model)
+    with atomic_path(Path(path)) as tmp:
         onnx.save(model, str(tmp))
     return Path(path)
 

@@ -28,6 +28,8 @@ def exported(trained_run):
 
 
 def test_onnx_file_describes_itself(exported):
+    assert sorted(p.name for p in exported.parent.iterdir() if p.name.startswith("model")) == ["model.onnx"]
+    assert not [p for p in exported.parent.iterdir() if p.name.startswith(".")]  # no temp or side files
     model = onnx.load(str(exported))
     onnx.checker.check_model(model)
     assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
