@@ -1,4 +1,4 @@
-"""lesion-pl command line: fit, test and inspect skin-lesion classifiers.
+"""lesion-pl command line: fit, calibrate, test, report, explain, export and predict, plus data tools.
 
 Thin on purpose: parses arguments and calls lesion_pl; heavy imports happen inside the commands.
 """
@@ -15,7 +15,8 @@ from lesion_pl.errors import LesionPLError
 
 app = typer.Typer(help="Train, evaluate and export CNN classifiers for dermoscopic skin-lesion images.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-data_app = typer.Typer(help="Look at a dataset: sizes, classes, splits.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: summary (sizes, classes, splits), check (bad images), download.",
+                      no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 
