@@ -92,3 +92,9 @@ def trained_run(small_ham, tmp_path_factory) -> Path:
     r = invoke("test", "--run", out, "--quiet")
     assert r.exit_code == 0, r.output
     return out
+
+
+def evaluate_copy(trained_run: Path, dest: Path, data_root: Path):
+    """`test --split all` of a copy of the trained run (without its outputs) on other data."""
+    shutil.copytree(trained_run, dest, ignore=shutil.ignore_patterns("test", "report", "export"))
+    return invoke("test", "--run", dest, "--data-root", data_root, "--split", "all", "--quiet")

@@ -12,7 +12,7 @@ from PIL import Image
 from lesion_pl.data.check import find_bad_images
 from lesion_pl.preprocess import ImageReadError, load_rgb
 
-from .conftest import FAST, invoke, make_dataset, sample_meta
+from .conftest import FAST, evaluate_copy, invoke, make_dataset, sample_meta
 
 
 @pytest.fixture()
@@ -103,9 +103,7 @@ def test_test_on_another_source_with_some_classes(trained_run, ham_root, ham_met
         (folder / row["dx"]).mkdir(parents=True, exist_ok=True)
         Image.open(ham_root / "images" / f"{row['image_id']}.jpg").save(folder / row["dx"] / f"{row['image_id']}.jpg")
     copy = tmp_path / "run"
-    import shutil
-    shutil.copytree(trained_run, copy, ignore=shutil.ignore_patterns("test", "report", "export"))
-    r = invoke("test", "--run", copy, "--data-root", folder, "--split", "all", "--quiet")
+    r = evaluate_copy(trained_run, copy, folder)
     assert r.exit_code == 0, r.output
     assert "metrics are over the 2 classes present: mel, nv" in r.output
     m = json.loads((copy / "test" / "metrics.json").read_text())

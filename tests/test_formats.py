@@ -13,7 +13,7 @@ from lesion_pl.classes import CLASSES
 from lesion_pl.data.sources import detect_format, read_source
 from lesion_pl.errors import LesionPLError
 
-from .conftest import invoke, sample_meta
+from .conftest import evaluate_copy, invoke, sample_meta
 
 ISIC_2018 = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
 
@@ -141,8 +141,7 @@ def test_isic2020_evaluates_melanoma_and_malignancy_outputs(trained_run, ham_roo
     table = read_source("auto", root)
     assert table["melanoma_target"].sum() == (meta["dx"] == "mel").sum()
     copy = tmp_path / "run"
-    shutil.copytree(trained_run, copy, ignore=shutil.ignore_patterns("test", "report", "export"))
-    r = invoke("test", "--run", copy, "--data-root", root, "--split", "all", "--quiet")
+    r = evaluate_copy(trained_run, copy, root)
     assert r.exit_code == 0, r.output
     assert "melanoma/benign labels only" in r.output
     import json

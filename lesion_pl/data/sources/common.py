@@ -21,6 +21,18 @@ def index_images(root: Path) -> dict[str, Path]:
     return found
 
 
+def find_csv(root: Path, fits) -> Path | None:
+    """The first CSV in `root` or one folder down whose set of column names `fits(columns)`."""
+    for csv in sorted(root.glob("*.csv")) + sorted(root.glob("*/*.csv")):
+        try:
+            columns = set(pd.read_csv(csv, nrows=0).columns)
+        except Exception:
+            continue
+        if fits(columns):
+            return csv
+    return None
+
+
 def require_root(root: Path, how_to_get: str = "") -> Path:
     root = Path(root).expanduser()
     if not root.is_dir():

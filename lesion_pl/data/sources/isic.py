@@ -8,21 +8,14 @@ from pathlib import Path
 import pandas as pd
 
 from ...errors import LesionPLError
-from .common import finish, index_images, map_labels, read_csv, require_root
+from .common import find_csv, finish, index_images, map_labels, read_csv, require_root
 
 ISIC_CODES = {"MEL": "mel", "NV": "nv", "BCC": "bcc", "AKIEC": "akiec", "AK": "akiec", "BKL": "bkl",
               "DF": "df", "VASC": "vasc", "SCC": "scc", "UNK": "unk"}
 
 
 def find_ground_truth(root: Path) -> Path | None:
-    for csv in sorted(root.glob("*.csv")) + sorted(root.glob("*/*.csv")):
-        try:
-            cols = set(pd.read_csv(csv, nrows=0).columns)
-        except Exception:
-            continue
-        if "image" in cols and len(cols & set(ISIC_CODES)) >= 3:
-            return csv
-    return None
+    return find_csv(root, lambda cols: "image" in cols and len(cols & set(ISIC_CODES)) >= 3)
 
 
 def read_isic_csv(root: str | Path, options: dict | None = None) -> pd.DataFrame:

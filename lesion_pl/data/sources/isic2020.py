@@ -10,19 +10,13 @@ from pathlib import Path
 import pandas as pd
 
 from ...errors import LesionPLError
-from .common import index_images, read_csv, require_root
+from .common import find_csv, index_images, read_csv, require_root
 
 REQUIRED = ("image_name", "target")
 
 
 def find_isic2020_csv(root: Path) -> Path | None:
-    for csv in sorted(root.glob("*.csv")) + sorted(root.glob("*/*.csv")):
-        try:
-            if set(REQUIRED) <= set(pd.read_csv(csv, nrows=0).columns):
-                return csv
-        except Exception:
-            continue
-    return None
+    return find_csv(root, lambda cols: set(REQUIRED) <= cols)
 
 
 def read_isic2020(root: str | Path, options: dict | None = None) -> pd.DataFrame:
