@@ -9,6 +9,10 @@ from ..classes import CLASSES, DISPLAY_NAMES
 from ..io import atomic_path
 
 
+# one colour per class in every figure
+PALETTE = dict(zip(CLASSES, ["#8c564b", "#d62728", "#2ca02c", "#9467bd", "#1f1f1f", "#1f77b4", "#e377c2"]))
+
+
 def _plt():
     import matplotlib
     matplotlib.use("Agg")
@@ -44,22 +48,28 @@ def confusion_matrix_png(target: np.ndarray, pred: np.ndarray, path: Path) -> np
 
 
 def roc_png(target: np.ndarray, probs: np.ndarray, malignant_prob: np.ndarray, is_malignant: np.ndarray,
-            path: Path) -> None:
+            path: Path, operating_point: dict | None = None) -> None:
+    """ROC per class (one vs rest) and malignant vs benign, with the referral operating point if given."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(13, 6))
-    colors = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(1, 2, figsize=(14, 6))
     for i, code in enumerate(CLASSES):
         y = target == i
         if y.all() or not y.any():
             continue
         fpr, tpr, _ = roc_curve(y, probs[:, i])
-        axes[0].plot(fpr, tpr, color=colors(i), label=f"{code} ({DISPLAY_NAMES[code]}): AUROC {roc_auc_score(y, probs[:, i]):.3f}")
+        axes[0].plot(fpr, tpr, color=PALETTE[code],
+                     label=f"{code}: {DISPLAY_NAMES[code]} (AUROC {roc_auc_score(y, probs[:, i]):.3f})")
     if 0 < is_malignant.sum() < len(is_malignant):
         fpr, tpr, _ = roc_curve(is_malignant, malignant_prob)
         auc = roc_auc_score(is_malignant, malignant_prob)
-        axes[1].plot(fpr, tpr, color="crimson", label=f"malignant vs benign: AUROC {auc:.3f}")
+        axes[1].plot(fpr, tpr, color="crimson", label=f"malignant vs benign (AUROC {auc:.3f})")
+        op = operating_point
+        if op:
+            axes[1].scatter([1 - op["specificity"]], [op["sensitivity"]], s=90, color="black", zorder=3,
+                            label=f"referral threshold {op['threshold']:.3f} (chosen on validation): "
+                                  f"sensitivity {op['sensitivity']:.3f}, specificity {op['specificity']:.3f}")
     for ax, title in zip(axes, ("One class vs the rest", "Malignant (mel, bcc, akiec) vs benign")):
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
         ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False positive rate (1 - specificity)",

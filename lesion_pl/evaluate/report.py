@@ -135,8 +135,6 @@ def build_report(run_path: Path, data_root: Path | None = None, progress: bool =
         pngs["training_curves"] = figs.training_curves(pd.read_csv(log_path))
     mal_prob = probs[:, list(MALIGNANT_INDICES)].sum(1)
     is_mal = np.isin(target, MALIGNANT_INDICES).astype(int)
-    op = metrics.get("operating_points", {}).get("malignant")
-    pngs["roc"] = figs.roc_with_operating_point(target, probs, mal_prob, is_mal, op)
     pngs["precision_recall"] = figs.precision_recall(target, probs, mal_prob, is_mal)
     overall_error = float(frame["wrong"].mean())
     tables = error_tables(frame)
@@ -154,12 +152,11 @@ def build_report(run_path: Path, data_root: Path | None = None, progress: bool =
                      "wrong": float(np.nanmean(share[wrong])) if wrong.any() else float("nan"),
                      "lesion_area": float(np.mean([masks[i].mean() for i in preds["image_id"][have]]))}
 
+    for name in ("confusion_matrix", "roc", "reliability"):  # made by `test` (ROC with the operating point)
+        pngs[name] = run.require(run.test / f"{name}.png", test_cmd).read_bytes()
     for name, png in pngs.items():
         with atomic_path(out_dir / f"{name}.png") as tmp:
             tmp.write_bytes(png)
-    for name in ("confusion_matrix", "reliability"):
-        if (run.test / f"{name}.png").exists():
-            pngs[name] = (run.test / f"{name}.png").read_bytes()
 
     findings = _findings(metrics, frame, confusions, tables, overall_error, cam_stats)
     page = _html(run, cfg, summary, metrics, summarize(dm.table, dm.split), tables, conf_sections, cam_stats,
@@ -243,8 +240,7 @@ def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_st
     if "training_curves" in pngs:
         s += ["<h2>Training</h2>", _img(pngs["training_curves"], "training curves")]
     s += ["<h2>Test metrics</h2>", _table(overall, "{:.4f}"), _table(per_class)]
-    if "confusion_matrix" in pngs:
-        s.append(_img(pngs["confusion_matrix"], "confusion matrix"))
+    s.append(_img(pngs["confusion_matrix"], "confusion matrix"))
     s += ["<h2>ROC and precision-recall</h2>", _img(pngs["roc"], "ROC curves"),
           _img(pngs["precision_recall"], "precision-recall curves")]
     ops = metrics.get("operating_points", {})
@@ -256,8 +252,7 @@ def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_st
     cal = metrics.get("calibration")
     if cal:
         s += ["<h2>Calibration</h2>", _table(pd.DataFrame({k: [v] for k, v in cal.items()}), "{:.4f}")]
-        if "reliability" in pngs:
-            s.append(_img(pngs["reliability"], "reliability diagram"))
+        s.append(_img(pngs["reliability"], "reliability diagram"))
     s += ["<h2>Prediction gallery</h2>", _img(pngs["gallery"], "prediction gallery")]
     s.append("<h2>Misclassified</h2>")
     for t, p, count, key in conf_sections:

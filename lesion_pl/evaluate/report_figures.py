@@ -1,4 +1,4 @@
-"""Figures of the HTML report: training curves, ROC with the operating point, precision-recall,
+"""Figures of the HTML report beyond the test's own: training curves, precision-recall,
 image galleries with Grad-CAM and top-3 bars, error rates by subgroup. Each returns PNG bytes."""
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import io
 import numpy as np
 import pandas as pd
 
-from ..classes import CLASSES, DISPLAY_NAMES
+from ..classes import CLASSES
+from .plots import PALETTE
 
-PALETTE = dict(zip(CLASSES, ["#8c564b", "#d62728", "#2ca02c", "#9467bd", "#1f1f1f", "#1f77b4", "#e377c2"]))
 
 
 def _plt():
@@ -49,33 +49,6 @@ def training_curves(log: pd.DataFrame) -> bytes:
                      color="tab:green")
     axes[2].set(title="Learning rate (start of epoch)", xlabel="Epoch", ylabel="Learning rate")
     fig.tight_layout()
-    return _png(fig)
-
-
-def roc_with_operating_point(target, probs, mal_prob, is_mal, op: dict | None) -> bytes:
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(14, 6))
-    for i, code in enumerate(CLASSES):
-        y = target == i
-        if y.any() and not y.all():
-            fpr, tpr, _ = roc_curve(y, probs[:, i])
-            axes[0].plot(fpr, tpr, color=PALETTE[code], label=f"{code}: {DISPLAY_NAMES[code]} (AUROC {roc_auc_score(y, probs[:, i]):.3f})")
-    axes[0].set_title("One class vs the rest")
-    if 0 < is_mal.sum() < len(is_mal):
-        fpr, tpr, _ = roc_curve(is_mal, mal_prob)
-        axes[1].plot(fpr, tpr, color="crimson", label=f"malignant vs benign (AUROC {roc_auc_score(is_mal, mal_prob):.3f})")
-        if op:
-            axes[1].scatter([1 - op["specificity"]], [op["sensitivity"]], s=90, color="black", zorder=3,
-                            label=f"referral threshold {op['threshold']:.3f} (chosen on validation): "
-                                  f"sensitivity {op['sensitivity']:.3f}, specificity {op['specificity']:.3f}")
-    axes[1].set_title("Malignant (mel, bcc, akiec) vs benign, test split")
-    for ax in axes:
-        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
-        ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False positive rate (1 - specificity)",
-               ylabel="True positive rate (sensitivity)")
-        ax.legend(loc="lower right", fontsize=8)
     return _png(fig)
 
 

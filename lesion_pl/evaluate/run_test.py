@@ -76,7 +76,8 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
         preds.to_csv(tmp, index=False, float_format="%.6f")
     confusion_matrix_png(target, probs.argmax(1), run.test / "confusion_matrix.png")
     is_mal = np.isin(target, MALIGNANT_INDICES).astype(int)
-    roc_png(target, probs, malignant_prob, is_mal, run.test / "roc.png")
+    roc_png(target, probs, malignant_prob, is_mal, run.test / "roc.png",
+            report["operating_points"].get("malignant"))
     reliability_png(raw, probs, target, run.test / "reliability.png")
     atomic_write_json(run.test / "metrics.json", report)
     return report
