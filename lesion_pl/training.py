@@ -18,7 +18,7 @@ def _precision(cfg: dict) -> str:
     p = cfg["trainer"]["precision"]
     if p != "auto":
         return str(p)
-    # bf16 autocast pays on CUDA; on CPUs without AVX-512 bf16 it is ~10x slower than fp32.
+    # bf16 autocast pays on CUDA; on CPUs without AVX-512 bf16 it is ~13x slower (benchmarks/step_speed.py).
     return "bf16-mixed" if torch.cuda.is_available() and cfg["trainer"]["accelerator"] != "cpu" else "32-true"
 
 

@@ -1,0 +1,72 @@
+"""Training-step throughput of the default network on synthetic input, per CPU/GPU setting.
+
+    python benchmarks/step_speed.py [--size 96] [--batch 64] [--steps 6] [--set key=value ...]
+
+Forward, backward and AdamW step on an in-memory batch, so it measures the network and the
+hardware path alone: fp32 NCHW (the plain way), channels_last, and channels_last with bf16 autocast.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def images_per_s(net, x, y, channels_last: bool, bf16: bool, steps: int) -> float:
+    device = x.device.type
+    opt = torch.optim.AdamW(net.parameters(), 1e-3)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    for i in range(steps + 2):
+        if i == 2:  # two warm-up steps
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return len(x) * steps / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=None, help="input size (default: the config's)")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
+    args = ap.parse_args()
+
+    from lesion_pl.config import load_config
+    from lesion_pl.models import build_network
+
+    cfg = load_config(None, args.overrides)
+    size = args.size or int(cfg["data"]["image_size"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, 3, size, size, device=device)
+    y = torch.randint(0, 7, (args.batch,), device=device)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"{torch.cuda.get_device_name() if device == 'cuda' else 'CPU ' + torch.backends.cpu.get_cpu_capability()}; "
+          f"model {cfg['model']['name']}, {size} px, batch {args.batch}")
+    base = None
+    for name, cl, bf16 in (("fp32 NCHW", False, False), ("fp32 channels_last", True, False),
+                           ("bf16 channels_last", True, True)):
+        rate = images_per_s(build_network(cfg["model"]).to(device).train(), x, y, cl, bf16, args.steps)
+        base = base or rate
+        print(f"{name:<20} {rate:8.1f} images/s  x{rate / base:.2f}")
+
+
+if __name__ == "__main__":
+    main()
