@@ -110,7 +110,7 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
     atomic_write_json(run.summary, summary)
     if run.best.exists():
         from .evaluate.calibrate import calibrate_run
-        summary["calibration"] = calibrate_run(run.path, progress=progress)
+        summary["calibration"] = calibrate_run(run.path, progress=progress, dm=dm)
     return summary
 
 

@@ -21,14 +21,15 @@ def scores_and_positives(probs: np.ndarray, labels: np.ndarray, name: str):
     return probs[:, idx].sum(axis=1), np.isin(labels, idx)
 
 
-def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool = True) -> dict:
+def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool = True, dm=None) -> dict:
+    """`dm`: the run's datamodule where the caller already has it (fit), so the data is not read twice."""
     from ..checkpoint import load_classifier
     from .inference import predict_logits
 
     run = RunDir(Path(run_path))
     run.require_fitted()
     cfg = run.load_config(data_root)
-    dm = run.datamodule(cfg, progress)
+    dm = dm or run.datamodule(cfg, progress)
     ds = dm.dataset("val")
     labels = np.asarray(ds.labels)
     logits = predict_logits(load_classifier(run.best), ds, progress=progress)

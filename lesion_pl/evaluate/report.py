@@ -89,7 +89,7 @@ def build_report(run_path: Path, data_root: Path | None = None, progress: bool =
         raise LesionPLError(f"{len(missing)} tested image(s) are not in the data at {dm.root}, e.g. "
                             f"{missing.iloc[0]}; rerun `{test_cmd}`")
     rows = row_of[preds["image_id"]].to_numpy()
-    images = np.asarray(dm.cache[np.sort(rows)])[np.argsort(np.argsort(rows))]
+    images = np.asarray(dm.cache[rows])
     probs = preds[[f"p_{c}" for c in CLASSES]].to_numpy()
     target = preds["dx"].map(CLASS_TO_INDEX).to_numpy()
     pred = probs.argmax(1)

@@ -33,6 +33,23 @@ def find_csv(root: Path, fits) -> Path | None:
     return None
 
 
+def locate_csv(root: Path, options: dict, finder, what: str) -> Path:
+    """The CSV the user named (data.csv), else the one `finder` recognises in `root`; an error naming
+    what was looked for otherwise."""
+    csv = Path(options["csv"]) if options.get("csv") else finder(root)
+    if csv is None:
+        raise LesionPLError(f"no {what} in {root}; name it with --set data.csv=FILE")
+    return csv
+
+
+def require_found(images: pd.Series, paths: pd.Series, where: str, root: Path) -> None:
+    """Every listed image has a file: else one error naming how many are missing and the first few."""
+    if paths.isna().any():
+        absent = images[paths.isna()].tolist()
+        raise LesionPLError(f"{len(absent)} image(s) listed in {where} not found under {root}: "
+                            f"{', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}")
+
+
 def require_root(root: Path, how_to_get: str = "") -> Path:
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -92,10 +109,7 @@ def finish(images: pd.Series, paths: pd.Series, dx: pd.Series, groups: pd.Series
            where: str, root: Path, dropped: dict) -> pd.DataFrame:
     """The reader's table, with missing files reported together and dropped rows recorded in attrs."""
     keep = dx.notna()
-    if paths[keep].isna().any():
-        absent = images[keep & paths.isna()].tolist()
-        raise LesionPLError(f"{len(absent)} image(s) listed in {where} not found under {root}: "
-                            f"{', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}")
+    require_found(images[keep], paths[keep], where, root)
     dup = images[keep].duplicated()
     if dup.any():
         raise LesionPLError(f"{where}: image listed twice: {', '.join(images[keep][dup][:5])}")

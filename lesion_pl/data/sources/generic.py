@@ -7,7 +7,12 @@ from pathlib import Path
 import pandas as pd
 
 from ...errors import LesionPLError
-from .common import IMAGE_SUFFIXES, finish, inside_root, map_labels, read_csv, require_root
+from .common import IMAGE_SUFFIXES, finish, inside_root, locate_csv, map_labels, read_csv, require_root
+
+
+def _only_csv(root: Path) -> Path | None:
+    found = sorted(root.glob("*.csv"))
+    return found[0] if len(found) == 1 else None
 
 
 def read_generic_csv(root: str | Path, options: dict | None = None) -> pd.DataFrame:
@@ -15,12 +20,7 @@ def read_generic_csv(root: str | Path, options: dict | None = None) -> pd.DataFr
     root = require_root(Path(root))
     c = options.get("columns") or {}
     image_col, label_col, group_col = c.get("image", "image"), c.get("label", "label"), c.get("group")
-    csv = Path(options["csv"]) if options.get("csv") else None
-    if csv is None:
-        found = sorted(root.glob("*.csv"))
-        if len(found) != 1:
-            raise LesionPLError(f"{root} holds {len(found)} CSV files; name one with --set data.csv=FILE")
-        csv = found[0]
+    csv = locate_csv(root, options, _only_csv, "single CSV file")
     df = read_csv(csv, (image_col, label_col) + ((group_col,) if group_col else ()))
     paths = pd.Series([inside_root(root, rel, str(csv)) for rel in df[image_col]], index=df.index)
     paths = paths.where(paths.map(Path.is_file))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from ...errors import LesionPLError
-from .common import find_csv, finish, index_images, map_labels, read_csv, require_root
+from .common import find_csv, finish, locate_csv, index_images, map_labels, read_csv, require_root
 
 ISIC_CODES = {"MEL": "mel", "NV": "nv", "BCC": "bcc", "AKIEC": "akiec", "AK": "akiec", "BKL": "bkl",
               "DF": "df", "VASC": "vasc", "SCC": "scc", "UNK": "unk"}
@@ -21,9 +21,7 @@ def find_ground_truth(root: Path) -> Path | None:
 def read_isic_csv(root: str | Path, options: dict | None = None) -> pd.DataFrame:
     options = options or {}
     root = require_root(Path(root))
-    csv = Path(options["csv"]) if options.get("csv") else find_ground_truth(root)
-    if csv is None:
-        raise LesionPLError(f"no ISIC ground-truth CSV (an 'image' column and class columns MEL, NV, ...) in {root}")
+    csv = locate_csv(root, options, find_ground_truth, "ISIC ground-truth CSV (an 'image' column and class columns MEL, NV, ...)")
     gt = read_csv(csv, ("image",))
     classes = [c for c in gt.columns if c in ISIC_CODES]
     onehot = gt[classes].apply(pd.to_numeric, errors="coerce").fillna(0).to_numpy()

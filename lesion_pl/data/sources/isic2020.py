@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from ...errors import LesionPLError
-from .common import find_csv, index_images, read_csv, require_root
+from .common import find_csv, index_images, locate_csv, read_csv, require_found, require_root
 
 REQUIRED = ("image_name", "target")
 
@@ -22,9 +22,7 @@ def find_isic2020_csv(root: Path) -> Path | None:
 def read_isic2020(root: str | Path, options: dict | None = None) -> pd.DataFrame:
     options = options or {}
     root = require_root(Path(root))
-    csv = Path(options["csv"]) if options.get("csv") else find_isic2020_csv(root)
-    if csv is None:
-        raise LesionPLError(f"no ISIC 2020 CSV (columns image_name, target) in {root}")
+    csv = locate_csv(root, options, find_isic2020_csv, "ISIC 2020 CSV (columns image_name, target)")
     df = read_csv(csv, REQUIRED)
     target = pd.to_numeric(df["target"], errors="coerce")
     bad = ~target.isin([0, 1])
@@ -32,9 +30,7 @@ def read_isic2020(root: str | Path, options: dict | None = None) -> pd.DataFrame
         raise LesionPLError(f"{csv}: 'target' must be 0 or 1; {int(bad.sum())} row(s) are not "
                             f"(first at line {int(df.index[bad][0]) + 2}: {df['target'][bad].iloc[0]!r})")
     paths = df["image_name"].map(index_images(root))
-    if paths.isna().any():
-        absent = df["image_name"][paths.isna()].tolist()
-        raise LesionPLError(f"{len(absent)} image(s) listed in {csv} not found under {root}: {', '.join(absent[:5])}")
+    require_found(df["image_name"], paths, str(csv), root)
     groups = df["patient_id"].fillna(df["image_name"]) if "patient_id" in df else df["image_name"]
     table = pd.DataFrame({"image_id": df["image_name"], "path": paths.map(lambda p: str(p.resolve())),
                           "dx": target.map({1: "melanoma", 0: "benign"}), "group": groups, "label": -1,
