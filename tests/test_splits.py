@@ -69,3 +69,19 @@ def test_summary_counts(table, split):
     assert s.loc["images", "all"] == 10015 and s.loc["lesions", "all"] == 7470
     assert s.loc["images", ["train", "val", "test"]].sum() == 10015
     assert s.loc["nv", "all"] == 6705
+
+
+def test_folds_are_kept_in_the_cache_folder_and_reused(table, split, tmp_path):
+    import time
+
+    assert make_splits(table, FRACTIONS, seed=42, cache_dir=tmp_path).equals(split)
+    stored = list(tmp_path.glob("folds_*.npy"))
+    assert len(stored) == 1
+    start = time.perf_counter()
+    assert make_splits(table, FRACTIONS, seed=42, cache_dir=tmp_path).equals(split)
+    assert time.perf_counter() - start < 2.0  # read back, not recomputed
+    small = table.iloc[:400].copy()
+    make_splits(small, FRACTIONS, seed=42, cache_dir=tmp_path)
+    small.loc[small.index[0], "label"] = (small["label"].iloc[0] + 1) % 7  # other labels: other folds file
+    make_splits(small, FRACTIONS, seed=42, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("folds_*.npy"))) == 3
