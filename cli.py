@@ -53,10 +53,18 @@ def fit(
     resume: bool = typer.Option(False, "--resume", help="Continue the run from its last.ckpt."),
     data_format: Optional[str] = FORMAT_OPT,
     skip_bad_images: bool = SKIP_BAD_OPT,
+    accelerator: Optional[str] = typer.Option(None, help="Override trainer.accelerator: auto, cpu or gpu."),
+    devices: Optional[str] = typer.Option(None, help="Override trainer.devices: a count per machine, or auto."),
+    num_nodes: Optional[int] = typer.Option(None, help="Override trainer.num_nodes (machines, e.g. under SLURM)."),
+    strategy: Optional[str] = typer.Option(None, help="Override trainer.strategy, e.g. ddp."),
     overrides: Optional[List[str]] = SET_OPT,
     quiet: bool = QUIET_OPT,
 ):
-    """Train a model; writes the resolved config, splits.csv, logs and checkpoints into --out."""
+    """Train a model; writes the resolved config, splits.csv, logs and checkpoints into --out.
+
+    Several devices or machines train with Lightning's DDP (one process per device); only the
+    first process writes the summary.
+    """
     from lesion_pl.config import load_config
     from lesion_pl.training import fit as run_fit
 
@@ -71,10 +79,16 @@ def fit(
         sets.append(f"trainer.max_epochs={max_epochs}")
     if seed is not None:
         sets += [f"seed={seed}", f"data.splits.seed={seed}"]
+    for key, value in (("accelerator", accelerator), ("devices", devices), ("num_nodes", num_nodes),
+                       ("strategy", strategy)):
+        if value is not None:
+            sets.append(f"trainer.{key}={value}")
     if resume and config is None and (out / "config.yaml").exists():
         config = out / "config.yaml"
     cfg = load_config(config, sets)
     summary = run_fit(cfg, out, resume=resume, progress=not quiet)
+    if summary is None:  # a DDP process other than the first
+        return
     if summary["skipped_bad_images"]:
         typer.secho(f"warning: skipped {len(summary['skipped_bad_images'])} unreadable image(s); "
                     f"listed in {out / 'summary.json'}", fg="yellow", err=True)
@@ -244,7 +258,11 @@ def data_summary(
     elif "official_split" in table:
         split, how = table["official_split"].rename("split"), "the source's official split"
     else:
-        split, how = make_splits(table, s, int(s.get("seed", cfg["seed"]))), f"split seed {s.get('seed', cfg['seed'])}"
+        from lesion_pl.data.cache import default_cache_dir
+
+        seed = int(s.get("seed", cfg["seed"]))
+        split = make_splits(table, s, seed, cfg["data"].get("cache_dir") or default_cache_dir())
+        how = f"split seed {seed}"
     typer.echo(f"{root}: {len(table)} images, {table['group'].nunique()} lesions, {how}")
     typer.echo(summarize(table, split).to_string())
     for label, count in table.attrs.get("dropped", {}).items():

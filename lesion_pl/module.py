@@ -49,7 +49,8 @@ class LesionClassifier(pl.LightningModule):
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(logits.float().softmax(dim=1), target)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(target))
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(target),
+                 sync_dist=not on_step)
         return loss
 
     def training_step(self, batch, batch_idx):
@@ -84,8 +85,11 @@ class LesionClassifier(pl.LightningModule):
             (decay if p.ndim > 1 else no_decay).append(p)
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": float(o["weight_decay"])},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=float(o["lr"]))
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        steps_per_epoch = max(1, total // max(1, int(self.trainer.max_epochs or 1)))
+        estimated = self.trainer.estimated_stepping_batches  # also sizes num_training_batches
+        per_epoch = self.trainer.num_training_batches
+        steps_per_epoch = max(1, int(per_epoch) if math.isfinite(per_epoch) else 1)
+        # max_epochs=-1: no step count ends the cosine, only max_time (if any)
+        total = max(1, int(estimated)) if math.isfinite(estimated) else 10 ** 12
         warmup = min(total - 1, int(float(o["warmup_epochs"]) * steps_per_epoch))
         budget = duration_seconds(self.config["trainer"].get("max_time"))
         start = time.monotonic()

@@ -29,22 +29,30 @@ def _max_time(value):
     return timedelta(seconds=seconds) if seconds else None
 
 
-def build_trainer(cfg: dict, run: RunDir, progress: bool = True):
+def build_trainer(cfg: dict, run: RunDir, progress: bool = True, started: float | None = None):
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.callbacks import EarlyStopping, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
+
+    from .callbacks import ElapsedTime
 
     t = cfg["trainer"]
     monitor = "val/balanced_accuracy"
     callbacks = [
         ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor=monitor, mode="max",
                         save_top_k=1, save_last=True, auto_insert_metric_name=False),
-        EarlyStopping(monitor=monitor, mode="max", patience=int(t["patience"])),
+        EarlyStopping(monitor=monitor, mode="max", patience=int(t["patience"]),
+                      stopping_threshold=float(t["stop_at"]) if t.get("stop_at") is not None else None),
         LearningRateMonitor(logging_interval="epoch"),
+        ElapsedTime(started or time.time()),
     ]
+    if t.get("ema_decay"):
+        # validation, checkpoints and everything after them use the averaged weights
+        callbacks.append(EMAWeightAveraging(decay=float(t["ema_decay"])))
     return pl.Trainer(
         max_epochs=int(t["max_epochs"]), max_time=_max_time(t.get("max_time")),
-        accelerator=t["accelerator"], devices=t["devices"], precision=_precision(cfg),
+        accelerator=t["accelerator"], devices=t["devices"], num_nodes=int(t.get("num_nodes") or 1),
+        strategy=t.get("strategy") or "auto", precision=_precision(cfg),
         callbacks=callbacks, logger=CSVLogger(run.path, name="logs", version=""),
         limit_train_batches=t["limit_train_batches"], limit_val_batches=t["limit_val_batches"],
         enable_progress_bar=progress, enable_model_summary=progress, log_every_n_steps=10,
@@ -52,8 +60,14 @@ def build_trainer(cfg: dict, run: RunDir, progress: bool = True):
     )
 
 
-def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> dict:
-    """Train `cfg` into run folder `out`; returns the summary also written to summary.json."""
+def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> dict | None:
+    """Train `cfg` into run folder `out`; returns the summary also written to summary.json.
+
+    With several processes (DDP), Lightning starts the others once this one has built the split and
+    the cache, so they read both; only global rank 0 writes the summary and calibrates (the others
+    return None).
+    """
+    started = time.time()  # elapsed times in the log count from here, imports and data checks included
     import pytorch_lightning as pl
 
     from .data.datamodule import LesionDataModule
@@ -77,7 +91,7 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
 
     mean, std = dm.train_stats()
     model = LesionClassifier(cfg, mean, std, dm.class_weights())
-    trainer = build_trainer(cfg, run, progress)
+    trainer = build_trainer(cfg, run, progress, started)
     log = run.path / "logs" / "metrics.csv"
     backup = log.with_name("metrics.before-resume.csv")
     if resume and log.exists():
@@ -85,6 +99,8 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
     start = time.time()
     trainer.fit(model, datamodule=dm, ckpt_path=str(run.last) if resume else None)
     wall = time.time() - start
+    if not trainer.is_global_zero:
+        return None
     if backup.exists():
         _merge_logs(backup, log)
         backup.unlink()

@@ -1,7 +1,8 @@
 """The image cache: every image decoded and resized once into one uint8 array on disk.
 
-The array (N, SIZE, SIZE, 3) is a .npy file memory-mapped by every epoch and every DataLoader
-worker, so no epoch after the first decodes a JPEG. Its name is a hash of the image files (name,
+The array (N, SIZE, SIZE, 3) is a .npy file, so no epoch after the first decodes a JPEG. Up to
+`in_memory_max_gb` it is read into memory; a larger one (it grows as N x SIZE x SIZE x 3 bytes)
+stays memory-mapped on disk, and the OS keeps in RAM what fits. Its name is a hash of the image files (name,
 size, mtime), the size and the preprocessing version, so changed data or size gives a new cache.
 """
 from __future__ import annotations
@@ -33,13 +34,18 @@ def cache_key(paths: list[str], size: int) -> str:
     return h.hexdigest()[:16]
 
 
+def _open(target: Path, in_memory_max_gb: float) -> np.ndarray:
+    arr = np.load(target, mmap_mode="r")
+    return np.array(arr) if arr.nbytes <= in_memory_max_gb * 1e9 else arr  # np.array: a copy in RAM
+
+
 def build_cache(paths: list[str], size: int, cache_dir: Path | None = None,
-                workers: int | None = None, progress: bool = True) -> np.ndarray:
+                workers: int | None = None, progress: bool = True, in_memory_max_gb: float = 0.0) -> np.ndarray:
     """Return the (N, size, size, 3) uint8 array for `paths`, building it on first use."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     target = cache_dir / f"images_{size}px_{len(paths)}_{cache_key(paths, size)}.npy"
     if target.is_file():
-        return np.load(target, mmap_mode="r")
+        return _open(target, in_memory_max_gb)
 
     from tqdm.auto import tqdm
 
@@ -61,4 +67,4 @@ def build_cache(paths: list[str], size: int, cache_dir: Path | None = None,
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
             raise LesionPLError(f"{len(errors)} bad image(s): {sorted(errors)[0]}{more}")
         arr.flush()
-    return np.load(target, mmap_mode="r")
+    return _open(target, in_memory_max_gb)

@@ -1,7 +1,10 @@
-"""The LightningDataModule: source table -> splits -> image cache -> DataLoaders.
+"""The LightningDataModule: source table -> splits -> image cache -> DataLoaders -> device batches.
 
 `build()` does all the checking (data root, CSV, images, splits, decoding) before anything is
-written, so a bad dataset fails with one message and no half-made run folder.
+written, so a bad dataset fails with one message and no half-made run folder. The loaders only
+copy cached uint8 rows; training batches are augmented after they reach the device
+(`on_after_batch_transfer`, see batch_augment.py), or, with `data.cache_on_device`, the whole
+cache lives on the GPU and the loaders hand over row numbers only.
 """
 from __future__ import annotations
 
@@ -16,12 +19,12 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from ..classes import NUM_CLASSES
 from ..config import resolve_data_root
 from ..errors import LesionPLError
-from .cache import build_cache
+from .batch_augment import augment_batch
+from .cache import build_cache, default_cache_dir
 from .check import bad_images_cached
 from .dataset import CachedImages
 from .sources import read_source
 from .splits import SPLITS, check_no_leak, make_splits, read_splits
-from .transforms import train_transform
 
 BALANCE_POWER = {"none": 0.0, "shuffle": 0.0, "sqrt": 0.5, "balanced": 1.0}
 
@@ -57,6 +60,7 @@ class LesionDataModule(pl.LightningDataModule):
         self.progress = progress
         self.table: pd.DataFrame | None = None
         self.split: pd.Series | None = None
+        self._on_device: torch.Tensor | None = None
 
     def build(self) -> "LesionDataModule":
         if self.table is not None:
@@ -79,14 +83,15 @@ class LesionDataModule(pl.LightningDataModule):
             split = table["official_split"].rename("split")
         else:
             s = d["splits"]
-            split = make_splits(table, s, int(s.get("seed", self.cfg["seed"])))
+            split = make_splits(table, s, int(s.get("seed", self.cfg["seed"])),
+                                d.get("cache_dir") or default_cache_dir())
         if not self.whole and "official_split" not in table:
             check_no_leak(table, split)
             for name in SPLITS:
                 if not (split == name).any():
                     raise LesionPLError(f"the {name} split is empty ({len(table)} images, fractions {d['splits']})")
         self.cache = build_cache(table["path"].tolist(), int(d["image_size"]), d.get("cache_dir"),
-                                 progress=self.progress)
+                                 progress=self.progress, in_memory_max_gb=float(d.get("cache_in_memory_max_gb", 0)))
         self.table, self.split = table, split
         return self
 
@@ -116,31 +121,57 @@ class LesionDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.build()
 
-    def dataset(self, split: str, augment: bool = False) -> CachedImages:
+    def dataset(self, split: str, rows_only: bool = False) -> CachedImages:
         idx = self.indices(split)
         labels = self.table["label"].to_numpy()[idx]
-        tf = train_transform(self.cfg["data"]["augment"], int(self.cfg["data"]["image_size"])) if augment else None
-        return CachedImages(self.cache, idx, labels.tolist(), tf)
+        return CachedImages(self.cache, idx, labels.tolist(), rows_only=rows_only)
 
-    def _loader(self, ds, shuffle=False, sampler=None) -> DataLoader:
+    def _fit_dataset(self, split: str) -> CachedImages:
+        return self.dataset(split, rows_only=bool(self.cfg["data"].get("cache_on_device")))
+
+    def _device_cache(self, device: torch.device) -> torch.Tensor:
+        if self._on_device is None or self._on_device.device != device:
+            self._on_device = torch.from_numpy(np.array(self.cache)).to(device)
+        return self._on_device
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, target = batch
+        if self.cfg["data"].get("cache_on_device"):  # the loader sent cache rows
+            images = self._device_cache(images.device)[images].permute(0, 3, 1, 2)
+        if self.trainer is not None and self.trainer.training:
+            images = augment_batch(images, self.cfg["data"]["augment"])
+        return images, target
+
+    def _loader(self, ds, shuffle=False, sampler=None, drop_last=False) -> DataLoader:
         workers = int(self.cfg["data"]["num_workers"])
         return DataLoader(ds, batch_size=int(self.cfg["data"]["batch_size"]), shuffle=shuffle, sampler=sampler,
                           num_workers=workers, persistent_workers=workers > 0,
-                          pin_memory=torch.cuda.is_available(), drop_last=shuffle or sampler is not None)
+                          pin_memory=torch.cuda.is_available(), drop_last=drop_last)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        ds = self._fit_dataset(split)
+        t = self.trainer
+        if t is not None and t.world_size > 1:
+            # each process scores its own share, none twice (Lightning's default sampler pads with repeats),
+            # and torchmetrics gathers the shares: the metrics equal a one-process evaluation
+            from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+            return self._loader(ds, sampler=UnrepeatedDistributedSampler(ds, num_replicas=t.world_size,
+                                                                         rank=t.global_rank, shuffle=False))
+        return self._loader(ds)
 
     def train_dataloader(self) -> DataLoader:
-        ds = self.dataset("train", augment=True)
+        ds = self._fit_dataset("train")
         p = balance_power(self.cfg["data"]["sampler"], "data.sampler")
         if p == 0:
-            return self._loader(ds, shuffle=True)
+            return self._loader(ds, shuffle=True, drop_last=True)
         counts = np.maximum(self.class_counts(), 1)
         weights = (counts.astype(float) ** -p)[np.asarray(ds.labels)]
         gen = torch.Generator().manual_seed(int(self.cfg["seed"]))
         sampler = WeightedRandomSampler(weights.tolist(), num_samples=len(ds), replacement=True, generator=gen)
-        return self._loader(ds, sampler=sampler)
+        return self._loader(ds, sampler=sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("val"))
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("test"))
+        return self._eval_loader("test")

@@ -1,0 +1,51 @@
+"""Where a training step's time goes: torch.profiler over `fit`'s own loop on the real images.
+
+    python benchmarks/profile_train.py [--steps 10] [--rows 15] [--set key=value ...]
+
+Prints the operators with the most self CPU time (forward and backward convolutions, batch norm,
+pooling, the optimiser, the batched augmentation, the loader's copies) for the default config.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--rows", type=int, default=15)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
+    args = ap.parse_args()
+
+    import pytorch_lightning as pl
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from lesion_pl.config import load_config
+    from lesion_pl.data.datamodule import LesionDataModule
+    from lesion_pl.module import LesionClassifier
+
+    cfg = load_config(None, ["trainer.accelerator=cpu", *args.overrides])
+    dm = LesionDataModule(cfg, progress=False).build()
+    model = LesionClassifier(cfg, *dm.train_stats())
+    warm = pl.Trainer(accelerator="cpu", max_steps=3, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    warm.fit(model, datamodule=dm)
+    trainer = pl.Trainer(accelerator="cpu", max_steps=args.steps, limit_val_batches=0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        trainer.fit(model, datamodule=dm)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"CPU {torch.backends.cpu.get_cpu_capability()}; config: configs/ham10000.yaml "
+          f"{' '.join('--set ' + o for o in args.overrides)}; {args.steps} training steps")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""Training throughput: the plain way vs lesion-pl's pipeline, same network, same images, one run.
+
+    python benchmarks/train_speed.py [--steps 20] [--warmup 4] [--big 384] [--set key=value ...]
+
+Variants, each in its own process (so each gets a clean memory peak and thread state):
+  plain      the default network in fp32 NCHW, fed by an ImageFolder-style DataLoader (2 workers)
+             that decodes and augments every JPEG every epoch with torchvision transforms on PIL images
+  lesion-pl  `fit`'s own path: the uint8 image cache, batched augmentation on the device,
+             channels_last, Lightning's training loop
+  synthetic  the same LightningModule fed one in-memory batch, no loading and no augmentation:
+             the floor the data pipeline is judged against
+on the 200x150 images of $LESION_PL_DATA/ham10000 and on stand-ins for the original 600x450 images
+(`--big` of them upscaled into a temp folder). Prints images/s, seconds per epoch (train split
+size / rate), the peak memory (PSS of the process tree) of each, and the ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+TRAIN_IMAGES = 7010  # HAM10000's train split at the default 70/15/15
+
+
+def plain(cfg: dict, files: list[str], labels: list[int], steps: int, warmup: int) -> float:
+    import torch
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from lesion_pl.models import build_network
+
+    size, aug, d = int(cfg["data"]["image_size"]), cfg["data"]["augment"], cfg["data"]
+    tf = v2.Compose([v2.RandomResizedCrop(size, scale=tuple(aug["scale"]), ratio=tuple(aug["ratio"])),
+                     v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), v2.RandomRotation(aug["rotation"]),
+                     v2.ColorJitter(**aug["color_jitter"]), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                     v2.Normalize([0.76, 0.55, 0.57], [0.14, 0.15, 0.17])])
+
+    class Folder(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(files)
+
+        def __getitem__(self, i):
+            return tf(Image.open(files[i]).convert("RGB")), labels[i]
+
+    loader = torch.utils.data.DataLoader(Folder(), batch_size=int(d["batch_size"]), shuffle=True, num_workers=2,
+                                         drop_last=True, persistent_workers=True)
+    net = build_network(cfg["model"]).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    seen, start = 0, None
+    for epoch in range(100):
+        for x, y in loader:
+            if seen == warmup:
+                start = time.perf_counter()
+            loss = torch.nn.functional.cross_entropy(net(x), y, label_smoothing=0.05)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            seen += 1
+            if seen == warmup + steps:
+                return steps * len(x) / (time.perf_counter() - start)
+    raise RuntimeError("not enough images for the steps asked")
+
+
+class _Timer:
+    """A Lightning callback timing training batches `warmup` .. `warmup + steps`."""
+
+    def __init__(self, warmup: int, steps: int, on_start=None):
+        import pytorch_lightning as pl
+        import torch
+
+        timer = self
+        self.seen = 0
+
+        def sync():
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+
+        class Cb(pl.Callback):
+            def on_train_batch_start(self, trainer, module, batch, batch_idx):
+                if timer.seen == warmup:
+                    sync()
+                    timer.start = time.perf_counter()
+                    if on_start:
+                        on_start()
+
+            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+                timer.seen += 1
+                if timer.seen == warmup + steps:
+                    sync()
+                    timer.seconds = time.perf_counter() - timer.start
+                    timer.images = steps * len(batch[1])
+                    trainer.should_stop = True
+
+        self.callback = Cb()
+
+
+def lesion_pl(cfg: dict, steps: int, warmup: int, synthetic: bool = False, on_timed_start=None) -> float:
+    """Images/s of `fit`'s own training loop for `cfg` (its accelerator and precision)."""
+    import pytorch_lightning as pl
+    import torch
+
+    from lesion_pl.data.datamodule import LesionDataModule
+    from lesion_pl.module import LesionClassifier
+    from lesion_pl.training import _precision
+
+    dm = LesionDataModule(cfg, progress=False).build()
+    model = LesionClassifier(cfg, *dm.train_stats())
+    timer = _Timer(warmup, steps, on_timed_start)
+    trainer = pl.Trainer(accelerator=cfg["trainer"]["accelerator"], devices=1, precision=_precision(cfg),
+                         max_epochs=1000, limit_val_batches=0,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[timer.callback])
+    if synthetic:
+        n, size = int(cfg["data"]["batch_size"]), int(cfg["data"]["image_size"])
+        batch = (torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8), torch.randint(0, 7, (n,)))
+        class Same(torch.utils.data.Dataset):  # the one batch, again and again, no collation
+            def __len__(self):
+                return warmup + steps
+
+            def __getitem__(self, i):
+                return batch
+
+        trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(Same(), batch_size=None))
+    else:
+        trainer.fit(model, datamodule=dm)
+    return timer.images / timer.seconds
+
+
+def stand_ins(ham: Path, n: int, dest: Path) -> Path:
+    """`n` HAM10000 images upscaled to 600x450 JPEGs (the original resolution) with their metadata rows."""
+    import pandas as pd
+    from PIL import Image
+
+    meta = pd.read_csv(ham / "HAM10000_metadata.csv").sample(n, random_state=0)
+    (dest / "images").mkdir(parents=True, exist_ok=True)
+    for image_id in meta["image_id"]:
+        Image.open(ham / "images" / f"{image_id}.jpg").resize((600, 450), Image.BICUBIC).save(
+            dest / "images" / f"{image_id}.jpg", quality=90)
+    meta.to_csv(dest / "HAM10000_metadata.csv", index=False)
+    return dest
+
+
+def child(args) -> None:
+    """One variant, in this process; prints one JSON line."""
+    import pandas as pd
+
+    from lesion_pl.classes import CLASS_TO_INDEX
+    from lesion_pl.config import load_config
+
+    cfg = load_config(None, args.overrides + [f"data.root={args.root}"])
+    if args.variant == "plain":
+        meta = pd.read_csv(Path(args.root) / "HAM10000_metadata.csv")
+        files = [str(Path(args.root) / "images" / f"{i}.jpg") for i in meta["image_id"]]
+        rate = plain(cfg, files, [CLASS_TO_INDEX[d] for d in meta["dx"]], args.steps, args.warmup)
+        print(json.dumps({"rate": rate}))
+        return
+    start = time.perf_counter()
+    from lesion_pl.data.datamodule import LesionDataModule
+    LesionDataModule(cfg, progress=False).build()  # the one-time cache, timed apart from the steps
+    cache_s = time.perf_counter() - start
+    cfg["trainer"]["accelerator"] = "cpu"
+    rate = lesion_pl(cfg, args.steps, args.warmup, args.variant == "synthetic")
+    print(json.dumps({"rate": rate, "cache_s": cache_s}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=20, help="timed training steps per variant")
+    ap.add_argument("--warmup", type=int, default=4, help="untimed steps first")
+    ap.add_argument("--big", type=int, default=384, help="how many 600x450 stand-in images to make")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
+    ap.add_argument("--variant", help=argparse.SUPPRESS)
+    ap.add_argument("--root", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.variant:
+        return child(args)
+
+    import torch
+
+    from lesion_pl.config import load_config
+    from memory import run_measured
+
+    cfg = load_config(None, args.overrides)
+    ham = Path(os.environ.get("LESION_PL_DATA", ROOT.parent / "shared" / "data")) / "ham10000"
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"CPU {torch.backends.cpu.get_cpu_capability()}")
+    print(f"config: configs/ham10000.yaml {' '.join('--set ' + o for o in args.overrides)} "
+          f"(model {cfg['model']['name']}, {cfg['data']['image_size']} px, batch {cfg['data']['batch_size']}); "
+          f"{args.steps} timed steps after {args.warmup}")
+    with tempfile.TemporaryDirectory() as tmp:
+        big = stand_ins(ham, args.big, Path(tmp) / "big")
+        rows = []
+        for source, root, cache in (("200x150", ham, None), ("600x450", big, Path(tmp) / "cache")):
+            for variant in ("plain", "lesion-pl", "synthetic"):
+                if variant == "synthetic" and source != "200x150":
+                    continue  # no images involved: the same figure for both sources
+                env = dict(os.environ, **({"LESION_PL_CACHE": str(cache)} if cache else {}))
+                out = Path(tmp) / "out.json"
+                cmd = [sys.executable, __file__, "--variant", variant, "--root", str(root),
+                       "--steps", str(args.steps), "--warmup", str(args.warmup)]
+                for o in args.overrides:
+                    cmd += ["--set", o]
+                with open(out, "w") as f:
+                    code, peak = run_measured(cmd, env=env, stdout=f, stderr=subprocess.DEVNULL)
+                if code:
+                    sys.exit(f"{variant} on {source} failed (exit {code}); run it alone: {' '.join(cmd)}")
+                result = json.loads(out.read_text().strip().splitlines()[-1])
+                rows.append((source, variant, result["rate"], peak, result.get("cache_s")))
+                print(f"  {source} {variant}: {result['rate']:.1f} images/s", flush=True)
+    synthetic = next(r[2] for r in rows if r[1] == "synthetic")
+    print(f"\n{'images':<9}{'pipeline':<11}{'images/s':>9}{'s/epoch':>9}{'peak GB':>9}{'vs plain':>10}"
+          f"{'vs synthetic':>14}{'cache build':>13}")
+    for source, variant, rate, peak, cache_s in rows:
+        base = next(r[2] for r in rows if r[0] == source and r[1] == "plain")
+        cache = f"{cache_s:.1f} s" if cache_s is not None and variant == "lesion-pl" else ""
+        print(f"{source:<9}{variant:<11}{rate:9.1f}{TRAIN_IMAGES / rate:9.0f}{peak:9.2f}{rate / base:9.2f}x"
+              f"{rate / synthetic:13.2f}x{cache:>13}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Batched training augmentation on real images: identity when off, flips, crops, jitter, seeds,
+and the DataModule applying it to training batches only."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lesion_pl.config import load_config
+from lesion_pl.data.batch_augment import affine_params, augment_batch, color_jitter
+from lesion_pl.preprocess import preprocess_file
+
+OFF = {"scale": [1.0, 1.0], "ratio": [1.0, 1.0], "rotation": 0, "hflip": False, "vflip": False,
+       "color_jitter": {}}
+
+
+def real_batch(ham_root, n: int = 16, size: int = 64) -> torch.Tensor:
+    files = sorted((ham_root / "images").glob("*.jpg"))[:n]
+    return torch.from_numpy(np.stack([preprocess_file(f, size) for f in files])).permute(0, 3, 1, 2).contiguous()
+
+
+def test_everything_off_is_the_identity(ham_root):
+    x = real_batch(ham_root)
+    out = augment_batch(x, OFF)
+    assert out.dtype == torch.float32 and out.shape == x.shape
+    assert torch.allclose(out, x.float(), atol=1e-3)
+
+
+def test_flips_give_the_mirror_images_both_ways(ham_root):
+    x = real_batch(ham_root, n=32)
+    out = augment_batch(x, {**OFF, "hflip": True}, torch.Generator().manual_seed(0))
+    same = [torch.allclose(o, i.float(), atol=1e-3) for o, i in zip(out, x)]
+    mirrored = [torch.allclose(o, i.float().flip(-1), atol=1e-3) for o, i in zip(out, x)]
+    assert all(s or m for s, m in zip(same, mirrored))
+    assert 4 < sum(mirrored) < 28  # a fair coin over 32 images
+    out = augment_batch(x, {**OFF, "vflip": True}, torch.Generator().manual_seed(1))
+    assert all(torch.allclose(o, i.float(), atol=1e-3) or torch.allclose(o, i.float().flip(-2), atol=1e-3)
+               for o, i in zip(out, x))
+
+
+def test_crops_keep_area_and_ratio_and_stay_inside():
+    aug = {**OFF, "scale": [0.25, 0.25], "ratio": [1.0, 1.0]}
+    theta = affine_params(500, aug, torch.Generator().manual_seed(0))
+    assert torch.allclose(theta[:, 0, 0], torch.full((500,), 0.5)) and torch.allclose(theta[:, 1, 1], torch.full((500,), 0.5))
+    assert theta[:, :, 2].abs().max() <= 0.5 + 1e-6  # the half-size crop never leaves the image
+    theta = affine_params(500, {**OFF, "scale": [0.5, 1.0], "ratio": [0.75, 4 / 3]}, torch.Generator().manual_seed(0))
+    area = theta[:, 0, 0] * theta[:, 1, 1]
+    assert area.min() >= 0.5 - 1e-6 and area.max() <= 1.0 + 1e-6
+    ratio = theta[:, 0, 0] / theta[:, 1, 1]
+    assert ratio.min() >= 0.75 - 1e-5 and ratio.max() <= 4 / 3 + 1e-5
+
+
+def test_rotation_turns_the_image_about_its_centre(ham_root):
+    x = real_batch(ham_root, n=1)
+    theta = affine_params(1, {**OFF, "rotation": 90}, torch.Generator().manual_seed(0))
+    angle = torch.rad2deg(torch.atan2(theta[0, 1, 0], theta[0, 0, 0]))
+    assert 0 < abs(angle) <= 90 and torch.allclose(theta[0, :, 2], torch.zeros(2))
+
+
+def test_color_jitter_equals_the_stepwise_definition(ham_root):
+    x = real_batch(ham_root).float()
+    jitter = {"brightness": 0.3, "contrast": 0.3, "saturation": 0.3}
+    out = color_jitter(x, jitter, torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    b, c, s = (0.7 + 0.6 * torch.rand(len(x), generator=g).view(-1, 1, 1, 1) for _ in range(3))
+    gray_w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    ref = x * b
+    mean = (ref * gray_w).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+    ref = (ref - mean) * c + mean
+    gray = (ref * gray_w).sum(1, keepdim=True)
+    ref = (gray + (ref - gray) * s).clamp(0, 255)
+    assert (out - ref).abs().max() < 1e-2
+    assert out.min() >= 0 and out.max() <= 255
+
+
+def test_hue_rotation_keeps_gray_pixels_gray():
+    gray = torch.full((4, 3, 8, 8), 100.0)
+    out = color_jitter(gray, {"hue": 0.5}, torch.Generator().manual_seed(0))
+    assert torch.allclose(out, gray, atol=1e-3)
+
+
+def test_same_seed_same_batch_default_config(ham_root):
+    x = real_batch(ham_root)
+    aug = load_config()["data"]["augment"]
+    a = augment_batch(x, aug, torch.Generator().manual_seed(3))
+    b = augment_batch(x, aug, torch.Generator().manual_seed(3))
+    c = augment_batch(x, aug, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_datamodule_augments_training_batches_only(small_ham):
+    from types import SimpleNamespace
+
+    from lesion_pl.data.datamodule import LesionDataModule
+
+    cfg = load_config(None, [f"data.root={small_ham}", "data.image_size=48", "data.batch_size=8"])
+    dm = LesionDataModule(cfg, progress=False).build()
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.dtype == torch.uint8 and x.shape == (8, 3, 48, 48)
+    dm.trainer = SimpleNamespace(training=True, world_size=1)
+    out, target = dm.on_after_batch_transfer((x, y), 0)
+    assert out.dtype == torch.float32 and out.shape == x.shape and torch.equal(target, y)
+    assert not torch.allclose(out, x.float())
+    dm.trainer = SimpleNamespace(training=False, world_size=1)
+    v, _ = next(iter(dm.val_dataloader()))
+    same, _ = dm.on_after_batch_transfer((v, y), 0)
+    assert torch.equal(same, v)
+
+
+def test_cache_on_device_sends_rows_and_gathers_them(small_ham):
+    from types import SimpleNamespace
+
+    from lesion_pl.data.datamodule import LesionDataModule
+
+    cfg = load_config(None, [f"data.root={small_ham}", "data.image_size=48", "data.batch_size=8",
+                             "data.cache_on_device=true"])
+    dm = LesionDataModule(cfg, progress=False).build()
+    dm.trainer = SimpleNamespace(training=False, world_size=1)
+    rows, y = next(iter(dm.val_dataloader()))
+    assert rows.dtype == torch.int64 and rows.shape == (8,)
+    images, _ = dm.on_after_batch_transfer((rows, y), 0)
+    expected = torch.from_numpy(np.stack([dm.cache[int(r)] for r in rows])).permute(0, 3, 1, 2)
+    assert torch.equal(images, expected)
