@@ -3,7 +3,7 @@
 `build()` does all the checking (data root, CSV, images, splits, decoding) before anything is
 written, so a bad dataset fails with one message and no half-made run folder. The loaders only
 copy cached uint8 rows; training batches are augmented after they reach the device
-(`on_after_batch_transfer`, see batch_augment.py), or, with `data.cache_on_device`, the whole
+(`on_after_batch_transfer`, see transforms.py), or, with `data.cache_on_device`, the whole
 cache lives on the GPU and the loaders hand over row numbers only.
 """
 from __future__ import annotations
@@ -19,12 +19,12 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from ..classes import NUM_CLASSES
 from ..config import resolve_data_root
 from ..errors import LesionPLError
-from .batch_augment import augment_batch
 from .cache import build_cache, default_cache_dir
 from .check import bad_images_cached
 from .dataset import CachedImages
 from .sources import read_source
 from .splits import SPLITS, check_no_leak, make_splits, read_splits
+from .transforms import augment_batch
 
 BALANCE_POWER = {"none": 0.0, "shuffle": 0.0, "sqrt": 0.5, "balanced": 1.0}
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from lesion_pl.config import load_config
-from lesion_pl.data.batch_augment import affine_params, augment_batch, color_jitter
+from lesion_pl.data.transforms import affine_params, augment_batch, color_jitter
 from lesion_pl.preprocess import preprocess_file
 
 OFF = {"scale": [1.0, 1.0], "ratio": [1.0, 1.0], "rotation": 0, "hflip": False, "vflip": False,
