@@ -126,11 +126,13 @@ def calibrate(
     data_root: Optional[Path] = DATA_ROOT_OPT,
     quiet: bool = QUIET_OPT,
 ):
-    """Fit temperature scaling and the referral thresholds on the validation split (fit does this too)."""
+    """Fit temperature scaling, the class-prior correction and the referral thresholds on the validation split
+    (fit does this too)."""
     from lesion_pl.evaluate.calibrate import calibrate_run
 
     c = calibrate_run(run, data_root, progress=not quiet)
-    typer.echo(f"temperature {c['temperature']:.4f}: validation NLL {c['val_nll_before']:.4f} -> {c['val_nll_after']:.4f}")
+    typer.echo(f"temperature {c['temperature']:.4f}, class-prior weight {c['prior_weight']:.2f}: "
+               f"validation NLL {c['val_nll_before']:.4f} -> {c['val_nll_after']:.4f}")
     for name, op in c["operating_points"].items():
         typer.echo(f"{name}: refer at p >= {op['threshold']:.4f}, validation sensitivity {op['val']['sensitivity']:.3f} "
                    f"(target {op['target_sensitivity']:.2f}), specificity {op['val']['specificity']:.3f}")

@@ -52,8 +52,8 @@ def main() -> None:
     images = np.asarray(dm.cache[idx])
     labels = dm.table["label"].to_numpy()[idx]
 
-    temperature = json.loads((run / "calibration.json").read_text())["temperature"]
-    torch_model = OnnxWrapper(load_classifier(run / "checkpoints" / "best.ckpt"), temperature).eval()
+    calibration = json.loads((run / "calibration.json").read_text())
+    torch_model = OnnxWrapper(load_classifier(run / "checkpoints" / "best.ckpt"), calibration).eval()
     torch_model.classifier.channels_last = bool(cfg["trainer"].get("channels_last"))
 
     @torch.inference_mode()

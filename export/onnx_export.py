@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lesion_pl import __version__
-from lesion_pl.classes import CLASSES, DISPLAY_NAMES, MALIGNANT
+from lesion_pl.classes import CLASSES, DISPLAY_NAMES, MALIGNANT, NUM_CLASSES
 from lesion_pl.errors import LesionPLError
 from lesion_pl.io import atomic_path
 from lesion_pl.preprocess import RESIZE_POLICY
@@ -23,17 +23,24 @@ PARITY_TOLERANCE = 1e-4
 
 
 class OnnxWrapper(nn.Module):
-    """uint8 images [N, H, W, 3] -> (calibrated probabilities softmax(logits / T) [N, 7], logits [N, 7])."""
+    """uint8 images [N, H, W, 3] -> (calibrated probabilities [N, 7], logits [N, 7]).
 
-    def __init__(self, classifier: nn.Module, temperature: float = 1.0):
+    The probabilities are softmax(logits / T + class_bias), with T and the class-prior bias from the
+    run's calibration.json (none given: plain softmax).
+    """
+
+    def __init__(self, classifier: nn.Module, calibration: dict | None = None):
         super().__init__()
+        cal = calibration or {}
         self.classifier = classifier
         self.classifier.channels_last = False  # a memory layout hint means nothing in ONNX
-        self.temperature = float(temperature)
+        self.temperature = float(cal.get("temperature", 1.0))
+        bias = cal.get("class_bias") or [0.0] * NUM_CLASSES
+        self.register_buffer("class_bias", torch.tensor(bias, dtype=torch.float32))
 
     def forward(self, images: torch.Tensor):
         logits = self.classifier(images.permute(0, 3, 1, 2))
-        return (logits / self.temperature).softmax(dim=1), logits
+        return (logits / self.temperature + self.class_bias).softmax(dim=1), logits
 
 
 def metadata(run_summary: dict, image_size: int, mean: list, std: list, calibration: dict) -> dict[str, str]:
@@ -51,6 +58,7 @@ def metadata(run_summary: dict, image_size: int, mean: list, std: list, calibrat
         "model": str(run_summary.get("model", "")),
         "val_metrics": json.dumps(run_summary.get("best_val_metrics", {})),
         "temperature": repr(float(calibration["temperature"])),
+        "class_bias": json.dumps(calibration.get("class_bias") or [0.0] * NUM_CLASSES),
         "operating_points": json.dumps({
             name: {"threshold": op["threshold"], "target_sensitivity": op["target_sensitivity"],
                    "val_sensitivity": op["val"]["sensitivity"], "val_specificity": op["val"]["specificity"],
@@ -60,14 +68,14 @@ def metadata(run_summary: dict, image_size: int, mean: list, std: list, calibrat
     return {PREFIX + k: v for k, v in meta.items()}
 
 
-def export_onnx(classifier: nn.Module, temperature: float, image_size: int, path: Path, opset: int,
+def export_onnx(classifier: nn.Module, calibration: dict, image_size: int, path: Path, opset: int,
                 meta: dict[str, str]) -> Path:
     import onnx
 
     max_opset = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= opset <= max_opset:
         raise LesionPLError(f"--opset {opset} is not supported: use {MIN_OPSET} to {max_opset}")
-    wrapper = OnnxWrapper(classifier, temperature).eval()
+    wrapper = OnnxWrapper(classifier, calibration).eval()
     example = (torch.zeros(2, image_size, image_size, 3, dtype=torch.uint8),)
     names = dict(input_names=["images"], output_names=["probabilities", "logits"])
     with tempfile.TemporaryDirectory() as scratch:  # the exporter may write weights to a side file
@@ -90,12 +98,12 @@ def export_onnx(classifier: nn.Module, temperature: float, image_size: int, path
 
 
 @torch.inference_mode()
-def parity(classifier: nn.Module, temperature: float, onnx_path: Path, images: np.ndarray) -> dict:
+def parity(classifier: nn.Module, calibration: dict, onnx_path: Path, images: np.ndarray) -> dict:
     """onnxruntime vs PyTorch on the same uint8 images: max |probability difference|, argmax agreement."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    wrapper = OnnxWrapper(classifier, temperature).eval()
+    wrapper = OnnxWrapper(classifier, calibration).eval()
     torch_probs = wrapper(torch.from_numpy(np.ascontiguousarray(images)))[0].numpy()
     onnx_probs = session.run(["probabilities"], {"images": images})[0]
     return {"n_images": int(len(images)),

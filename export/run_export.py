@@ -49,8 +49,7 @@ def export_run(run_path: Path, opset: int = 18, int8: bool = False, data_root: P
     out_dir = run.path / "export"
     fp32 = out_dir / "model.onnx"
     cal = load_calibration(run, data_root, progress)
-    temperature = cal["temperature"]
-    export_onnx(classifier, temperature, size, fp32, opset,
+    export_onnx(classifier, cal, size, fp32, opset,
                 metadata(summary, size, list(hp["mean"]), list(hp["std"]), cal))
 
     dm = run.datamodule(cfg, progress)
@@ -58,8 +57,9 @@ def export_run(run_path: Path, opset: int = 18, int8: bool = False, data_root: P
     test_images = np.asarray(dm.cache[test_idx])
     # test images first, topped up from the other splits when the test split is small
     parity_idx = np.concatenate([test_idx, dm.indices("val"), dm.indices("train")])[:PARITY_IMAGES]
-    check = parity(classifier, temperature, fp32, np.asarray(dm.cache[np.sort(parity_idx)]))
-    report = {"model": str(fp32), "opset": opset, "temperature": temperature, "size_bytes": fp32.stat().st_size, "parity": check}
+    check = parity(classifier, cal, fp32, np.asarray(dm.cache[np.sort(parity_idx)]))
+    report = {"model": str(fp32), "opset": opset, "temperature": cal["temperature"],
+              "class_bias": cal.get("class_bias"), "size_bytes": fp32.stat().st_size, "parity": check}
     if check["max_abs_diff"] > PARITY_TOLERANCE or check["argmax_agree"] != check["n_images"]:
         fp32.unlink()
         raise LesionPLError(f"ONNX output differs from PyTorch on {check['n_images']} images: max |diff| "

@@ -1,5 +1,6 @@
-"""Calibration and operating points, in numpy (no torch): temperature scaling, Brier score,
-the threshold that reaches a target sensitivity, and lesion-level bootstrap confidence intervals.
+"""Calibration and operating points, in numpy (no torch): temperature scaling with a class-prior
+correction, Brier score, the threshold that reaches a target sensitivity, and lesion-level
+bootstrap confidence intervals.
 
 The torch-free ONNX runtime imports `softmax` from here, so this module must stay numpy-only.
 """
@@ -8,9 +9,11 @@ from __future__ import annotations
 import numpy as np
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Softmax over the last axis of logits / T; [N, C] or [N, views, C] (views averaged)."""
+def softmax(logits: np.ndarray, temperature: float = 1.0, bias=None) -> np.ndarray:
+    """Softmax over the last axis of logits / T + bias; [N, C] or [N, views, C] (views averaged)."""
     z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    if bias is not None:
+        z = z + np.asarray(bias, dtype=np.float64)
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     p = e / e.sum(axis=-1, keepdims=True)
@@ -21,13 +24,50 @@ def nll(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The T > 0 that minimises the negative log-likelihood of softmax(logits / T) (Guo et al., 2017)."""
+def calibrated(logits: np.ndarray, calibration: dict) -> np.ndarray:
+    """Probabilities as a run's calibration.json defines them: softmax(logits / T + class_bias)."""
+    return softmax(logits, calibration["temperature"], calibration.get("class_bias"))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, bias=None) -> float:
+    """The T > 0 that minimises the negative log-likelihood of softmax(logits / T + bias) (Guo et al., 2017)."""
     from scipy.optimize import minimize_scalar
 
-    res = minimize_scalar(lambda log_t: nll(softmax(logits, np.exp(log_t)), labels),
+    res = minimize_scalar(lambda log_t: nll(softmax(logits, np.exp(log_t), bias), labels),
                           bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-4})
     return float(np.exp(res.x))
+
+
+def balanced_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
+    """Mean recall over the classes present in `labels`."""
+    return float(np.mean([(pred[labels == k] == k).mean() for k in np.unique(labels)]))
+
+
+def fit_prior_correction(logits: np.ndarray, labels: np.ndarray, log_prior: np.ndarray,
+                         max_balanced_accuracy_drop: float = 0.005, steps: int = 21) -> dict:
+    """Temperature T and prior weight a for softmax(logits / T + a * log_prior), on validation data.
+
+    A model trained on class-balanced batches learns a uniform class prior; its probabilities
+    understate the common classes, which no temperature undoes. Adding a * log(training class
+    frequencies) restores the prior (a = 1 in theory) but moves the top class towards the common
+    classes, lowering balanced accuracy. So a is the weight with the lowest validation NLL among
+    those whose top classes keep validation balanced accuracy within `max_balanced_accuracy_drop`
+    of the uncorrected model's (a = 0 is always allowed).
+    """
+    base = balanced_accuracy(np.asarray(logits).argmax(-1), labels)
+    best = None
+    for a in np.linspace(0.0, 1.0, steps):
+        bias = a * np.asarray(log_prior, dtype=np.float64)
+        t = fit_temperature(logits, labels, bias)
+        probs = softmax(logits, t, bias)
+        bal = balanced_accuracy(probs.argmax(-1), labels)
+        if bal < base - max_balanced_accuracy_drop:
+            continue
+        loss = nll(probs, labels)
+        if best is None or loss < best["val_nll"]:
+            best = {"prior_weight": float(a), "temperature": t, "class_bias": (bias - bias.mean()).tolist(),
+                    "val_nll": loss, "val_balanced_accuracy": bal, "val_balanced_accuracy_uncorrected": base}
+    return best
 
 
 def brier_score(probs: np.ndarray, labels: np.ndarray) -> float:

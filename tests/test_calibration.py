@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from export.runtime import LesionOnnxClassifier
-from lesion_pl.calibration import (binary_stats, bootstrap_ci, brier_score, fit_temperature, nll, softmax,
-                                   threshold_for_sensitivity)
+from lesion_pl.calibration import (balanced_accuracy, binary_stats, bootstrap_ci, brier_score, fit_prior_correction,
+                                   fit_temperature, nll, softmax, threshold_for_sensitivity)
 from lesion_pl.classes import CLASSES
 from lesion_pl.evaluate.metrics import expected_calibration_error
 
@@ -22,6 +22,8 @@ def test_temperature_scaling_lowers_validation_nll_on_real_predictions(trained_r
     cal = json.loads((trained_run / "calibration.json").read_text())
     assert cal["split"] == "val" and cal["temperature"] > 0
     assert cal["val_nll_after"] < cal["val_nll_before"]
+    assert len(cal["class_bias"]) == len(CLASSES) and 0.0 <= cal["prior_weight"] <= 1.0
+    assert cal["val_balanced_accuracy"] >= cal["val_balanced_accuracy_uncorrected"] - 0.005 - 1e-9
 
 
 def test_fit_temperature_finds_the_nll_minimum():
@@ -34,6 +36,37 @@ def test_fit_temperature_finds_the_nll_minimum():
     assert t > 1.5
     best = nll(softmax(logits, t), labels)
     assert best < nll(softmax(logits, t * 1.1), labels) and best < nll(softmax(logits, t / 1.1), labels)
+
+
+def balanced_model(n: int = 4000, seed: int = 0):
+    """Labels with a skewed prior, and logits that carry only the likelihood (a uniform prior),
+    as a model trained on class-balanced batches gives them."""
+    rng = np.random.default_rng(seed)
+    prior = np.array([0.70, 0.15, 0.10, 0.05])
+    labels = rng.choice(4, n, p=prior)
+    logits = rng.normal(size=(n, 4))
+    logits[np.arange(n), labels] += 1.5
+    return logits, labels, np.log(prior)
+
+
+def test_prior_correction_restores_the_prior_when_allowed():
+    logits, labels, log_prior = balanced_model()
+    free = fit_prior_correction(logits, labels, log_prior, max_balanced_accuracy_drop=1.0)
+    assert free["prior_weight"] >= 0.8  # the data were made with the full prior
+    assert free["val_nll"] < nll(softmax(logits, fit_temperature(logits, labels)), labels) - 0.05
+    assert np.allclose(np.sum(free["class_bias"]), 0.0)
+
+
+def test_prior_correction_keeps_balanced_accuracy_within_the_limit():
+    logits, labels, log_prior = balanced_model()
+    base = balanced_accuracy(logits.argmax(1), labels)
+    for drop in (0.0, 0.01):
+        fit = fit_prior_correction(logits, labels, log_prior, max_balanced_accuracy_drop=drop)
+        probs = softmax(logits, fit["temperature"], fit["class_bias"])
+        assert balanced_accuracy(probs.argmax(1), labels) >= base - drop - 1e-12
+        assert fit["val_balanced_accuracy_uncorrected"] == pytest.approx(base)
+    full = fit_prior_correction(logits, labels, log_prior, max_balanced_accuracy_drop=1.0)
+    assert balanced_accuracy(softmax(logits, full["temperature"], full["class_bias"]).argmax(1), labels) < base - 0.01
 
 
 def test_ece_and_brier_by_hand():
@@ -96,8 +129,9 @@ def test_calibrated_tta_probabilities_agree_between_torch_and_onnx(trained_run, 
     assert r.exit_code == 0, r.output
     preds = pd.read_csv(trained_run / "test" / "predictions.csv")
     clf = LesionOnnxClassifier(trained_run / "export" / "model.onnx")
-    assert float(clf.metadata["temperature"]) == pytest.approx(
-        json.loads((trained_run / "calibration.json").read_text())["temperature"])
+    cal = json.loads((trained_run / "calibration.json").read_text())
+    assert float(clf.metadata["temperature"]) == pytest.approx(cal["temperature"])
+    assert json.loads(clf.metadata["class_bias"]) == pytest.approx(cal["class_bias"])
     files = [next(small_ham.rglob(f"{i}.jpg")) for i in preds["image_id"]]
     onnx_tta = clf.predict(files, tta=True).probabilities
     torch_tta = preds[[f"p_{c}" for c in CLASSES]].to_numpy()

@@ -1,5 +1,6 @@
-"""`calibrate`: temperature scaling and the referral thresholds, fitted on the validation split only,
-saved as RUN/calibration.json and used by test, export and the ONNX runtime."""
+"""`calibrate`: temperature scaling with the class-prior correction, and the referral thresholds,
+fitted on the validation split only, saved as RUN/calibration.json and used by test, report,
+export and the ONNX runtime."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..calibration import binary_stats, fit_temperature, nll, softmax, threshold_for_sensitivity
+from ..calibration import (binary_stats, calibrated, fit_prior_correction, fit_temperature, nll, softmax,
+                           threshold_for_sensitivity)
 from ..classes import CLASS_TO_INDEX, MALIGNANT_INDICES
 from ..io import atomic_write_json
 from ..run import RunDir
@@ -33,12 +35,19 @@ def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool 
     ds = dm.dataset("val")
     labels = np.asarray(ds.labels)
     logits = predict_logits(load_classifier(run.best), ds, progress=progress)
-    t = fit_temperature(logits, labels)
-    probs = softmax(logits, t)
     c = cfg["calibration"]
-    result = {"split": "val", "n_images": int(len(labels)), "temperature": t,
-              "val_nll_before": nll(softmax(logits), labels), "val_nll_after": nll(probs, labels),
-              "operating_points": {}}
+    result = {"split": "val", "n_images": int(len(labels))}
+    if c.get("prior_correction", False):
+        counts = np.maximum(dm.class_counts("train"), 1)
+        fitted = fit_prior_correction(logits, labels, np.log(counts / counts.sum()),
+                                      float(c.get("max_balanced_accuracy_drop", 0.005)))
+        result.update({k: fitted[k] for k in ("temperature", "class_bias", "prior_weight", "val_balanced_accuracy",
+                                              "val_balanced_accuracy_uncorrected")})
+    else:
+        result.update(temperature=fit_temperature(logits, labels), class_bias=None, prior_weight=0.0)
+    probs = calibrated(logits, result)
+    result.update(val_nll_before=nll(softmax(logits), labels), val_nll_after=nll(probs, labels),
+                  operating_points={})
     for name, target in (("malignant", c["malignant_sensitivity"]), ("melanoma", c["melanoma_sensitivity"])):
         scores, positive = scores_and_positives(probs, labels, name)
         if not positive.any():

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..calibration import softmax
+from ..calibration import calibrated
 from ..classes import CLASSES, DISPLAY_NAMES, MALIGNANT_INDICES
 from ..io import atomic_path
 from ..preprocess import ImageReadError, preprocess_file
@@ -39,7 +39,7 @@ def explain_images(paths: list[Path], run_path: Path, out_dir: Path | None = Non
             errors.append((path, str(e)))
             continue
         cam, logits = gradcam(model, torch.from_numpy(img.copy()).permute(2, 0, 1)[None].contiguous())
-        probs = softmax(logits.numpy(), cal["temperature"])[0]
+        probs = calibrated(logits.numpy(), cal)[0]
         top = int(probs.argmax())
         mal = float(probs[list(MALIGNANT_INDICES)].sum())
         fig, axes = plt.subplots(1, 3, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1, 1, 1.1]})

@@ -79,13 +79,13 @@ def roc_png(target: np.ndarray, probs: np.ndarray, malignant_prob: np.ndarray, i
 
 
 def reliability_png(raw: np.ndarray, calibrated: np.ndarray, target: np.ndarray, path: Path) -> None:
-    """Reliability diagram (15 bins): accuracy against confidence, before and after temperature scaling."""
+    """Reliability diagram (15 bins): accuracy against confidence, before and after calibration."""
     from ..calibration import reliability
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 6))
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfectly calibrated")
-    for probs, name, color in ((raw, "before", "tab:orange"), (calibrated, "after temperature scaling", "tab:blue")):
+    for probs, name, color in ((raw, "before", "tab:orange"), (calibrated, "after calibration", "tab:blue")):
         _, rows = reliability(probs, target)
         conf = [r[0] for r in rows if r[2]]
         acc = [r[1] for r in rows if r[2]]

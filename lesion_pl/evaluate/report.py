@@ -191,7 +191,8 @@ def _findings(metrics, frame, confusions, tables, overall_error, cam_stats) -> l
                    f"{op['specificity']:.3f} ({op['ci95']['specificity'][0]:.3f}-{op['ci95']['specificity'][1]:.3f}).")
     cal = metrics.get("calibration")
     if cal:
-        out.append(f"Temperature scaling (T = {cal['temperature']:.3f}) moved the test ECE from "
+        out.append(f"Calibration on validation (T = {cal['temperature']:.3f}, class-prior weight "
+                   f"{cal.get('prior_weight', 0.0):.2f}) moved the test ECE from "
                    f"{cal['ece_15_before']:.4f} to {cal['ece_15_after']:.4f}.")
     if cam_stats:
         out.append(f"On average {cam_stats['overall']:.1%} of the Grad-CAM mass lies inside the lesion mask "

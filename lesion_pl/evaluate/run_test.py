@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 
 from ..classes import CLASSES, MALIGNANT_INDICES
-from ..calibration import binary_stats, bootstrap_ci, brier_score, softmax
+from ..calibration import binary_stats, bootstrap_ci, brier_score, calibrated, softmax
 from ..errors import LesionPLError
 from ..io import atomic_path, atomic_write_json
 from ..run import RunDir
@@ -48,7 +48,7 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
 
     cal = load_calibration(run, data_root, progress)
     logits = predict_logits(load_classifier(run.best), ds, tta=tta, progress=progress)
-    raw, probs = softmax(logits), softmax(logits, cal["temperature"])
+    raw, probs = softmax(logits), calibrated(logits, cal)
     rows = dm.table.iloc[ds.indices]
     if "melanoma_target" in rows:
         return _binary_test(run, cfg, cal, probs, rows, split, dm, tta)
@@ -59,6 +59,7 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
               "skipped_bad_images": dm.skipped, **report}
     report["calibration"] = {
         "temperature": cal["temperature"],
+        "prior_weight": cal.get("prior_weight", 0.0),
         "ece_15_before": expected_calibration_error(torch.from_numpy(raw).float(), t_target),
         "ece_15_after": expected_calibration_error(torch.from_numpy(probs).float(), t_target),
         "brier_before": brier_score(raw, target), "brier_after": brier_score(probs, target),
