@@ -32,6 +32,17 @@ def test_cache_is_reused_not_redecoded(paths, tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("*.npy"))) == 1
 
 
+def test_small_cache_in_memory_large_cache_memory_mapped(paths, tmp_path):
+    mapped = build_cache(paths, 48, tmp_path, progress=False, in_memory_max_gb=0.0)
+    nbytes = len(paths) * 48 * 48 * 3
+    in_memory = build_cache(paths, 48, tmp_path, progress=False, in_memory_max_gb=nbytes / 1e9)
+    assert isinstance(mapped, np.memmap) and not isinstance(in_memory, np.memmap)
+    assert in_memory.flags.writeable and not mapped.flags.writeable
+    np.testing.assert_array_equal(in_memory, mapped)
+    too_big = build_cache(paths, 48, tmp_path, progress=False, in_memory_max_gb=(nbytes - 1) / 1e9)
+    assert isinstance(too_big, np.memmap)
+
+
 def test_other_size_other_cache(paths, tmp_path):
     build_cache(paths, 32, tmp_path, progress=False)
     build_cache(paths, 40, tmp_path, progress=False)
