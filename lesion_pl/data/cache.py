@@ -2,8 +2,9 @@
 
 The array (N, SIZE, SIZE, 3) is a .npy file, so no epoch after the first decodes a JPEG. Up to
 `in_memory_max_gb` it is read into memory; a larger one (it grows as N x SIZE x SIZE x 3 bytes)
-stays memory-mapped on disk, and the OS keeps in RAM what fits. Its name is a hash of the image files (name,
-size, mtime), the size and the preprocessing version, so changed data or size gives a new cache.
+stays memory-mapped on disk, and the OS keeps in RAM what fits. Its name is a hash of the image
+files (name, size, mtime), the size and the preprocessing version, so changed data or size gives
+a new cache.
 """
 from __future__ import annotations
 
