@@ -1,6 +1,8 @@
-"""Atomic file writes (temp file + rename), so an interrupted run never leaves half a file."""
+"""Atomic file writes (temp file + rename), so an interrupted run never leaves half a file, and a
+lock file, so processes started together (DDP under SLURM) build a shared file once."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -37,3 +39,21 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+@contextmanager
+def file_lock(path: Path):
+    """Hold an exclusive lock on `path` (created if missing) for the block; other holders wait.
+
+    The lock file is removed afterwards. Callers re-check their target once they hold the lock and
+    write it atomically, so the lock only saves repeated work; correctness never depends on it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            fcntl.flock(f, fcntl.LOCK_UN)

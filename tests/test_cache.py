@@ -43,6 +43,23 @@ def test_small_cache_in_memory_large_cache_memory_mapped(paths, tmp_path):
     assert isinstance(too_big, np.memmap)
 
 
+def test_builders_started_together_decode_once(paths, tmp_path, monkeypatch):
+    import threading
+
+    calls = []
+    real = cache_mod.preprocess_file
+    monkeypatch.setattr(cache_mod, "preprocess_file", lambda *a: calls.append(a) or real(*a))
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(build_cache(paths, 40, tmp_path, progress=False)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == len(paths)  # one builder; the other two waited and read its file
+    assert len(results) == 3 and all(np.array_equal(r, results[0]) for r in results)
+
+
 def test_other_size_other_cache(paths, tmp_path):
     build_cache(paths, 32, tmp_path, progress=False)
     build_cache(paths, 40, tmp_path, progress=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LesionPLError
-from ..io import atomic_path
+from ..io import atomic_path, file_lock
 from ..preprocess import ImageReadError, preprocess_file
 
 PREPROCESS_VERSION = 1
@@ -45,9 +45,14 @@ def build_cache(paths: list[str], size: int, cache_dir: Path | None = None,
     """Return the (N, size, size, 3) uint8 array for `paths`, building it on first use."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     target = cache_dir / f"images_{size}px_{len(paths)}_{cache_key(paths, size)}.npy"
-    if target.is_file():
-        return _open(target, in_memory_max_gb)
+    if not target.is_file():
+        with file_lock(target.with_name(target.name + ".lock")):  # one builder; the others wait, then read
+            if not target.is_file():
+                _build(paths, size, target, workers, progress)
+    return _open(target, in_memory_max_gb)
 
+
+def _build(paths: list[str], size: int, target: Path, workers: int | None, progress: bool) -> None:
     from tqdm.auto import tqdm
 
     errors: list[str] = []
@@ -68,4 +73,3 @@ def build_cache(paths: list[str], size: int, cache_dir: Path | None = None,
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
             raise LesionPLError(f"{len(errors)} bad image(s): {sorted(errors)[0]}{more}")
         arr.flush()
-    return _open(target, in_memory_max_gb)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import LesionPLError
-from ..io import atomic_path
+from ..io import atomic_path, file_lock
 
 SPLITS = ("train", "val", "test")
 N_FOLDS = 20  # fractions are rounded to multiples of 1/20 = 5%
@@ -22,14 +22,25 @@ N_FOLDS = 20  # fractions are rounded to multiples of 1/20 = 5%
 
 def lesion_folds(table: pd.DataFrame, seed: int, cache_dir: Path | None = None) -> np.ndarray:
     """The fold (0..N_FOLDS-1) of each row: StratifiedGroupKFold by label, grouped by group."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
+    if not cache_dir:
+        return _sgkf_folds(table, seed)
     key = hashlib.sha1(f"{N_FOLDS}|{seed}|".encode())
     key.update("|".join(map(str, table["group"])).encode())
     key.update(np.asarray(table["label"], dtype=np.int64).tobytes())
-    stored = Path(cache_dir) / f"folds_{len(table)}_{key.hexdigest()[:16]}.npy" if cache_dir else None
-    if stored is not None and stored.is_file():
-        return np.load(stored)
+    stored = Path(cache_dir) / f"folds_{len(table)}_{key.hexdigest()[:16]}.npy"
+    if not stored.is_file():
+        with file_lock(stored.with_name(stored.name + ".lock")):  # DDP tasks started together: one computes
+            if not stored.is_file():
+                fold_of = _sgkf_folds(table, seed)
+                with atomic_path(stored) as tmp:
+                    with open(tmp, "wb") as f:
+                        np.save(f, fold_of)
+    return np.load(stored)
+
+
+def _sgkf_folds(table: pd.DataFrame, seed: int) -> np.ndarray:
+    from sklearn.model_selection import StratifiedGroupKFold
+
     if table["group"].nunique() < N_FOLDS:
         raise LesionPLError(f"need at least {N_FOLDS} lesions to split, got {table['group'].nunique()}")
     sgkf = StratifiedGroupKFold(n_splits=N_FOLDS, shuffle=True, random_state=seed)
@@ -40,11 +51,6 @@ def lesion_folds(table: pd.DataFrame, seed: int, cache_dir: Path | None = None) 
     except ValueError as e:
         raise LesionPLError(f"cannot split {len(table)} images into {N_FOLDS} stratified lesion folds ({e}); "
                             "use more images or give a splits file (data.splits_file)") from None
-    if stored is not None:
-        stored.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(stored) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, fold_of)
     return fold_of
 
 
