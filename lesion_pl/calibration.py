@@ -44,7 +44,7 @@ def balanced_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
 
 
 def fit_prior_correction(logits: np.ndarray, labels: np.ndarray, log_prior: np.ndarray,
-                         max_balanced_accuracy_drop: float = 0.005, steps: int = 21) -> dict:
+                         max_balanced_accuracy_drop: float = 0.01, steps: int = 21) -> dict:
     """Temperature T and prior weight a for softmax(logits / T + a * log_prior), on validation data.
 
     A model trained on class-balanced batches learns a uniform class prior; its probabilities

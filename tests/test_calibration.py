@@ -23,7 +23,7 @@ def test_temperature_scaling_lowers_validation_nll_on_real_predictions(trained_r
     assert cal["split"] == "val" and cal["temperature"] > 0
     assert cal["val_nll_after"] < cal["val_nll_before"]
     assert len(cal["class_bias"]) == len(CLASSES) and 0.0 <= cal["prior_weight"] <= 1.0
-    assert cal["val_balanced_accuracy"] >= cal["val_balanced_accuracy_uncorrected"] - 0.005 - 1e-9
+    assert cal["val_balanced_accuracy"] >= cal["val_balanced_accuracy_uncorrected"] - 0.01 - 1e-9
 
 
 def test_fit_temperature_finds_the_nll_minimum():

@@ -40,7 +40,7 @@ def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool 
     if c.get("prior_correction", False):
         counts = np.maximum(dm.class_counts("train"), 1)
         fitted = fit_prior_correction(logits, labels, np.log(counts / counts.sum()),
-                                      float(c.get("max_balanced_accuracy_drop", 0.005)))
+                                      float(c.get("max_balanced_accuracy_drop", 0.01)))
         result.update({k: fitted[k] for k in ("temperature", "class_bias", "prior_weight", "val_balanced_accuracy",
                                               "val_balanced_accuracy_uncorrected")})
     else:
