@@ -9,7 +9,7 @@ FIT_ARGS ?=
 .PHONY: install run test test-slow clean-venv
 
 $(VENV)/.installed: requirements.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/pip || $(PYTHON) -m venv --clear $(VENV)  # also repairs a half-made venv
 	$(BIN)/pip install -r requirements.txt
 	touch $@
 
