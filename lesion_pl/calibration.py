@@ -38,11 +38,6 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, bias=None) -> float:
     return float(np.exp(res.x))
 
 
-def balanced_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
-    """Mean recall over the classes present in `labels`."""
-    return float(np.mean([(pred[labels == k] == k).mean() for k in np.unique(labels)]))
-
-
 def fit_prior_correction(logits: np.ndarray, labels: np.ndarray, log_prior: np.ndarray,
                          max_balanced_accuracy_drop: float = 0.01, steps: int = 21) -> dict:
     """Temperature T and prior weight a for softmax(logits / T + a * log_prior), on validation data.
@@ -54,13 +49,15 @@ def fit_prior_correction(logits: np.ndarray, labels: np.ndarray, log_prior: np.n
     those whose top classes keep validation balanced accuracy within `max_balanced_accuracy_drop`
     of the uncorrected model's (a = 0 is always allowed).
     """
-    base = balanced_accuracy(np.asarray(logits).argmax(-1), labels)
+    from sklearn.metrics import balanced_accuracy_score as balanced_accuracy  # recall over classes present
+
+    base = balanced_accuracy(labels, np.asarray(logits).argmax(-1))
     best = None
     for a in np.linspace(0.0, 1.0, steps):
         bias = a * np.asarray(log_prior, dtype=np.float64)
         t = fit_temperature(logits, labels, bias)
         probs = softmax(logits, t, bias)
-        bal = balanced_accuracy(probs.argmax(-1), labels)
+        bal = balanced_accuracy(labels, probs.argmax(-1))
         if bal < base - max_balanced_accuracy_drop:
             continue
         loss = nll(probs, labels)

@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.metrics import balanced_accuracy_score
 
 from export.runtime import LesionOnnxClassifier
-from lesion_pl.calibration import (balanced_accuracy, binary_stats, bootstrap_ci, brier_score, fit_prior_correction,
-                                   fit_temperature, nll, softmax, threshold_for_sensitivity)
+from lesion_pl.calibration import (binary_stats, bootstrap_ci, brier_score, fit_prior_correction, fit_temperature,
+                                   nll, softmax, threshold_for_sensitivity)
 from lesion_pl.classes import CLASSES
 from lesion_pl.evaluate.metrics import expected_calibration_error
 
@@ -59,14 +60,14 @@ def test_prior_correction_restores_the_prior_when_allowed():
 
 def test_prior_correction_keeps_balanced_accuracy_within_the_limit():
     logits, labels, log_prior = balanced_model()
-    base = balanced_accuracy(logits.argmax(1), labels)
+    base = balanced_accuracy_score(labels, logits.argmax(1))
     for drop in (0.0, 0.01):
         fit = fit_prior_correction(logits, labels, log_prior, max_balanced_accuracy_drop=drop)
         probs = softmax(logits, fit["temperature"], fit["class_bias"])
-        assert balanced_accuracy(probs.argmax(1), labels) >= base - drop - 1e-12
+        assert balanced_accuracy_score(labels, probs.argmax(1)) >= base - drop - 1e-12
         assert fit["val_balanced_accuracy_uncorrected"] == pytest.approx(base)
     full = fit_prior_correction(logits, labels, log_prior, max_balanced_accuracy_drop=1.0)
-    assert balanced_accuracy(softmax(logits, full["temperature"], full["class_bias"]).argmax(1), labels) < base - 0.01
+    assert balanced_accuracy_score(labels, softmax(logits, full["temperature"], full["class_bias"]).argmax(1)) < base - 0.01
 
 
 def test_ece_and_brier_by_hand():
