@@ -12,13 +12,14 @@ from .io import atomic_path, atomic_write_json
 from .run import RunDir
 
 
-def _precision(cfg: dict) -> str:
+def precision_for(cfg: dict) -> str:
+    """Lightning's precision for `trainer.precision` ("auto": bf16-mixed on CUDA, 32-true on CPU)."""
     import torch
 
     p = cfg["trainer"]["precision"]
     if p != "auto":
         return str(p)
-    # bf16 autocast pays on CUDA; on CPUs without AVX-512 bf16 it is ~13x slower (benchmarks/step_speed.py).
+    # bf16 autocast pays on CUDA; on CPUs without AVX-512 bf16 it is ~12x slower (benchmarks/step_speed.py).
     return "bf16-mixed" if torch.cuda.is_available() and cfg["trainer"]["accelerator"] != "cpu" else "32-true"
 
 
@@ -52,7 +53,7 @@ def build_trainer(cfg: dict, run: RunDir, progress: bool = True, started: float 
     return pl.Trainer(
         max_epochs=int(t["max_epochs"]), max_time=_max_time(t.get("max_time")),
         accelerator=t["accelerator"], devices=t["devices"], num_nodes=int(t.get("num_nodes") or 1),
-        strategy=t.get("strategy") or "auto", precision=_precision(cfg),
+        strategy=t.get("strategy") or "auto", precision=precision_for(cfg),
         callbacks=callbacks, logger=CSVLogger(run.path, name="logs", version=""),
         limit_train_batches=t["limit_train_batches"], limit_val_batches=t["limit_val_batches"],
         enable_progress_bar=progress, enable_model_summary=progress, log_every_n_steps=10,
