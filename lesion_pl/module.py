@@ -7,10 +7,23 @@ import time
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
 
+from .classes import NUM_CLASSES
 from .config import duration_seconds
 from .evaluate.metrics import metric_collection
 from .models.factory import Normalize, build_network
+
+
+def _batch_mixer(augment: dict):
+    """torchvision's MixUp and/or CutMix on whole training batches (None when both alphas are 0);
+    with both, each batch gets one of the two at random, as in timm."""
+    mixers = [cls(alpha=float(alpha), num_classes=NUM_CLASSES)
+              for cls, alpha in ((v2.MixUp, augment.get("mixup", 0)), (v2.CutMix, augment.get("cutmix", 0)))
+              if alpha and float(alpha) > 0]
+    if not mixers:
+        return None
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
 
 
 class LesionClassifier(pl.LightningModule):
@@ -31,20 +44,26 @@ class LesionClassifier(pl.LightningModule):
             self.net = self.net.to(memory_format=torch.channels_last)
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
+        self.mix = _batch_mixer(config["data"].get("augment", {}))
         self.train_metrics = metric_collection(auroc=False).clone(prefix="train/")
         self.val_metrics = metric_collection(per_class=True).clone(prefix="val/")
         self.test_metrics = metric_collection(per_class=True).clone(prefix="test/")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.normalize(images)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.net(x)
+        return self.net(self._prepare(self.normalize(images)))
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _step(self, batch, stage: str):
         images, target = batch
-        logits = self(images)
-        loss = F.cross_entropy(logits.float(), target, weight=self.class_weights,
+        if stage == "train" and self.mix is not None:
+            # the loss sees the mixed soft targets; the training metrics the dominant original label
+            x, soft = self.mix(self.normalize(images), target)
+            logits = self.net(self._prepare(x))
+        else:
+            logits, soft = self(images), target
+        loss = F.cross_entropy(logits.float(), soft, weight=self.class_weights,
                                label_smoothing=float(self.config["loss"]["label_smoothing"]))
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(logits.float().softmax(dim=1), target)
