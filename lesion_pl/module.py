@@ -33,7 +33,8 @@ class LesionClassifier(pl.LightningModule):
     network, so they travel in every checkpoint and into the ONNX graph.
     """
 
-    def __init__(self, config: dict, mean: list, std: list, class_weights: list | None = None):
+    def __init__(self, config: dict, mean: list, std: list, class_weights: list | None = None,
+                 class_prior: list | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.config = config
@@ -44,6 +45,11 @@ class LesionClassifier(pl.LightningModule):
             self.net = self.net.to(memory_format=torch.channels_last)
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
+        # logit adjustment (Menon et al., ICLR 2021): the training loss sees logits + tau * log(prior of the
+        # training batches), so the logits themselves learn the class-balanced posterior
+        tau = float(config["loss"].get("logit_adjustment", 0.0))
+        shift = tau * torch.log(torch.tensor(class_prior, dtype=torch.float32)) if tau and class_prior else None
+        self.register_buffer("logit_shift", shift, persistent=False)
         self.mix = _batch_mixer(config["data"].get("augment", {}))
         self.train_metrics = metric_collection(auroc=False).clone(prefix="train/")
         self.val_metrics = metric_collection(per_class=True).clone(prefix="val/")
@@ -58,12 +64,14 @@ class LesionClassifier(pl.LightningModule):
     def _step(self, batch, stage: str):
         images, target = batch
         if stage == "train" and self.mix is not None:
-            # the loss sees the mixed soft targets; the training metrics the dominant original label
+            # the loss sees the mixed soft targets, the training metrics the original labels
             x, soft = self.mix(self.normalize(images), target)
             logits = self.net(self._prepare(x))
         else:
             logits, soft = self(images), target
-        loss = F.cross_entropy(logits.float(), soft, weight=self.class_weights,
+        shifted = logits.float() + self.logit_shift if stage == "train" and self.logit_shift is not None \
+            else logits.float()
+        loss = F.cross_entropy(shifted, soft, weight=self.class_weights,
                                label_smoothing=float(self.config["loss"]["label_smoothing"]))
         metrics = getattr(self, f"{stage}_metrics")
         metrics.update(logits.float().softmax(dim=1), target)

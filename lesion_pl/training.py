@@ -91,7 +91,7 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
         write_splits(dm.table, dm.split, run.splits)
 
     mean, std = dm.train_stats()
-    model = LesionClassifier(cfg, mean, std, dm.class_weights())
+    model = LesionClassifier(cfg, mean, std, dm.class_weights(), dm.sampled_class_prior())
     trainer = build_trainer(cfg, run, progress, started)
     log = run.path / "logs" / "metrics.csv"
     backup = log.with_name("metrics.before-resume.csv")

@@ -118,6 +118,13 @@ class LesionDataModule(pl.LightningDataModule):
         w *= counts.sum() / (w * counts).sum()
         return w.tolist()
 
+    def sampled_class_prior(self) -> list[float]:
+        """The class distribution of training batches: the train split's counts as the sampler reweights them."""
+        p = balance_power(self.cfg["data"]["sampler"], "data.sampler")
+        counts = np.maximum(self.class_counts(), 1).astype(float)
+        prior = counts ** (1.0 - p)
+        return (prior / prior.sum()).tolist()
+
     def setup(self, stage: str | None = None) -> None:
         self.build()
 
