@@ -49,20 +49,6 @@ def test_module_normalises_uint8_with_train_stats():
     assert m(torch.zeros(2, 3, 64, 64, dtype=torch.uint8)).shape == (2, 7)
 
 
-def test_two_stem_convolutions_see_twice_the_size_at_the_same_feature_map():
-    one = LesionCNN(7, widths=(8, 16, 32, 64), stem_convs=1).eval()
-    two = LesionCNN(7, widths=(8, 16, 32, 64), stem_convs=2).eval()
-    assert one.forward_features(torch.randn(2, 3, 64, 64)).shape == two.forward_features(
-        torch.randn(2, 3, 128, 128)).shape == (2, 64, 4, 4)
-    assert [m.stride for m in two.modules() if isinstance(m, torch.nn.Conv2d)][:3] == [(2, 2), (2, 2), (1, 1)]
-
-
-def test_checkpoint_config_without_stem_key_builds_the_old_network():
-    cfg = load_config(None, ["model.widths=[8,16,32,64]"])["model"]
-    del cfg["stem_convs"]
-    assert len(build_network(cfg).state_dict()) == len(LesionCNN(7, widths=(8, 16, 32, 64)).state_dict())
-
-
 @pytest.mark.parametrize("mix", [["data.augment.mixup=0.4"], ["data.augment.cutmix=1.0"],
                                  ["data.augment.mixup=0.4", "data.augment.cutmix=1.0"]])
 def test_mixup_cutmix_train_on_soft_targets(mix):

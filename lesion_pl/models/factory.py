@@ -44,8 +44,7 @@ def _load_weights(net: nn.Module, path: str) -> None:
 def build_network(model_cfg: dict, num_classes: int = NUM_CLASSES) -> nn.Module:
     name = model_cfg["name"]
     if name == "lesion_cnn":
-        net = LesionCNN(num_classes, widths=tuple(model_cfg["widths"]), dropout=float(model_cfg["dropout"]),
-                        stem_convs=int(model_cfg.get("stem_convs", 1)))  # checkpoints from before the key: 1
+        net = LesionCNN(num_classes, widths=tuple(model_cfg["widths"]), dropout=float(model_cfg["dropout"]))
     else:
         import timm
         if not timm.is_model(name):

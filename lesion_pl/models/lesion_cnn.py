@@ -1,9 +1,7 @@
 """LesionCNN: a plain conv/pool/FC network, small enough to train on HAM10000 on a laptop CPU.
 
-A stem of strided convolutions, then stages of two (conv 3x3, batch norm, ReLU) and a 2x2 max pool,
-then global average pooling, dropout and a fully connected layer. Each stem convolution halves the
-input: with two, a 128 px image costs about what a 64 px one costs with one, yet the network, not a
-bilinear resize, decides what detail to keep.
+A strided stem, then stages of two (conv 3x3, batch norm, ReLU) and a 2x2 max pool, then global
+average pooling, dropout and a fully connected layer.
 """
 from __future__ import annotations
 
@@ -17,15 +15,10 @@ def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 
 
 class LesionCNN(nn.Module):
-    def __init__(self, num_classes: int = 7, widths=(32, 64, 128, 256), dropout: float = 0.3,
-                 stem_convs: int = 1):
+    def __init__(self, num_classes: int = 7, widths=(32, 64, 128, 256), dropout: float = 0.3):
         super().__init__()
-        if stem_convs < 1:
-            raise ValueError(f"stem_convs must be >= 1, got {stem_convs}")
-        # channels double up to widths[0]: 16 -> 32 for two stem convolutions and widths[0] = 32
-        stem = [max(widths[0] >> (stem_convs - 1 - i), 4) for i in range(stem_convs)]
-        layers: list[nn.Module] = [conv_bn_relu(cin, cout, stride=2) for cin, cout in zip([3, *stem], stem)]
-        cin = stem[-1]
+        layers: list[nn.Module] = [conv_bn_relu(3, widths[0], stride=2)]
+        cin = widths[0]
         for i, w in enumerate(widths):
             layers += [conv_bn_relu(cin, w), conv_bn_relu(w, w)]
             if i < len(widths) - 1:
