@@ -110,18 +110,29 @@ def binary_stats(scores: np.ndarray, positive: np.ndarray, threshold: float) -> 
             "npv": ratio(tn, fn), "tp": tp, "fn": fn, "fp": fp, "tn": tn}
 
 
-def bootstrap_ci(scores: np.ndarray, positive: np.ndarray, groups: np.ndarray, threshold: float,
-                 n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    """Percentile CIs of sensitivity, specificity, PPV and NPV, resampling lesions (groups), not images."""
+def lesion_bootstrap(groups: np.ndarray, statistic, n_boot: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> dict:
+    """Percentile CIs of each value `statistic(indices)` returns, over resamples of lesions (groups),
+    not images: the images of one lesion are not independent."""
     rng = np.random.default_rng(seed)
     uniq, inverse = np.unique(groups, return_inverse=True)
     members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse))[:-1])
-    keys = ("sensitivity", "specificity", "ppv", "npv")
-    draws = {k: [] for k in keys}
+    draws: dict = {}
     for _ in range(n_boot):
         pick = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
-        s = binary_stats(scores[pick], positive[pick], threshold)
-        for k in keys:
-            draws[k].append(s[k])
+        for k, v in statistic(pick).items():
+            draws.setdefault(k, []).append(v)
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
     return {k: [float(np.nanpercentile(v, lo)), float(np.nanpercentile(v, hi))] for k, v in draws.items()}
+
+
+def bootstrap_ci(scores: np.ndarray, positive: np.ndarray, groups: np.ndarray, threshold: float,
+                 n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile CIs of sensitivity, specificity, PPV and NPV, resampling lesions (groups), not images."""
+    keys = ("sensitivity", "specificity", "ppv", "npv")
+
+    def stats(pick):
+        s = binary_stats(scores[pick], positive[pick], threshold)
+        return {k: s[k] for k in keys}
+
+    return lesion_bootstrap(groups, stats, n_boot, seed, level)

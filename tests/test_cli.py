@@ -51,6 +51,9 @@ def test_test_writes_metrics_predictions_and_plots(fitted):
     for key in ("n_images", "accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro",
                 "auroc_macro", "auroc_malignant"):
         assert key in m
+    for key in ("balanced_accuracy", "auroc_macro", "auroc_malignant"):
+        lo, hi = m["ci95"][key]
+        assert 0 <= lo <= hi <= 1 and f"95% CI {lo:.3f}-{hi:.3f}" in r.output
     assert set(m["per_class"]) == set(CLASSES)
     assert set(m["per_class"]["mel"]) == {"precision", "recall", "f1", "auroc", "support"}
     splits = pd.read_csv(fitted / "splits.csv")

@@ -1,12 +1,13 @@
 """Metrics against values computed by hand on a small example."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score
 
 from lesion_pl.classes import CLASSES
-from lesion_pl.evaluate.metrics import metric_collection, metrics_report
+from lesion_pl.evaluate.metrics import binary_auroc, headline_ci, metric_collection, metrics_report
 
 I = {c: i for i, c in enumerate(CLASSES)}
 
@@ -60,3 +61,21 @@ def test_collection_per_class_keys(example):
     assert out["val/recall_nv"] == pytest.approx(2 / 3)
     assert out["val/accuracy"] == pytest.approx(0.5)
     assert {f"val/auroc_{c}" for c in CLASSES} <= set(out)
+
+
+def test_rank_auroc_and_lesion_bootstrap_intervals(example):
+    probs, target = example
+    p, t = probs.numpy(), target.numpy()
+    r = metrics_report(probs, target)
+    assert binary_auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == pytest.approx(0.75)
+    assert binary_auroc(np.array([0.5, 0.5]), np.array([0, 1])) == pytest.approx(0.5)  # a tie counts half
+    assert np.isnan(binary_auroc(np.array([0.1, 0.2]), np.array([1, 1])))
+    # with a lesion per image, the intervals bracket the point estimates of metrics_report
+    ci = headline_ci(p, t, np.arange(len(t)), n_boot=300, seed=1)
+    for key in ("balanced_accuracy", "auroc_macro", "auroc_malignant"):
+        assert ci[key][0] <= r[key] <= ci[key][1]
+    assert ci == headline_ci(p, t, np.arange(len(t)), n_boot=300, seed=1)  # seeded
+    # one lesion (group) holding every image: each resample is the whole set, so no spread at all
+    one = headline_ci(p, t, np.zeros(len(t)), n_boot=50, seed=1)
+    assert one["balanced_accuracy"] == pytest.approx([r["balanced_accuracy"]] * 2)
+    assert one["auroc_malignant"] == pytest.approx([r["auroc_malignant"]] * 2)

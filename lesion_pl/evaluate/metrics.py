@@ -5,6 +5,7 @@ is the sum of the malignant classes' probabilities.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (BinaryAUROC, MulticlassAccuracy, MulticlassAUROC,
@@ -12,6 +13,7 @@ from torchmetrics.classification import (BinaryAUROC, MulticlassAccuracy, Multic
                                          MulticlassRecall)
 from torchmetrics.wrappers import ClasswiseWrapper
 
+from ..calibration import lesion_bootstrap
 from ..classes import CLASSES, MALIGNANT_INDICES, NUM_CLASSES
 
 
@@ -81,6 +83,41 @@ def metrics_report(probs: torch.Tensor, target: torch.Tensor) -> dict:
         for i, code in enumerate(CLASSES)
     }
     return out
+
+
+def binary_auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """AUROC by the rank-sum (Mann-Whitney) formula, ties averaged; nan without both classes."""
+    from scipy.stats import rankdata
+
+    pos = positive.astype(bool)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    return float((rankdata(scores)[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def headline_ci(probs: np.ndarray, target: np.ndarray, groups: np.ndarray, n_boot: int = 1000,
+                seed: int = 0) -> dict:
+    """95% intervals of balanced accuracy, macro AUROC and malignant AUROC, resampling lesions.
+
+    The same definitions as `metrics_report` (macro over the classes present in each resample), in
+    numpy, so a thousand resamples take seconds.
+    """
+    pred = probs.argmax(1)
+    mal_score = probs[:, list(MALIGNANT_INDICES)].sum(1)
+    mal = np.isin(target, MALIGNANT_INDICES)
+
+    def stats(pick):
+        t, p = target[pick], pred[pick]
+        support = np.bincount(t, minlength=NUM_CLASSES)
+        present = np.flatnonzero(support)
+        recall = np.bincount(t[p == t], minlength=NUM_CLASSES)[present] / support[present]
+        return {"balanced_accuracy": float(recall.mean()),
+                "auroc_macro": float(np.nanmean([binary_auroc(probs[pick, c], t == c) for c in present]))
+                if len(present) > 1 else float("nan"),
+                "auroc_malignant": binary_auroc(mal_score[pick], mal[pick])}
+
+    return lesion_bootstrap(groups, stats, n_boot, seed)
 
 
 def expected_calibration_error(probs: torch.Tensor, target: torch.Tensor, n_bins: int = 15) -> float:

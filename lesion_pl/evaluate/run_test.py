@@ -33,7 +33,7 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     from ..checkpoint import load_classifier
     from .calibrate import load_calibration
     from .inference import predict_logits
-    from .metrics import expected_calibration_error, metrics_report
+    from .metrics import expected_calibration_error, headline_ci, metrics_report
     from .plots import confusion_matrix_png, reliability_png, roc_png
 
     run = RunDir(Path(run_path))
@@ -57,6 +57,8 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     report = metrics_report(torch.from_numpy(probs).float(), t_target)
     report = {"split": split, "data_root": str(dm.root), "checkpoint": str(run.best), "tta": tta,
               "skipped_bad_images": dm.skipped, **report}
+    report["ci95"] = headline_ci(probs, target, rows["group"].to_numpy(), int(cfg["calibration"]["bootstrap"]),
+                                 int(cfg["seed"]))
     report["calibration"] = {
         "temperature": cal["temperature"],
         "prior_weight": cal.get("prior_weight", 0.0),
@@ -133,9 +135,11 @@ def format_report(report: dict) -> str:
     if report.get("skipped_bad_images"):
         lines.append(f"skipped {len(report['skipped_bad_images'])} unreadable image(s) (listed in metrics.json)")
     lines.append("")
+    cis = report.get("ci95", {})
     for key in ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro",
                 "auroc_macro", "auroc_malignant"):
-        lines.append(f"  {key:<20} {report[key]:.4f}")
+        ci = f"  (95% CI {cis[key][0]:.3f}-{cis[key][1]:.3f}, lesions resampled)" if key in cis else ""
+        lines.append(f"  {key:<20} {report[key]:.4f}{ci}")
     lines += ["", f"  {'class':<6} {'precision':>9} {'recall':>7} {'f1':>6} {'auroc':>6} {'support':>8}"]
     for code, m in report["per_class"].items():
         lines.append(f"  {code:<6} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} "
