@@ -5,8 +5,9 @@
     result = clf.predict(["a.jpg", pil_image, uint8_array])
     result.top_class, result.top_probability, result.malignancy, result.refer, result.probabilities
 
-Probabilities are calibrated (temperature and class-prior correction inside the graph); `refer` compares the malignancy
-probability with the threshold chosen on validation for the run's target sensitivity (metadata).
+Probabilities are calibrated (temperature and class-prior correction inside the graph); `refer`
+compares the malignancy probability with the threshold chosen on validation for the run's target
+sensitivity (metadata).
 
 Images of any size and mode: EXIF orientation applied, converted to RGB, resized as the model's
 metadata says (the same function training used).

@@ -118,12 +118,15 @@ class LesionDataModule(pl.LightningDataModule):
         w *= counts.sum() / (w * counts).sum()
         return w.tolist()
 
+    def _sampler_weights(self) -> np.ndarray:
+        """Per-class sampling weight of one training image: count^-p for `data.sampler`'s power p."""
+        p = balance_power(self.cfg["data"]["sampler"], "data.sampler")
+        return np.maximum(self.class_counts(), 1).astype(float) ** -p
+
     def sampled_class_prior(self) -> list[float]:
         """The class distribution of training batches: the train split's counts as the sampler reweights them."""
-        p = balance_power(self.cfg["data"]["sampler"], "data.sampler")
-        counts = np.maximum(self.class_counts(), 1).astype(float)
-        prior = counts ** (1.0 - p)
-        return (prior / prior.sum()).tolist()
+        drawn = self.class_counts() * self._sampler_weights()
+        return (drawn / drawn.sum()).tolist()
 
     def setup(self, stage: str | None = None) -> None:
         self.build()
@@ -168,11 +171,9 @@ class LesionDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = self._fit_dataset("train")
-        p = balance_power(self.cfg["data"]["sampler"], "data.sampler")
-        if p == 0:
+        if balance_power(self.cfg["data"]["sampler"], "data.sampler") == 0:
             return self._loader(ds, shuffle=True, drop_last=True)
-        counts = np.maximum(self.class_counts(), 1)
-        weights = (counts.astype(float) ** -p)[np.asarray(ds.labels)]
+        weights = self._sampler_weights()[np.asarray(ds.labels)]
         gen = torch.Generator().manual_seed(int(self.cfg["seed"]))
         sampler = WeightedRandomSampler(weights.tolist(), num_samples=len(ds), replacement=True, generator=gen)
         return self._loader(ds, sampler=sampler, drop_last=True)
