@@ -125,7 +125,8 @@ class LesionDataModule(pl.LightningDataModule):
 
     def sampled_class_prior(self) -> list[float]:
         """The class distribution of training batches: the train split's counts as the sampler reweights them."""
-        drawn = self.class_counts() * self._sampler_weights()
+        # a class missing from train keeps a count of 1: log(0) would make the smoothed loss infinite
+        drawn = np.maximum(self.class_counts(), 1) * self._sampler_weights()
         return (drawn / drawn.sum()).tolist()
 
     def setup(self, stage: str | None = None) -> None:
