@@ -53,11 +53,11 @@ class Utilisation:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="resnet18")
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--warmup", type=int, default=15)
+    ap.add_argument("--model", default="resnet18", help="lesion_cnn or a timm model name")
+    ap.add_argument("--size", type=int, default=224, help="input size in pixels")
+    ap.add_argument("--batch", type=int, default=256, help="batch size")
+    ap.add_argument("--steps", type=int, default=60, help="timed training steps")
+    ap.add_argument("--warmup", type=int, default=15, help="untimed steps first")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
     args = ap.parse_args()
 

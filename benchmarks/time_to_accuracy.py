@@ -24,7 +24,7 @@ from memory import run_measured  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--target", type=float, default=0.60)
+    ap.add_argument("--target", type=float, default=0.60, help="validation balanced accuracy to reach")
     ap.add_argument("--minutes", type=float, default=10.0, help="training budget (trainer.max_time)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "time_to_accuracy")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
