@@ -132,7 +132,8 @@ def calibrate(
 
     c = calibrate_run(run, data_root, progress=not quiet)
     typer.echo(f"temperature {c['temperature']:.4f}, class-prior weight {c['prior_weight']:.2f}: "
-               f"validation NLL {c['val_nll_before']:.4f} -> {c['val_nll_after']:.4f}")
+               f"validation NLL {c['val_nll_before']:.4f} -> {c['val_nll_after']:.4f}; classes named by the "
+               f"'{c['decision']}' rule: validation balanced accuracy {c['val_balanced_accuracy']:.4f}")
     for name, op in c["operating_points"].items():
         typer.echo(f"{name}: refer at p >= {op['threshold']:.4f}, validation sensitivity {op['val']['sensitivity']:.3f} "
                    f"(target {op['target_sensitivity']:.2f}), specificity {op['val']['specificity']:.3f}")

@@ -69,6 +69,8 @@ def main() -> None:
 
     from sklearn.metrics import balanced_accuracy_score
 
+    from lesion_pl.calibration import decide
+
     sub = images[:args.images]
     rows = {}
     for name, fn in engines.items():
@@ -76,7 +78,7 @@ def main() -> None:
         thr = len(sub) * 2 / sum(timed(fn, b32, 2))
         lat = np.array(timed(fn, [images[i:i + 1] for i in range(args.latency_images)], 1)) * 1000
         probs = np.concatenate([fn(images[i:i + 64]) for i in range(0, len(images), 64)])
-        pred = probs.argmax(1)
+        pred = decide(probs, calibration)  # the run's decision rule, as `cli.py test` names classes
         rows[name] = {"images_per_s_b32": thr, "p50_ms": float(np.percentile(lat, 50)),
                       "p95_ms": float(np.percentile(lat, 95)), "accuracy": float((pred == labels).mean()),
                       "balanced_accuracy": float(balanced_accuracy_score(labels, pred))}

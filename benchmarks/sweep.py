@@ -29,9 +29,12 @@ def run_variant(name: str, extra: str, common: list[str], out: Path) -> dict:
     if proc.returncode != 0:
         return {"name": name, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:]}
     summary = json.loads((run / "summary.json").read_text())
+    cal_path = run / "calibration.json"  # fit calibrates on validation when it ends
+    cal = json.loads(cal_path.read_text()) if cal_path.exists() else {}
     return {"name": name, "args": extra, "wall_s": round(time.time() - start),
             "best_val_balanced_accuracy": summary["best_val_balanced_accuracy"],
             "val_auroc_malignant": summary["best_val_metrics"].get("auroc_malignant"),
+            "val_auroc_malignant_calibrated": cal.get("val_auroc_malignant"),
             "best_epoch": summary["best_epoch"], "epochs": summary["epochs"],
             "seconds_per_epoch": summary["seconds_per_epoch"]}
 

@@ -5,9 +5,11 @@
     result = clf.predict(["a.jpg", pil_image, uint8_array])
     result.top_class, result.top_probability, result.malignancy, result.refer, result.probabilities
 
-Probabilities are calibrated (temperature and class-prior correction inside the graph); `refer`
-compares the malignancy probability with the threshold chosen on validation for the run's target
-sensitivity (metadata).
+Probabilities are calibrated (temperature and class-prior correction inside the graph); the top
+class is named by the run's decision rule (metadata `decision_rule`: "balanced" divides each
+probability by its class's training frequency first, so it is not always the most probable class);
+`refer` compares the malignancy probability with the threshold chosen on validation for the run's
+target sensitivity (metadata).
 
 Images of any size and mode: EXIF orientation applied, converted to RGB, resized as the model's
 metadata says (the same function training used).
@@ -37,6 +39,7 @@ class Predictions:
     probabilities: np.ndarray  # [N, C], calibrated
     malignancy: np.ndarray  # [N], sum of the malignant classes' probabilities
     referral_threshold: float | None = None  # chosen on validation for a target sensitivity
+    decision_bias: np.ndarray | None = None  # log-weights added to log-probabilities to name the top class
 
     @property
     def refer(self) -> np.ndarray | None:
@@ -45,7 +48,10 @@ class Predictions:
 
     @property
     def top_index(self) -> np.ndarray:
-        return self.probabilities.argmax(axis=1)
+        """The class named per image: the argmax of log-probabilities plus the run's decision weights."""
+        if self.decision_bias is None:
+            return self.probabilities.argmax(axis=1)
+        return (np.log(np.clip(self.probabilities, 1e-300, None)) + self.decision_bias).argmax(axis=1)
 
     @property
     def top_class(self) -> list[str]:
@@ -53,7 +59,7 @@ class Predictions:
 
     @property
     def top_probability(self) -> np.ndarray:
-        return self.probabilities.max(axis=1)
+        return self.probabilities[np.arange(len(self.probabilities)), self.top_index]
 
     def __len__(self) -> int:
         return len(self.probabilities)
@@ -98,6 +104,8 @@ class LesionOnnxClassifier:
         self.size = int(self.metadata["input_height"])
         self.operating_points = json.loads(self.metadata.get("operating_points", "{}"))
         self.referral_threshold = self.operating_points.get("malignant", {}).get("threshold")
+        bias = json.loads(self.metadata.get("decision_bias", "null"))
+        self.decision_bias = None if bias is None else np.asarray(bias, dtype=np.float64)
 
     def preprocess(self, image: ImageLike) -> np.ndarray:
         """One image -> uint8 [size, size, 3], exactly as training saw it."""
@@ -112,7 +120,8 @@ class LesionOnnxClassifier:
         return resize_center_crop(img, self.size)
 
     def _result(self, probs: np.ndarray) -> Predictions:
-        return Predictions(self.classes, probs, probs[:, self.malignant_indices].sum(axis=1), self.referral_threshold)
+        return Predictions(self.classes, probs, probs[:, self.malignant_indices].sum(axis=1), self.referral_threshold,
+                           self.decision_bias)
 
     def predict_arrays(self, batch: np.ndarray, tta: bool = False) -> Predictions:
         """Preprocessed uint8 [N, size, size, 3] -> predictions; `tta` averages the 8 flips/rotations."""

@@ -1,12 +1,14 @@
 """Calibration and operating points, in numpy (no torch): temperature scaling with a class-prior
-correction, Brier score, the threshold that reaches a target sensitivity, and lesion-level
-bootstrap confidence intervals.
+correction, the rule that names a class from the probabilities, Brier score, the threshold that
+reaches a target sensitivity, and lesion-level bootstrap confidence intervals.
 
 The torch-free ONNX runtime imports `softmax` from here, so this module must stay numpy-only.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from .errors import LesionPLError
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0, bias=None) -> np.ndarray:
@@ -39,32 +41,47 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, bias=None) -> float:
 
 
 def fit_prior_correction(logits: np.ndarray, labels: np.ndarray, log_prior: np.ndarray,
-                         max_balanced_accuracy_drop: float = 0.01, steps: int = 21) -> dict:
-    """Temperature T and prior weight a for softmax(logits / T + a * log_prior), on validation data.
+                         max_weight: float = 1.5, steps: int = 31) -> dict:
+    """Temperature T and prior weight a for softmax(logits / T + a * log_prior): the pair with the
+    lowest NLL on validation data, a on a grid over [0, max_weight].
 
     A model trained on class-balanced batches learns a uniform class prior; its probabilities
     understate the common classes, which no temperature undoes. Adding a * log(training class
-    frequencies) restores the prior (a = 1 in theory) but moves the top class towards the common
-    classes, lowering balanced accuracy. So a is the weight with the lowest validation NLL among
-    those whose top classes keep validation balanced accuracy within `max_balanced_accuracy_drop`
-    of the uncorrected model's (a = 0 is always allowed).
+    frequencies) restores the data's prior: a = 1 in theory for the balanced sampler, 1/2 for the
+    square-root one, 0 for plain shuffling. Which class to *name* is a separate decision (`decide`).
     """
-    from sklearn.metrics import balanced_accuracy_score as balanced_accuracy  # recall over classes present
-
-    base = balanced_accuracy(labels, np.asarray(logits).argmax(-1))
     best = None
-    for a in np.linspace(0.0, 1.0, steps):
+    for a in np.linspace(0.0, max_weight, steps):
         bias = a * np.asarray(log_prior, dtype=np.float64)
         t = fit_temperature(logits, labels, bias)
-        probs = softmax(logits, t, bias)
-        bal = balanced_accuracy(labels, probs.argmax(-1))
-        if bal < base - max_balanced_accuracy_drop:
-            continue
-        loss = nll(probs, labels)
+        loss = nll(softmax(logits, t, bias), labels)
         if best is None or loss < best["val_nll"]:
-            best = {"prior_weight": float(a), "temperature": t, "class_bias": (bias - bias.mean()).tolist(),
-                    "val_nll": loss, "val_balanced_accuracy": bal, "val_balanced_accuracy_uncorrected": base}
+            best = {"prior_weight": round(float(a), 6), "temperature": t, "class_bias": (bias - bias.mean()).tolist(),
+                    "val_nll": loss}
     return best
+
+
+def decision_bias(log_prior: np.ndarray, rule: str) -> list[float] | None:
+    """Log-weights that `decide` adds to log-probabilities before the argmax.
+
+    "balanced": argmax p(c|x) / prior(c), the Bayes rule for balanced accuracy (every class's recall
+    counts the same); "accuracy": argmax p(c|x), the rule for plain accuracy (no weights).
+    """
+    if rule == "accuracy":
+        return None
+    if rule != "balanced":
+        raise LesionPLError(f"calibration.decision must be 'balanced' or 'accuracy', got '{rule}'")
+    w = -np.asarray(log_prior, dtype=np.float64)
+    return (w - w.mean()).tolist()
+
+
+def decide(probs: np.ndarray, calibration: dict) -> np.ndarray:
+    """The class named for each row of calibrated probabilities, by the run's decision rule."""
+    probs = np.asarray(probs)
+    bias = calibration.get("decision_bias")
+    if bias is None:
+        return probs.argmax(axis=-1)
+    return (np.log(np.clip(probs, 1e-300, None)) + np.asarray(bias)).argmax(axis=-1)
 
 
 def brier_score(probs: np.ndarray, labels: np.ndarray) -> float:

@@ -11,9 +11,10 @@ import torch
 from sklearn.metrics import balanced_accuracy_score
 
 from export.runtime import LesionOnnxClassifier
-from lesion_pl.calibration import (binary_stats, bootstrap_ci, brier_score, fit_prior_correction, fit_temperature,
-                                   nll, softmax, threshold_for_sensitivity)
+from lesion_pl.calibration import (binary_stats, bootstrap_ci, brier_score, decide, decision_bias,
+                                   fit_prior_correction, fit_temperature, nll, softmax, threshold_for_sensitivity)
 from lesion_pl.classes import CLASSES
+from lesion_pl.errors import LesionPLError
 from lesion_pl.evaluate.metrics import expected_calibration_error
 
 from .conftest import invoke
@@ -23,8 +24,9 @@ def test_temperature_scaling_lowers_validation_nll_on_real_predictions(trained_r
     cal = json.loads((trained_run / "calibration.json").read_text())
     assert cal["split"] == "val" and cal["temperature"] > 0
     assert cal["val_nll_after"] < cal["val_nll_before"]
-    assert len(cal["class_bias"]) == len(CLASSES) and 0.0 <= cal["prior_weight"] <= 1.0
-    assert cal["val_balanced_accuracy"] >= cal["val_balanced_accuracy_uncorrected"] - 0.01 - 1e-9
+    assert len(cal["class_bias"]) == len(CLASSES) and 0.0 <= cal["prior_weight"] <= 1.5
+    assert cal["decision"] == "balanced" and len(cal["decision_bias"]) == len(CLASSES)
+    assert 0.0 <= cal["val_balanced_accuracy"] <= 1.0
 
 
 def test_fit_temperature_finds_the_nll_minimum():
@@ -39,35 +41,49 @@ def test_fit_temperature_finds_the_nll_minimum():
     assert best < nll(softmax(logits, t * 1.1), labels) and best < nll(softmax(logits, t / 1.1), labels)
 
 
-def balanced_model(n: int = 4000, seed: int = 0):
-    """Labels with a skewed prior, and logits that carry only the likelihood (a uniform prior),
-    as a model trained on class-balanced batches gives them."""
+def balanced_model(n: int = 4000, seed: int = 0, prior_power: float = 0.0):
+    """Labels with a skewed prior, and logits that carry the likelihood plus `prior_power` times the
+    log prior: 0 as a model trained on class-balanced batches gives them, 0.5 for square-root sampling."""
     rng = np.random.default_rng(seed)
     prior = np.array([0.70, 0.15, 0.10, 0.05])
     labels = rng.choice(4, n, p=prior)
-    logits = rng.normal(size=(n, 4))
-    logits[np.arange(n), labels] += 1.5
-    return logits, labels, np.log(prior)
+    x = rng.normal(size=(n, 4))
+    x[np.arange(n), labels] += 1.5
+    log_likelihood = 1.5 * x  # log N(x; 1.5 e_c, I) up to a constant
+    return log_likelihood + prior_power * np.log(prior), labels, np.log(prior)
 
 
-def test_prior_correction_restores_the_prior_when_allowed():
+@pytest.mark.parametrize("prior_power, expected_weight", [(0.0, 1.0), (0.5, 0.5)])
+def test_prior_correction_restores_the_missing_prior(prior_power, expected_weight):
+    logits, labels, log_prior = balanced_model(prior_power=prior_power)
+    fit = fit_prior_correction(logits, labels, log_prior)
+    assert fit["prior_weight"] == pytest.approx(expected_weight, abs=0.2)
+    assert fit["val_nll"] < nll(softmax(logits, fit_temperature(logits, labels)), labels) - 0.02
+    assert np.allclose(np.sum(fit["class_bias"]), 0.0)
+
+
+def test_balanced_decision_divides_the_prior_out_again():
     logits, labels, log_prior = balanced_model()
-    free = fit_prior_correction(logits, labels, log_prior, max_balanced_accuracy_drop=1.0)
-    assert free["prior_weight"] >= 0.8  # the data were made with the full prior
-    assert free["val_nll"] < nll(softmax(logits, fit_temperature(logits, labels)), labels) - 0.05
-    assert np.allclose(np.sum(free["class_bias"]), 0.0)
+    fit = fit_prior_correction(logits, labels, log_prior)
+    probs = softmax(logits, fit["temperature"], fit["class_bias"])
+    balanced = decide(probs, {"decision_bias": decision_bias(log_prior, "balanced")})
+    most_probable = decide(probs, {"decision_bias": decision_bias(log_prior, "accuracy")})
+    assert np.array_equal(most_probable, probs.argmax(1))
+    # each rule wins the metric it is named for
+    assert balanced_accuracy_score(labels, balanced) > balanced_accuracy_score(labels, most_probable) + 0.05
+    assert (most_probable == labels).mean() > (balanced == labels).mean()
+    # and the balanced rule gives back the balanced-trained model's own decisions (prior weight ~1)
+    assert (balanced == logits.argmax(1)).mean() > 0.95
 
 
-def test_prior_correction_keeps_balanced_accuracy_within_the_limit():
-    logits, labels, log_prior = balanced_model()
-    base = balanced_accuracy_score(labels, logits.argmax(1))
-    for drop in (0.0, 0.01):
-        fit = fit_prior_correction(logits, labels, log_prior, max_balanced_accuracy_drop=drop)
-        probs = softmax(logits, fit["temperature"], fit["class_bias"])
-        assert balanced_accuracy_score(labels, probs.argmax(1)) >= base - drop - 1e-12
-        assert fit["val_balanced_accuracy_uncorrected"] == pytest.approx(base)
-    full = fit_prior_correction(logits, labels, log_prior, max_balanced_accuracy_drop=1.0)
-    assert balanced_accuracy_score(labels, softmax(logits, full["temperature"], full["class_bias"]).argmax(1)) < base - 0.01
+def test_decide_by_hand():
+    probs = np.array([[0.6, 0.4], [0.9, 0.1]])
+    bias = decision_bias(np.log([0.8, 0.2]), "balanced")
+    # 0.6 / 0.8 < 0.4 / 0.2, but 0.9 / 0.8 > 0.1 / 0.2
+    assert decide(probs, {"decision_bias": bias}).tolist() == [1, 0]
+    assert decide(probs, {}).tolist() == [0, 0]
+    with pytest.raises(LesionPLError, match="calibration.decision"):
+        decision_bias(np.log([0.8, 0.2]), "recall")
 
 
 def test_ece_and_brier_by_hand():
@@ -137,6 +153,8 @@ def test_calibrated_tta_probabilities_agree_between_torch_and_onnx(trained_run, 
     onnx_tta = clf.predict(files, tta=True).probabilities
     torch_tta = preds[[f"p_{c}" for c in CLASSES]].to_numpy()
     assert np.abs(onnx_tta - torch_tta).max() <= 1e-4
+    assert clf.metadata["decision_rule"] == cal["decision"]
+    assert clf.predict(files, tta=True).top_class == preds["pred"].tolist()  # the same decision rule
     assert np.abs(clf.predict(files).probabilities - torch_tta).max() > 1e-3  # TTA does change something
     invoke("test", "--run", trained_run, "--quiet")  # leave the plain test outputs for other tests
 

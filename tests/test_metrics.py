@@ -52,6 +52,22 @@ def test_report_against_hand_computed(example):
     assert r["auroc_malignant"] == pytest.approx(auc)
 
 
+def test_report_scores_the_named_classes_and_the_probabilities(example):
+    probs, target = example
+    # name mel for the two mels called nv (a decision rule that favours the rarer class)
+    pred = probs.argmax(1).clone()
+    pred[[4, 5]] = I["mel"]
+    r, plain = metrics_report(probs, target, pred), metrics_report(probs, target)
+    assert r["accuracy"] == pytest.approx(6 / 8)
+    assert r["per_class"]["mel"]["recall"] == pytest.approx(1.0)
+    assert r["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(target, pred))
+    assert r["auroc_malignant"] == plain["auroc_malignant"] and r["auroc_macro"] == plain["auroc_macro"]
+    ci = headline_ci(probs.numpy(), target.numpy(), np.arange(8), n_boot=50, pred=pred.numpy())
+    ci_plain = headline_ci(probs.numpy(), target.numpy(), np.arange(8), n_boot=50)  # same seed, same resamples
+    assert ci["auroc_malignant"] == ci_plain["auroc_malignant"]
+    assert ci["balanced_accuracy"][0] > ci_plain["balanced_accuracy"][0]
+
+
 def test_collection_per_class_keys(example):
     probs, target = example
     coll = metric_collection(per_class=True).clone(prefix="val/")

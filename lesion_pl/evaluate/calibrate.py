@@ -1,6 +1,6 @@
-"""`calibrate`: temperature scaling with the class-prior correction, and the referral thresholds,
-fitted on the validation split only, saved as RUN/calibration.json and used by test, report,
-export and the ONNX runtime."""
+"""`calibrate`: temperature scaling with the class-prior correction, the class decision rule and
+the referral thresholds, fitted on the validation split only, saved as RUN/calibration.json and
+used by test, report, explain, export and the ONNX runtime."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..calibration import (binary_stats, calibrated, fit_prior_correction, fit_temperature, nll, softmax,
-                           threshold_for_sensitivity)
+from ..calibration import (binary_stats, calibrated, decide, decision_bias, fit_prior_correction, fit_temperature,
+                           nll, softmax, threshold_for_sensitivity)
 from ..classes import CLASS_TO_INDEX, MALIGNANT_INDICES
 from ..io import atomic_write_json
 from ..run import RunDir
@@ -25,8 +25,11 @@ def scores_and_positives(probs: np.ndarray, labels: np.ndarray, name: str):
 
 def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool = True, dm=None) -> dict:
     """`dm`: the run's datamodule where the caller already has it (fit), so the data is not read twice."""
+    from sklearn.metrics import balanced_accuracy_score as balanced_accuracy  # recall over classes present
+
     from ..checkpoint import load_classifier
     from .inference import predict_logits
+    from .metrics import binary_auroc
 
     run = RunDir(Path(run_path))
     run.require_fitted()
@@ -39,14 +42,19 @@ def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool 
     result = {"split": "val", "n_images": int(len(labels))}
     if c.get("prior_correction", False):
         counts = np.maximum(dm.class_counts("train"), 1)
-        fitted = fit_prior_correction(logits, labels, np.log(counts / counts.sum()),
-                                      float(c.get("max_balanced_accuracy_drop", 0.01)))
-        result.update({k: fitted[k] for k in ("temperature", "class_bias", "prior_weight", "val_balanced_accuracy",
-                                              "val_balanced_accuracy_uncorrected")})
+        log_prior = np.log(counts / counts.sum())
+        fitted = fit_prior_correction(logits, labels, log_prior)
+        result.update({k: fitted[k] for k in ("temperature", "class_bias", "prior_weight")})
+        # the probabilities now carry the training prior; the balanced rule divides it out again
+        result.update(decision=c["decision"], decision_bias=decision_bias(log_prior, c["decision"]))
     else:
-        result.update(temperature=fit_temperature(logits, labels), class_bias=None, prior_weight=0.0)
+        result.update(temperature=fit_temperature(logits, labels), class_bias=None, prior_weight=0.0,
+                      decision="argmax", decision_bias=None)
     probs = calibrated(logits, result)
     result.update(val_nll_before=nll(softmax(logits), labels), val_nll_after=nll(probs, labels),
+                  val_balanced_accuracy=balanced_accuracy(labels, decide(probs, result)),
+                  val_balanced_accuracy_argmax_logits=balanced_accuracy(labels, logits.argmax(1)),
+                  val_auroc_malignant=binary_auroc(*scores_and_positives(probs, labels, "malignant")),
                   operating_points={})
     for name, target in (("malignant", c["malignant_sensitivity"]), ("melanoma", c["melanoma_sensitivity"])):
         scores, positive = scores_and_positives(probs, labels, name)

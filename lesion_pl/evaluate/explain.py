@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..calibration import calibrated
+from ..calibration import calibrated, decide
 from ..classes import CLASSES, DISPLAY_NAMES, MALIGNANT_INDICES
 from ..io import atomic_path
 from ..preprocess import ImageReadError, preprocess_file
@@ -38,9 +38,10 @@ def explain_images(paths: list[Path], run_path: Path, out_dir: Path | None = Non
         except ImageReadError as e:
             errors.append((path, str(e)))
             continue
-        cam, logits = gradcam(model, torch.from_numpy(img.copy()).permute(2, 0, 1)[None].contiguous())
+        cam, logits = gradcam(model, torch.from_numpy(img.copy()).permute(2, 0, 1)[None].contiguous(),
+                              choose=lambda z: torch.from_numpy(decide(calibrated(z.numpy(), cal), cal)))
         probs = calibrated(logits.numpy(), cal)[0]
-        top = int(probs.argmax())
+        top = int(decide(probs, cal))
         mal = float(probs[list(MALIGNANT_INDICES)].sum())
         fig, axes = plt.subplots(1, 3, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1, 1, 1.1]})
         axes[0].imshow(img)

@@ -1,7 +1,8 @@
 """Classification metrics (torchmetrics), one definition for validation and test.
 
-All metrics take class probabilities [N, C] and integer targets [N]. The malignancy probability
-is the sum of the malignant classes' probabilities.
+All metrics take class probabilities [N, C] and integer targets [N]; the test metrics also take the
+classes named (`pred`, by the run's decision rule; default: the most probable). The malignancy
+probability is the sum of the malignant classes' probabilities.
 """
 from __future__ import annotations
 
@@ -52,16 +53,20 @@ def metric_collection(per_class: bool = False, auroc: bool = True) -> MetricColl
     return MetricCollection(metrics)
 
 
-def metrics_report(probs: torch.Tensor, target: torch.Tensor) -> dict:
+def metrics_report(probs: torch.Tensor, target: torch.Tensor, pred: torch.Tensor | None = None) -> dict:
     """The test metrics as plain numbers: the overall scores and `per_class` {code: {...}}.
+
+    Accuracy, precision, recall and F1 score `pred` (the most probable classes where not given);
+    the AUROCs score the probabilities.
 
     Macro averages are over the classes present in `target` (`classes_present`), so data with only
     some of the classes (another source, a subset) is not scored on classes it cannot have.
     """
+    pred = probs.argmax(1) if pred is None else pred
     per = {
-        "precision": MulticlassPrecision(NUM_CLASSES, average=None)(probs, target),
-        "recall": MulticlassRecall(NUM_CLASSES, average=None)(probs, target),
-        "f1": MulticlassF1Score(NUM_CLASSES, average=None)(probs, target),
+        "precision": MulticlassPrecision(NUM_CLASSES, average=None)(pred, target),
+        "recall": MulticlassRecall(NUM_CLASSES, average=None)(pred, target),
+        "f1": MulticlassF1Score(NUM_CLASSES, average=None)(pred, target),
         "auroc": MulticlassAUROC(NUM_CLASSES, average=None)(probs, target),
     }
     support = torch.bincount(target, minlength=NUM_CLASSES)
@@ -70,7 +75,7 @@ def metrics_report(probs: torch.Tensor, target: torch.Tensor) -> dict:
     out = {
         "n_images": int(len(target)),
         "classes_present": [c for c, p in zip(CLASSES, present) if p],
-        "accuracy": float((probs.argmax(1) == target).float().mean()),
+        "accuracy": float((pred == target).float().mean()),
         "balanced_accuracy": float(per["recall"][present].mean()),
         "precision_macro": float(per["precision"][present].mean()),
         "recall_macro": float(per["recall"][present].mean()),
@@ -100,13 +105,13 @@ def binary_auroc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 
 def headline_ci(probs: np.ndarray, target: np.ndarray, groups: np.ndarray, n_boot: int = 1000,
-                seed: int = 0) -> dict:
+                seed: int = 0, pred: np.ndarray | None = None) -> dict:
     """95% intervals of balanced accuracy, macro AUROC and malignant AUROC, resampling lesions.
 
     The same definitions as `metrics_report` (macro over the classes present in each resample), in
     numpy, so a thousand resamples take seconds.
     """
-    pred = probs.argmax(1)
+    pred = probs.argmax(1) if pred is None else pred
     mal_score = probs[:, list(MALIGNANT_INDICES)].sum(1)
     mal = np.isin(target, MALIGNANT_INDICES)
 

@@ -92,7 +92,7 @@ def build_report(run_path: Path, data_root: Path | None = None, progress: bool =
     images = np.asarray(dm.cache[rows])
     probs = preds[[f"p_{c}" for c in CLASSES]].to_numpy()
     target = preds["dx"].map(CLASS_TO_INDEX).to_numpy()
-    pred = probs.argmax(1)
+    pred = preds["pred"].map(CLASS_TO_INDEX).to_numpy()  # named by the run's decision rule, not always the argmax
     frame = dm.table.iloc[rows].reset_index(drop=True).assign(pred=[CLASSES[i] for i in pred], wrong=pred != target)
 
     # Grad-CAM for every tested image, in batches
@@ -100,7 +100,7 @@ def build_report(run_path: Path, data_root: Path | None = None, progress: bool =
     cams = []
     for i in range(0, len(images), 64):
         x = torch.from_numpy(np.ascontiguousarray(images[i:i + 64])).permute(0, 3, 1, 2)
-        cams.append(gradcam(model, x)[0].numpy())
+        cams.append(gradcam(model, x, target=torch.from_numpy(pred[i:i + 64]))[0].numpy())
     cams = np.concatenate(cams)
 
     out_dir = run.path / "report"

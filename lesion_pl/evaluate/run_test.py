@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 
 from ..classes import CLASSES, MALIGNANT_INDICES
-from ..calibration import binary_stats, bootstrap_ci, brier_score, calibrated, softmax
+from ..calibration import binary_stats, bootstrap_ci, brier_score, calibrated, decide, softmax
 from ..errors import LesionPLError
 from ..io import atomic_path, atomic_write_json
 from ..run import RunDir
@@ -49,19 +49,21 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     cal = load_calibration(run, data_root, progress)
     logits = predict_logits(load_classifier(run.best), ds, tta=tta, progress=progress)
     raw, probs = softmax(logits), calibrated(logits, cal)
+    pred = decide(probs, cal)
     rows = dm.table.iloc[ds.indices]
     if "melanoma_target" in rows:
-        return _binary_test(run, cfg, cal, probs, rows, split, dm, tta)
+        return _binary_test(run, cfg, cal, probs, pred, rows, split, dm, tta)
     target = np.asarray(ds.labels)
     t_target = torch.from_numpy(target)
-    report = metrics_report(torch.from_numpy(probs).float(), t_target)
+    report = metrics_report(torch.from_numpy(probs).float(), t_target, torch.from_numpy(pred))
     report = {"split": split, "data_root": str(dm.root), "checkpoint": str(run.best), "tta": tta,
               "skipped_bad_images": dm.skipped, **report}
     report["ci95"] = headline_ci(probs, target, rows["group"].to_numpy(), int(cfg["calibration"]["bootstrap"]),
-                                 int(cfg["seed"]))
+                                 int(cfg["seed"]), pred)
     report["calibration"] = {
         "temperature": cal["temperature"],
         "prior_weight": cal.get("prior_weight", 0.0),
+        "decision": cal.get("decision", "argmax"),
         "ece_15_before": expected_calibration_error(torch.from_numpy(raw).float(), t_target),
         "ece_15_after": expected_calibration_error(torch.from_numpy(probs).float(), t_target),
         "brier_before": brier_score(raw, target), "brier_after": brier_score(probs, target),
@@ -71,13 +73,13 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
 
     malignant_prob = probs[:, list(MALIGNANT_INDICES)].sum(1)
     preds = pd.DataFrame({"image_id": rows["image_id"].to_numpy(), "group": rows["group"].to_numpy(),
-                          "dx": rows["dx"].to_numpy(), "pred": [CLASSES[i] for i in probs.argmax(1)],
+                          "dx": rows["dx"].to_numpy(), "pred": [CLASSES[i] for i in pred],
                           "malignant_prob": malignant_prob,
                           **{f"p_{c}": probs[:, i] for i, c in enumerate(CLASSES)}})
     run.test.mkdir(parents=True, exist_ok=True)
     with atomic_path(run.test / "predictions.csv") as tmp:
         preds.to_csv(tmp, index=False, float_format="%.6f")
-    confusion_matrix_png(target, probs.argmax(1), run.test / "confusion_matrix.png")
+    confusion_matrix_png(target, pred, run.test / "confusion_matrix.png")
     is_mal = np.isin(target, MALIGNANT_INDICES).astype(int)
     roc_png(target, probs, malignant_prob, is_mal, run.test / "roc.png",
             report["operating_points"].get("malignant"))
@@ -86,8 +88,8 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     return report
 
 
-def _binary_test(run: RunDir, cfg: dict, cal: dict, probs: np.ndarray, rows: pd.DataFrame, split: str, dm,
-                 tta: bool) -> dict:
+def _binary_test(run: RunDir, cfg: dict, cal: dict, probs: np.ndarray, pred: np.ndarray, rows: pd.DataFrame,
+                 split: str, dm, tta: bool) -> dict:
     """A source with only melanoma/benign labels (ISIC 2020): AUROC of the melanoma and malignancy
     outputs against them, and the run's two referral thresholds applied to them."""
     from torchmetrics.classification import BinaryAUROC
@@ -108,7 +110,7 @@ def _binary_test(run: RunDir, cfg: dict, cal: dict, probs: np.ndarray, rows: pd.
                 **binary_stats(s, y, op["threshold"]),
                 "ci95": bootstrap_ci(s, y, groups, op["threshold"], int(cfg["calibration"]["bootstrap"]), int(cfg["seed"]))}
     preds = pd.DataFrame({"image_id": rows["image_id"].to_numpy(), "group": groups, "melanoma_target": y,
-                          "pred": [CLASSES[i] for i in probs.argmax(1)], "malignant_prob": scores["malignant"],
+                          "pred": [CLASSES[i] for i in pred], "malignant_prob": scores["malignant"],
                           **{f"p_{c}": probs[:, i] for i, c in enumerate(CLASSES)}})
     run.test.mkdir(parents=True, exist_ok=True)
     with atomic_path(run.test / "predictions.csv") as tmp:
@@ -145,8 +147,10 @@ def format_report(report: dict) -> str:
         lines.append(f"  {code:<6} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} "
                      f"{m['auroc']:>6.3f} {m['support']:>8d}")
     c = report["calibration"]
-    lines += ["", f"  calibration (T = {c['temperature']:.3f}): ECE {c['ece_15_before']:.4f} -> {c['ece_15_after']:.4f}, "
-                  f"Brier {c['brier_before']:.4f} -> {c['brier_after']:.4f}"]
+    lines += ["", f"  calibration (T = {c['temperature']:.3f}, class-prior weight {c['prior_weight']:.2f}): "
+                  f"ECE {c['ece_15_before']:.4f} -> {c['ece_15_after']:.4f}, "
+                  f"Brier {c['brier_before']:.4f} -> {c['brier_after']:.4f}; classes named by the "
+                  f"'{c.get('decision', 'argmax')}' rule"]
     for name, op in report["operating_points"].items():
         ci = op["ci95"]
         lines.append(f"  {name} referral at p >= {op['threshold']:.3f} (val sensitivity {op['val_sensitivity']:.3f}): "
