@@ -15,7 +15,7 @@ from lesion_pl.calibration import (binary_stats, bootstrap_ci, brier_score, deci
                                    fit_prior_correction, fit_temperature, nll, softmax, threshold_for_sensitivity)
 from lesion_pl.classes import CLASSES
 from lesion_pl.errors import LesionPLError
-from lesion_pl.evaluate.metrics import expected_calibration_error
+from lesion_pl.evaluate.metrics import expected_calibration_error, malignancy_calibration_error
 
 from .conftest import invoke
 
@@ -99,6 +99,18 @@ def test_ece_and_brier_by_hand():
     assert ece == pytest.approx(0.5 * 0.4 + 0.5 * 0.4, abs=1e-6)
     brier = ((0.1 ** 2 + 0.1 ** 2) + (0.9 ** 2 + 0.9 ** 2) + (0.4 ** 2 + 0.4 ** 2) * 2) / 4
     assert brier_score(probs, labels) == pytest.approx(brier)
+
+
+def test_malignancy_ece_by_hand():
+    i = {c: k for k, c in enumerate(CLASSES)}
+    probs = np.zeros((4, 7))
+    probs[0, [i["mel"], i["bcc"], i["nv"]]] = [0.6, 0.3, 0.1]  # malignancy 0.9, melanoma
+    probs[1, [i["mel"], i["nv"]]] = [0.9, 0.1]  # malignancy 0.9, a naevus
+    probs[2, [i["akiec"], i["bkl"]]] = [0.2, 0.8]  # malignancy 0.2, benign keratosis
+    probs[3, [i["bcc"], i["nv"]]] = [0.2, 0.8]  # malignancy 0.2, a naevus
+    labels = np.array([i["mel"], i["nv"], i["bkl"], i["nv"]])
+    # bin 0.9: half malignant -> |0.9 - 0.5|; bin 0.2: none malignant -> |0.2 - 0|; half the images each
+    assert malignancy_calibration_error(probs, labels) == pytest.approx(0.5 * 0.4 + 0.5 * 0.2, abs=1e-6)
 
 
 def test_threshold_search_toy_case():

@@ -43,6 +43,8 @@ def test_findings_are_computed_from_the_predictions(report, trained_run):
     n = int((preds["dx"] == t).sum())
     assert f"{count} of {n} {t} test images ({count / n:.1%}) were predicted as {p}." in report.read_text()
     assert re.search(r"of the Grad-CAM mass lies inside the lesion mask", report.read_text())
+    assert re.search(r"malignancy probability from [\d.]+ to [\d.]+; classes are named by the (&#x27;|')balanced",
+                     report.read_text())
 
 
 def test_report_renders_in_headless_chromium(report):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torchmetrics import MetricCollection
-from torchmetrics.classification import (BinaryAUROC, MulticlassAccuracy, MulticlassAUROC,
+from torchmetrics.classification import (BinaryAUROC, BinaryCalibrationError, MulticlassAccuracy, MulticlassAUROC,
                                          MulticlassCalibrationError, MulticlassF1Score, MulticlassPrecision,
                                          MulticlassRecall)
 from torchmetrics.wrappers import ClasswiseWrapper
@@ -131,3 +131,9 @@ def headline_ci(probs: np.ndarray, target: np.ndarray, groups: np.ndarray, n_boo
 def expected_calibration_error(probs: torch.Tensor, target: torch.Tensor, n_bins: int = 15) -> float:
     """Top-label ECE with `n_bins` equal-width confidence bins (torchmetrics, L1 norm)."""
     return float(MulticlassCalibrationError(NUM_CLASSES, n_bins=n_bins, norm="l1")(probs, target))
+
+
+def malignancy_calibration_error(probs: np.ndarray, target: np.ndarray, n_bins: int = 15) -> float:
+    """ECE of the malignancy probability against malignant/benign, `n_bins` equal-width bins."""
+    score = torch.as_tensor(probs[:, list(MALIGNANT_INDICES)].sum(1), dtype=torch.float32).clamp(0, 1)
+    return float(BinaryCalibrationError(n_bins=n_bins, norm="l1")(score, is_malignant(torch.as_tensor(target))))

@@ -193,7 +193,10 @@ def _findings(metrics, frame, confusions, tables, overall_error, cam_stats) -> l
     if cal:
         out.append(f"Calibration on validation (T = {cal['temperature']:.3f}, class-prior weight "
                    f"{cal.get('prior_weight', 0.0):.2f}) moved the test ECE from "
-                   f"{cal['ece_15_before']:.4f} to {cal['ece_15_after']:.4f}.")
+                   f"{cal['ece_15_before']:.4f} to {cal['ece_15_after']:.4f}"
+                   + (f" and that of the malignancy probability from {cal['malignancy_ece_15_before']:.4f} to "
+                      f"{cal['malignancy_ece_15_after']:.4f}" if "malignancy_ece_15_after" in cal else "")
+                   + (f"; classes are named by the '{cal['decision']}' rule" if "decision" in cal else "") + ".")
     if cam_stats:
         out.append(f"On average {cam_stats['overall']:.1%} of the Grad-CAM mass lies inside the lesion mask "
                    f"(the lesion covers {cam_stats['lesion_area']:.1%} of the image): {cam_stats['correct']:.1%} for "

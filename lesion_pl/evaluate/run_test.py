@@ -33,7 +33,7 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     from ..checkpoint import load_classifier
     from .calibrate import load_calibration
     from .inference import predict_logits
-    from .metrics import expected_calibration_error, headline_ci, metrics_report
+    from .metrics import expected_calibration_error, headline_ci, malignancy_calibration_error, metrics_report
     from .plots import confusion_matrix_png, reliability_png, roc_png
 
     run = RunDir(Path(run_path))
@@ -67,6 +67,8 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
         "ece_15_before": expected_calibration_error(torch.from_numpy(raw).float(), t_target),
         "ece_15_after": expected_calibration_error(torch.from_numpy(probs).float(), t_target),
         "brier_before": brier_score(raw, target), "brier_after": brier_score(probs, target),
+        "malignancy_ece_15_before": malignancy_calibration_error(raw, target),
+        "malignancy_ece_15_after": malignancy_calibration_error(probs, target),
     }
     report["operating_points"] = operating_points(cal, probs, target, rows["group"].to_numpy(),
                                                   int(cfg["calibration"]["bootstrap"]), int(cfg["seed"]))
@@ -149,7 +151,8 @@ def format_report(report: dict) -> str:
     c = report["calibration"]
     lines += ["", f"  calibration (T = {c['temperature']:.3f}, class-prior weight {c['prior_weight']:.2f}): "
                   f"ECE {c['ece_15_before']:.4f} -> {c['ece_15_after']:.4f}, "
-                  f"Brier {c['brier_before']:.4f} -> {c['brier_after']:.4f}; classes named by the "
+                  f"Brier {c['brier_before']:.4f} -> {c['brier_after']:.4f}, malignancy ECE "
+                  f"{c['malignancy_ece_15_before']:.4f} -> {c['malignancy_ece_15_after']:.4f}; classes named by the "
                   f"'{c.get('decision', 'argmax')}' rule"]
     for name, op in report["operating_points"].items():
         ci = op["ci95"]
