@@ -25,6 +25,7 @@ from typing import Iterable, Sequence, Union
 import numpy as np
 from PIL import Image
 
+from lesion_pl.calibration import decide
 from lesion_pl.errors import LesionPLError
 from lesion_pl.preprocess import ImageReadError, load_rgb, resize_center_crop, to_rgb
 
@@ -49,9 +50,7 @@ class Predictions:
     @property
     def top_index(self) -> np.ndarray:
         """The class named per image: the argmax of log-probabilities plus the run's decision weights."""
-        if self.decision_bias is None:
-            return self.probabilities.argmax(axis=1)
-        return (np.log(np.clip(self.probabilities, 1e-300, None)) + self.decision_bias).argmax(axis=1)
+        return decide(self.probabilities, {"decision_bias": self.decision_bias})
 
     @property
     def top_class(self) -> list[str]:

@@ -77,7 +77,7 @@ def decision_bias(log_prior: np.ndarray, rule: str) -> list[float] | None:
 
 def decide(probs: np.ndarray, calibration: dict) -> np.ndarray:
     """The class named for each row of calibrated probabilities, by the run's decision rule."""
-    probs = np.asarray(probs)
+    probs = np.asarray(probs, dtype=np.float64)  # float32 would round the clip's 1e-300 to 0
     bias = calibration.get("decision_bias")
     if bias is None:
         return probs.argmax(axis=-1)

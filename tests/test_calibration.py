@@ -3,6 +3,7 @@ and the calibrated + TTA probabilities agreeing between PyTorch and the ONNX run
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -82,6 +83,9 @@ def test_decide_by_hand():
     # 0.6 / 0.8 < 0.4 / 0.2, but 0.9 / 0.8 > 0.1 / 0.2
     assert decide(probs, {"decision_bias": bias}).tolist() == [1, 0]
     assert decide(probs, {}).tolist() == [0, 0]
+    with warnings.catch_warnings():  # float32 zeros (onnxruntime's output) must not reach log(0)
+        warnings.simplefilter("error")
+        assert decide(np.array([[1.0, 0.0]], np.float32), {"decision_bias": bias}).tolist() == [0]
     with pytest.raises(LesionPLError, match="calibration.decision"):
         decision_bias(np.log([0.8, 0.2]), "recall")
 

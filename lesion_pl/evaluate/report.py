@@ -92,7 +92,8 @@ def build_report(run_path: Path, data_root: Path | None = None, progress: bool =
     images = np.asarray(dm.cache[rows])
     probs = preds[[f"p_{c}" for c in CLASSES]].to_numpy()
     target = preds["dx"].map(CLASS_TO_INDEX).to_numpy()
-    pred = preds["pred"].map(CLASS_TO_INDEX).to_numpy()  # named by the run's decision rule, not always the argmax
+    # the classes `test` named by the run's decision rule (not always the most probable)
+    pred = preds["pred"].map(CLASS_TO_INDEX).to_numpy(dtype=np.int64, copy=True)
     frame = dm.table.iloc[rows].reset_index(drop=True).assign(pred=[CLASSES[i] for i in pred], wrong=pred != target)
 
     # Grad-CAM for every tested image, in batches
