@@ -59,7 +59,7 @@ def metadata(run_summary: dict, image_size: int, mean: list, std: list, calibrat
         "val_metrics": json.dumps(run_summary.get("best_val_metrics", {})),
         "temperature": repr(float(calibration["temperature"])),
         "class_bias": json.dumps(calibration.get("class_bias") or [0.0] * NUM_CLASSES),
-        "decision_rule": calibration.get("decision", "argmax"),
+        "decision_rule": calibration.get("decision", "accuracy"),
         "decision_bias": json.dumps(calibration.get("decision_bias") or [0.0] * NUM_CLASSES),
         "operating_points": json.dumps({
             name: {"threshold": op["threshold"], "target_sensitivity": op["target_sensitivity"],

@@ -59,7 +59,7 @@ def export_run(run_path: Path, opset: int = 18, int8: bool = False, data_root: P
     parity_idx = np.concatenate([test_idx, dm.indices("val"), dm.indices("train")])[:PARITY_IMAGES]
     check = parity(classifier, cal, fp32, np.asarray(dm.cache[np.sort(parity_idx)]))
     report = {"model": str(fp32), "opset": opset, "temperature": cal["temperature"],
-              "class_bias": cal.get("class_bias"), "decision": cal.get("decision", "argmax"), "size_bytes": fp32.stat().st_size, "parity": check}
+              "class_bias": cal.get("class_bias"), "decision": cal.get("decision", "accuracy"), "size_bytes": fp32.stat().st_size, "parity": check}
     if check["max_abs_diff"] > PARITY_TOLERANCE or check["argmax_agree"] != check["n_images"]:
         fp32.unlink()
         raise LesionPLError(f"ONNX output differs from PyTorch on {check['n_images']} images: max |diff| "

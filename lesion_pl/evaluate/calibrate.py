@@ -49,7 +49,7 @@ def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool 
         result.update(decision=c["decision"], decision_bias=decision_bias(log_prior, c["decision"]))
     else:
         result.update(temperature=fit_temperature(logits, labels), class_bias=None, prior_weight=0.0,
-                      decision="argmax", decision_bias=None)
+                      decision="accuracy", decision_bias=None)  # no prior to divide out
     probs = calibrated(logits, result)
     result.update(val_nll_before=nll(softmax(logits), labels), val_nll_after=nll(probs, labels),
                   val_balanced_accuracy=balanced_accuracy(labels, decide(probs, result)),

@@ -135,5 +135,5 @@ def expected_calibration_error(probs: torch.Tensor, target: torch.Tensor, n_bins
 
 def malignancy_calibration_error(probs: np.ndarray, target: np.ndarray, n_bins: int = 15) -> float:
     """ECE of the malignancy probability against malignant/benign, `n_bins` equal-width bins."""
-    score = torch.as_tensor(probs[:, list(MALIGNANT_INDICES)].sum(1), dtype=torch.float32).clamp(0, 1)
+    score = malignancy(torch.as_tensor(probs, dtype=torch.float32)).clamp(0, 1)
     return float(BinaryCalibrationError(n_bins=n_bins, norm="l1")(score, is_malignant(torch.as_tensor(target))))

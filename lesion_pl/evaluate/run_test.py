@@ -63,7 +63,7 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     report["calibration"] = {
         "temperature": cal["temperature"],
         "prior_weight": cal.get("prior_weight", 0.0),
-        "decision": cal.get("decision", "argmax"),
+        "decision": cal.get("decision", "accuracy"),
         "ece_15_before": expected_calibration_error(torch.from_numpy(raw).float(), t_target),
         "ece_15_after": expected_calibration_error(torch.from_numpy(probs).float(), t_target),
         "brier_before": brier_score(raw, target), "brier_after": brier_score(probs, target),
@@ -153,7 +153,7 @@ def format_report(report: dict) -> str:
                   f"ECE {c['ece_15_before']:.4f} -> {c['ece_15_after']:.4f}, "
                   f"Brier {c['brier_before']:.4f} -> {c['brier_after']:.4f}, malignancy ECE "
                   f"{c['malignancy_ece_15_before']:.4f} -> {c['malignancy_ece_15_after']:.4f}; classes named by the "
-                  f"'{c.get('decision', 'argmax')}' rule"]
+                  f"'{c.get('decision', 'accuracy')}' rule"]
     for name, op in report["operating_points"].items():
         ci = op["ci95"]
         lines.append(f"  {name} referral at p >= {op['threshold']:.3f} (val sensitivity {op['val_sensitivity']:.3f}): "
