@@ -126,14 +126,22 @@ def calibrate(
     data_root: Optional[Path] = DATA_ROOT_OPT,
     quiet: bool = QUIET_OPT,
 ):
-    """Fit temperature scaling, the class-prior correction and the referral thresholds on the validation split
-    (fit does this too)."""
+    """Fit temperature scaling, the class-prior correction, the clinical-metadata fusion and the referral
+    thresholds on the validation split (fit does this too)."""
     from lesion_pl.evaluate.calibrate import calibrate_run
 
     c = calibrate_run(run, data_root, progress=not quiet)
     typer.echo(f"temperature {c['temperature']:.4f}, class-prior weight {c['prior_weight']:.2f}: "
                f"validation NLL {c['val_nll_before']:.4f} -> {c['val_nll_after']:.4f}; classes named by the "
                f"'{c['decision']}' rule: validation balanced accuracy {c['val_balanced_accuracy']:.4f}")
+    fit = c.get("clinical_fit") or {}
+    if fit.get("used"):
+        typer.echo(f"clinical metadata ({', '.join(fit['fields'])}) fused with weight {fit['weight']:.2f}: validation "
+                   f"NLL {fit['val_nll_image_only']:.4f} -> {fit['val_nll_fused']:.4f}, balanced accuracy "
+                   f"{fit['val_balanced_accuracy_image_only']:.4f} -> {c['val_balanced_accuracy']:.4f}, malignant AUROC "
+                   f"{fit['val_auroc_malignant_image_only']:.4f} -> {fit['val_auroc_malignant_fused']:.4f}")
+    elif fit:
+        typer.echo(f"no clinical-metadata fusion: {fit['reason']}")
     for name, op in c["operating_points"].items():
         typer.echo(f"{name}: refer at p >= {op['threshold']:.4f}, validation sensitivity {op['val']['sensitivity']:.3f} "
                    f"(target {op['target_sensitivity']:.2f}), specificity {op['val']['specificity']:.3f}")
@@ -192,13 +200,18 @@ def predict(
     batch_size: int = typer.Option(32, help="Images per onnxruntime call."),
     limit: Optional[int] = typer.Option(None, help="Predict only the first N files found."),
     tta: bool = typer.Option(False, "--tta", help="Average the 8 flips/90-degree rotations of each image."),
+    metadata: Optional[Path] = typer.Option(
+        None, "--metadata", help="A CSV of clinical metadata: a column naming the image (image, image_id, image_name "
+        "or file; matched on the file name without suffix) and age, sex, site (or the training data's names, "
+        "e.g. localization). Images without a row: image only."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ):
     """Predict with an exported model (onnxruntime only, no torch): top class, probability, malignancy."""
     from export.predict_table import predict_table
 
     files = _expand(images)[:limit]
-    failed = predict_table(model, files, out, batch_size, tta=tta, progress=not quiet and len(files) > 50)
+    failed = predict_table(model, files, out, batch_size, tta=tta, progress=not quiet and len(files) > 50,
+                           metadata_csv=metadata)
     if failed:
         raise typer.Exit(1)
 

@@ -43,6 +43,13 @@ class OnnxWrapper(nn.Module):
         return (logits / self.temperature + self.class_bias).softmax(dim=1), logits
 
 
+def _operating_points(points: dict | None) -> dict:
+    return {name: {"threshold": op["threshold"], "target_sensitivity": op["target_sensitivity"],
+                   "val_sensitivity": op["val"]["sensitivity"], "val_specificity": op["val"]["specificity"],
+                   "score": "sum of the probabilities of " + ("mel, bcc, akiec" if name == "malignant" else "mel")}
+            for name, op in (points or {}).items()}
+
+
 def metadata(run_summary: dict, image_size: int, mean: list, std: list, calibration: dict) -> dict[str, str]:
     meta = {
         "classes": json.dumps(list(CLASSES)),
@@ -61,11 +68,10 @@ def metadata(run_summary: dict, image_size: int, mean: list, std: list, calibrat
         "class_bias": json.dumps(calibration.get("class_bias") or [0.0] * NUM_CLASSES),
         "decision_rule": calibration.get("decision", "accuracy"),
         "decision_bias": json.dumps(calibration.get("decision_bias") or [0.0] * NUM_CLASSES),
-        "operating_points": json.dumps({
-            name: {"threshold": op["threshold"], "target_sensitivity": op["target_sensitivity"],
-                   "val_sensitivity": op["val"]["sensitivity"], "val_specificity": op["val"]["specificity"],
-                   "score": "sum of the probabilities of " + ("mel, bcc, akiec" if name == "malignant" else "mel")}
-            for name, op in calibration["operating_points"].items()}),
+        "clinical": json.dumps(calibration.get("clinical")),  # metadata model (lesion_pl.clinical) or null
+        "operating_points": json.dumps(_operating_points(calibration["operating_points"])),
+        # thresholds for images predicted without metadata, where the run fused it
+        "operating_points_image_only": json.dumps(_operating_points(calibration.get("operating_points_image_only"))),
     }
     return {PREFIX + k: v for k, v in meta.items()}
 

@@ -1,4 +1,5 @@
-"""`predict`: run the ONNX runtime over files, print a table, write CSV/JSON, report bad files."""
+"""`predict`: run the ONNX runtime over files (with clinical metadata from a CSV where given), print
+a table, write CSV/JSON, report bad files."""
 from __future__ import annotations
 
 import csv
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from lesion_pl import clinical
 from lesion_pl.errors import LesionPLError
 from lesion_pl.io import atomic_write_text
 
@@ -15,27 +17,76 @@ from .runtime import LesionOnnxClassifier
 
 
 REFER, NO_REFER = "refer", "no referral at this threshold"
+KEY_COLUMNS = ("image", "image_id", "image_name", "file")
+
+
+def read_metadata_csv(path: Path, files: list[Path], clf: LesionOnnxClassifier) -> list[dict | None]:
+    """One dict of the CSV's row per file (matched on the file name without its suffix), or None."""
+    if not path.is_file():
+        raise LesionPLError(f"metadata file {path} does not exist")
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = reader.fieldnames or []
+        key = next((c for c in KEY_COLUMNS if c in columns), None)
+        if key is None:
+            raise LesionPLError(f"{path}: no column naming the image (one of {', '.join(KEY_COLUMNS)}); "
+                                f"columns are {', '.join(columns) or 'none'}")
+        wanted = [n for f, c in clf.clinical_fields.items() for n in (f, c)]
+        if not set(wanted) & set(columns):
+            raise LesionPLError(f"{path}: none of the metadata columns this model reads ({', '.join(wanted)}); "
+                                f"columns are {', '.join(columns)}")
+        rows = {Path(r[key]).stem: r for r in reader if r.get(key)}
+    return [rows.get(Path(f).stem) for f in files]
+
+
+def _echo_metadata_use(metadata: list[dict | None], source: Path, clf: LesionOnnxClassifier) -> None:
+    records = clf.clinical_records(metadata)
+    matched, usable = sum(m is not None for m in metadata), int(clinical.encode(records, clf.clinical)[1].sum())
+    typer.echo(f"clinical metadata: {matched} of {len(metadata)} image(s) have a row in {source}, {usable} with a "
+               f"usable {'/'.join(clf.clinical_fields)} (fused with weight {clf.clinical['weight']:.2f}; "
+               "the others: image only)")
+    for field, values in clinical.unrecognised(records, clf.clinical).items():
+        known = clf.clinical["sexes" if field == "sex" else "sites"]
+        typer.secho(f"{source}: {field} value(s) {', '.join(values)} not seen in training, read as unknown "
+                    f"(known: {', '.join(known)})", fg="yellow", err=True)
 
 
 def predict_table(model: Path, files: list[Path], out: Path | None, batch_size: int, tta: bool = False,
-                  progress: bool = False) -> int:
+                  progress: bool = False, metadata_csv: Path | None = None) -> int:
     """Returns the number of files that could not be predicted."""
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         raise LesionPLError(f"--out must end in .csv or .json, got {out}")
     clf = LesionOnnxClassifier(model)
-    done, preds, errors = clf.predict_files(files, batch_size=batch_size, tta=tta, progress=progress)
+    metadata = None
+    if metadata_csv is not None and not clf.clinical:
+        typer.secho(f"{model} was exported without a clinical-metadata model (calibration.clinical: false); "
+                    f"{metadata_csv} is not used, every prediction is from the image alone", fg="yellow", err=True)
+    elif metadata_csv is not None:
+        metadata = read_metadata_csv(metadata_csv, files, clf)
+        _echo_metadata_use(metadata, metadata_csv, clf)
+    done, preds, errors = clf.predict_files(files, batch_size=batch_size, tta=tta, progress=progress,
+                                            metadata=metadata)
     refer = preds.refer if preds.refer is not None else [None] * len(preds)
+    used = preds.with_metadata if preds.with_metadata is not None else [None] * len(preds)
     rows = []
-    for path, top, p, mal, r, probs in zip(done, preds.top_class, preds.top_probability, preds.malignancy, refer,
-                                           preds.probabilities):
+    for path, top, p, mal, r, u, probs in zip(done, preds.top_class, preds.top_probability, preds.malignancy, refer,
+                                              used, preds.probabilities):
         rows.append({"file": str(path), "top_class": top, "probability": round(float(p), 6),
                      "malignancy": round(float(mal), 6), "referral": "" if r is None else (REFER if r else NO_REFER),
+                     **({} if u is None else {"metadata": "yes" if u else "no"}),
                      **{f"p_{c}": round(float(v), 6) for c, v in zip(clf.classes, probs)}})
-    op = clf.operating_points.get("malignant")
-    if op:
-        typer.echo(f"referral threshold: malignancy >= {op['threshold']:.3f}, chosen on validation for sensitivity "
-                   f">= {op['target_sensitivity']:.2f} (validation sensitivity {op['val_sensitivity']:.3f}, "
-                   f"specificity {op['val_specificity']:.3f}). A research tool, not a diagnostic device.")
+    points = {"": clf.operating_points_image_only}
+    if metadata is not None and any(preds.with_metadata):
+        points = {" (with metadata)": clf.operating_points}
+        if not all(preds.with_metadata):
+            points[" (image only)"] = clf.operating_points_image_only
+    for which, ops in points.items():
+        op = ops.get("malignant")
+        if op:
+            typer.echo(f"referral threshold{which}: malignancy >= {op['threshold']:.3f}, chosen on validation for "
+                       f"sensitivity >= {op['target_sensitivity']:.2f} (validation sensitivity "
+                       f"{op['val_sensitivity']:.3f}, specificity {op['val_specificity']:.3f}).")
+    typer.echo("A research tool, not a diagnostic device.")
     width = max([len(r["file"]) for r in rows] + [4])
     typer.echo(f"{'file':<{width}}  {'top class':<9} {'prob':>6} {'malignancy':>10}  referral")
     for r in rows:
@@ -50,7 +101,8 @@ def predict_table(model: Path, files: list[Path], out: Path | None, batch_size: 
                                               indent=2) + "\n")
         else:
             buf = io.StringIO()
-            fields = ["file", "top_class", "probability", "malignancy", "referral"] + [f"p_{c}" for c in clf.classes]
+            fields = ["file", "top_class", "probability", "malignancy", "referral"]
+            fields += (["metadata"] if metadata is not None else []) + [f"p_{c}" for c in clf.classes]
             writer = csv.DictWriter(buf, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)

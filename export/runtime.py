@@ -4,12 +4,17 @@
     clf = LesionOnnxClassifier("runs/NAME/export/model.onnx")
     result = clf.predict(["a.jpg", pil_image, uint8_array])
     result.top_class, result.top_probability, result.malignancy, result.refer, result.probabilities
+    clf.predict(["a.jpg"], metadata=[{"age": 65, "sex": "male", "site": "back"}])
 
 Probabilities are calibrated (temperature and class-prior correction inside the graph); the top
 class is named by the run's decision rule (metadata `decision_rule`: "balanced" divides each
 probability by its class's training frequency first, so it is not always the most probable class);
 `refer` compares the malignancy probability with the threshold chosen on validation for the run's
-target sensitivity (metadata).
+target sensitivity (metadata), for images with and without clinical metadata separately.
+
+Where the run fused clinical metadata (`clinical.fields`), each image may come with a dict of age,
+sex and body site (keys: the field names or the training data's column names, e.g.
+"localization"); an image given None, or none of them, keeps the image-only probabilities.
 
 Images of any size and mode: EXIF orientation applied, converted to RGB, resized as the model's
 metadata says (the same function training used).
@@ -20,11 +25,12 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
 
+from lesion_pl import clinical
 from lesion_pl.calibration import decide
 from lesion_pl.errors import LesionPLError
 from lesion_pl.preprocess import ImageReadError, load_rgb, resize_center_crop, to_rgb
@@ -32,6 +38,7 @@ from lesion_pl.preprocess import ImageReadError, load_rgb, resize_center_crop, t
 from .metadata import PREFIX, REQUIRED
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+Metadata = Optional[Mapping[str, object]]  # one image's age, sex and site
 
 
 @dataclass
@@ -39,8 +46,10 @@ class Predictions:
     classes: tuple[str, ...]
     probabilities: np.ndarray  # [N, C], calibrated
     malignancy: np.ndarray  # [N], sum of the malignant classes' probabilities
-    referral_threshold: float | None = None  # chosen on validation for a target sensitivity
+    referral_threshold: float | np.ndarray | None = None  # chosen on validation for a target sensitivity (per image
+    # where some images came with metadata and some without: each has its own threshold)
     decision_bias: np.ndarray | None = None  # log-weights added to log-probabilities to name the top class
+    with_metadata: np.ndarray | None = None  # per image: clinical metadata fused (None: none given)
 
     @property
     def refer(self) -> np.ndarray | None:
@@ -103,8 +112,25 @@ class LesionOnnxClassifier:
         self.size = int(self.metadata["input_height"])
         self.operating_points = json.loads(self.metadata.get("operating_points", "{}"))
         self.referral_threshold = self.operating_points.get("malignant", {}).get("threshold")
+        # a run that fused metadata chose separate thresholds for images without it
+        self.operating_points_image_only = json.loads(self.metadata.get("operating_points_image_only", "{}")) \
+            or self.operating_points
+        self.referral_threshold_image_only = self.operating_points_image_only.get("malignant", {}).get("threshold")
         bias = json.loads(self.metadata.get("decision_bias", "null"))
         self.decision_bias = None if bias is None else np.asarray(bias, dtype=np.float64)
+        self.clinical = json.loads(self.metadata.get("clinical", "null"))
+
+    @property
+    def clinical_fields(self) -> dict[str, str]:
+        """The metadata fields this model can fuse, each with the training data's column name."""
+        return dict(self.clinical["columns"]) if self.clinical else {}
+
+    def clinical_records(self, metadata: Sequence[Metadata]) -> dict[str, list]:
+        """Per-image dicts (field or column names as keys, or None) -> the columns the metadata model reads."""
+        records = {}
+        for field, column in self.clinical_fields.items():
+            records[column] = [None if m is None else m.get(field, m.get(column)) for m in metadata]
+        return records
 
     def preprocess(self, image: ImageLike) -> np.ndarray:
         """One image -> uint8 [size, size, 3], exactly as training saw it."""
@@ -118,12 +144,26 @@ class LesionOnnxClassifier:
             raise LesionPLError(f"cannot predict on a {type(image).__name__}: give a path, a PIL image or an array")
         return resize_center_crop(img, self.size)
 
-    def _result(self, probs: np.ndarray) -> Predictions:
-        return Predictions(self.classes, probs, probs[:, self.malignant_indices].sum(axis=1), self.referral_threshold,
-                           self.decision_bias)
+    def _result(self, probs: np.ndarray, metadata: Sequence[Metadata] | None = None) -> Predictions:
+        used, threshold = None, self.referral_threshold_image_only
+        if metadata is not None:
+            if len(metadata) != len(probs):
+                raise LesionPLError(f"{len(metadata)} metadata entries for {len(probs)} images")
+            if not self.clinical:
+                raise LesionPLError(f"{self.path} was exported without a clinical-metadata model; predict without "
+                                    "metadata, or export a run calibrated with calibration.clinical: true")
+            records = self.clinical_records(metadata)
+            used = clinical.encode(records, self.clinical)[1]
+            probs = clinical.apply(probs, records, self.clinical).astype(np.float32)
+            if threshold is not None:
+                threshold = np.where(used, self.referral_threshold, threshold)
+        return Predictions(self.classes, probs, probs[:, self.malignant_indices].sum(axis=1), threshold,
+                           self.decision_bias, used)
 
-    def predict_arrays(self, batch: np.ndarray, tta: bool = False) -> Predictions:
-        """Preprocessed uint8 [N, size, size, 3] -> predictions; `tta` averages the 8 flips/rotations."""
+    def predict_arrays(self, batch: np.ndarray, tta: bool = False,
+                       metadata: Sequence[Metadata] | None = None) -> Predictions:
+        """Preprocessed uint8 [N, size, size, 3] -> predictions; `tta` averages the 8 flips/rotations;
+        `metadata`: one dict (age, sex, site) or None per image."""
         batch = np.asarray(batch, dtype=np.uint8)
         if tta:
             views = [np.rot90(batch, k, axes=(1, 2)) for k in range(4)]
@@ -132,24 +172,27 @@ class LesionOnnxClassifier:
             probs = out.reshape(len(views), len(batch), -1).mean(axis=0)
         else:
             probs = self.session.run(["probabilities"], {"images": np.ascontiguousarray(batch)})[0]
-        return self._result(probs)
+        return self._result(probs, metadata)
 
-    def predict(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 32, tta: bool = False) -> Predictions:
+    def predict(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 32, tta: bool = False,
+                metadata: Metadata | Sequence[Metadata] | None = None) -> Predictions:
         if isinstance(images, (str, os.PathLike, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim <= 3):
             images = [images]
+            metadata = None if metadata is None else [metadata]
         parts = []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
             parts.append(self.predict_arrays(np.stack([self.preprocess(im) for im in chunk]), tta).probabilities)
-        return self._result(np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), np.float32))
+        return self._result(np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), np.float32), metadata)
 
     def predict_files(self, paths: Iterable[str | os.PathLike], batch_size: int = 32, tta: bool = False,
-                      progress: bool = False):
-        """Predict every readable file; returns (paths predicted, Predictions, [(path, error), ...])."""
+                      progress: bool = False, metadata: Sequence[Metadata] | None = None):
+        """Predict every readable file (`metadata`: one entry per path, or None); returns (paths
+        predicted, Predictions, [(path, error), ...])."""
         from tqdm.auto import tqdm
 
         paths = list(paths)
-        done, probs, errors = [], [], []
+        done, done_meta, probs, errors = [], [], [], []
         batch, batch_paths = [], []
 
         def flush():
@@ -159,14 +202,15 @@ class LesionOnnxClassifier:
                 batch.clear()
                 batch_paths.clear()
 
-        for p in tqdm(paths, desc="predicting", unit="img", disable=not progress):
+        for i, p in enumerate(tqdm(paths, desc="predicting", unit="img", disable=not progress)):
             try:
                 batch.append(self.preprocess(p))
                 batch_paths.append(p)
+                done_meta.append(None if metadata is None else metadata[i])
             except (ImageReadError, LesionPLError) as e:
                 errors.append((p, str(e)))
             if len(batch) == batch_size:
                 flush()
         flush()
         all_probs = np.concatenate(probs) if probs else np.zeros((0, len(self.classes)), np.float32)
-        return done, self._result(all_probs), errors
+        return done, self._result(all_probs, None if metadata is None else done_meta), errors

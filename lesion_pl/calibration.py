@@ -26,9 +26,14 @@ def nll(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
 
 
-def calibrated(logits: np.ndarray, calibration: dict) -> np.ndarray:
-    """Probabilities as a run's calibration.json defines them: softmax(logits / T + class_bias)."""
-    return softmax(logits, calibration["temperature"], calibration.get("class_bias"))
+def calibrated(logits: np.ndarray, calibration: dict, records=None) -> np.ndarray:
+    """Probabilities as a run's calibration.json defines them: softmax(logits / T + class_bias),
+    fused with the clinical metadata in `records` (column -> values) where the run has a metadata
+    model (`lesion_pl.clinical`)."""
+    from .clinical import apply
+
+    return apply(softmax(logits, calibration["temperature"], calibration.get("class_bias")), records,
+                 calibration.get("clinical"))
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, bias=None) -> float:

@@ -94,6 +94,12 @@ def trained_run(small_ham, tmp_path_factory) -> Path:
     return out
 
 
+def clinical_metadata(data_root: Path, image_ids) -> list[dict]:
+    """Age, sex and site of these images from the data root's metadata CSV, as the runtime takes them."""
+    meta = pd.read_csv(data_root / "HAM10000_metadata.csv").set_index("image_id").loc[list(image_ids)]
+    return [{"age": r.age, "sex": r.sex, "site": r.localization} for r in meta.itertuples()]
+
+
 def evaluate_copy(trained_run: Path, dest: Path, data_root: Path):
     """`test --split all` of a copy of the trained run (without its outputs) on other data."""
     shutil.copytree(trained_run, dest, ignore=shutil.ignore_patterns("test", "report", "export"))

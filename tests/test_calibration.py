@@ -18,7 +18,7 @@ from lesion_pl.classes import CLASSES
 from lesion_pl.errors import LesionPLError
 from lesion_pl.evaluate.metrics import expected_calibration_error, malignancy_calibration_error
 
-from .conftest import invoke
+from .conftest import clinical_metadata, invoke
 
 
 def test_temperature_scaling_lowers_validation_nll_on_real_predictions(trained_run):
@@ -166,12 +166,14 @@ def test_calibrated_tta_probabilities_agree_between_torch_and_onnx(trained_run, 
     assert float(clf.metadata["temperature"]) == pytest.approx(cal["temperature"])
     assert json.loads(clf.metadata["class_bias"]) == pytest.approx(cal["class_bias"])
     files = [next(small_ham.rglob(f"{i}.jpg")) for i in preds["image_id"]]
-    onnx_tta = clf.predict(files, tta=True).probabilities
+    metadata = clinical_metadata(small_ham, preds["image_id"])  # test fused them, so the runtime does too
+    onnx_tta = clf.predict(files, tta=True, metadata=metadata).probabilities
     torch_tta = preds[[f"p_{c}" for c in CLASSES]].to_numpy()
     assert np.abs(onnx_tta - torch_tta).max() <= 1e-4
     assert clf.metadata["decision_rule"] == cal["decision"]
-    assert clf.predict(files, tta=True).top_class == preds["pred"].tolist()  # the same decision rule
-    assert np.abs(clf.predict(files).probabilities - torch_tta).max() > 1e-3  # TTA does change something
+    assert clf.predict(files, tta=True, metadata=metadata).top_class == preds["pred"].tolist()  # same decision rule
+    # TTA does change something
+    assert np.abs(clf.predict(files, metadata=metadata).probabilities - torch_tta).max() > 1e-3
     invoke("test", "--run", trained_run, "--quiet")  # leave the plain test outputs for other tests
 
 

@@ -13,10 +13,11 @@ import pytest
 from PIL import Image
 
 from export.runtime import LesionOnnxClassifier
+from lesion_pl import clinical
 from lesion_pl.classes import CLASSES, MALIGNANT
 from lesion_pl.errors import LesionPLError
 
-from .conftest import PROJECT, invoke
+from .conftest import PROJECT, clinical_metadata, invoke
 
 
 @pytest.fixture(scope="module")
@@ -47,15 +48,50 @@ def test_onnx_file_describes_itself(exported):
 
 
 def test_runtime_matches_the_torch_test_run_on_real_images(exported, trained_run, small_ham):
-    """The whole torch path (cache, model) and the whole ONNX path (runtime preprocessing, onnxruntime)."""
+    """The whole torch path (cache, model, metadata fusion) and the whole ONNX path (runtime
+    preprocessing, onnxruntime, the same fusion from the file's metadata)."""
     torch_preds = pd.read_csv(trained_run / "test" / "predictions.csv")
     files = [next(small_ham.rglob(f"{i}.jpg")) for i in torch_preds["image_id"]]
-    result = LesionOnnxClassifier(exported).predict(files, batch_size=16)
+    clf = LesionOnnxClassifier(exported)
+    assert clf.clinical_fields == {"age": "age", "sex": "sex", "site": "localization"}
+    given = clinical_metadata(small_ham, torch_preds["image_id"])
+    result = clf.predict(files, batch_size=16, metadata=given)
     torch_probs = torch_preds[[f"p_{c}" for c in CLASSES]].to_numpy()
-    assert len(files) >= 20
+    assert len(files) >= 20 and result.with_metadata.all()
     assert np.abs(result.probabilities - torch_probs).max() <= 1e-4
     assert result.top_class == torch_preds["pred"].tolist()
     np.testing.assert_allclose(result.malignancy, torch_preds["malignant_prob"], atol=1e-4)
+
+    image_only = clf.predict(files, batch_size=16)
+    assert image_only.with_metadata is None
+    np.testing.assert_allclose(clinical.apply(image_only.probabilities, clf.clinical_records(given), clf.clinical),
+                               result.probabilities, atol=1e-5)
+    assert image_only.referral_threshold == clf.operating_points_image_only["malignant"]["threshold"]
+    np.testing.assert_array_equal(result.referral_threshold, clf.operating_points["malignant"]["threshold"])
+
+
+def test_predict_command_with_a_metadata_csv(exported, trained_run, small_ham, tmp_path):
+    torch_preds = pd.read_csv(trained_run / "test" / "predictions.csv").head(3)
+    files = [str(next(small_ham.rglob(f"{i}.jpg"))) for i in torch_preds["image_id"]]
+    meta = pd.read_csv(small_ham / "HAM10000_metadata.csv").set_index("image_id").loc[torch_preds["image_id"]]
+    rows = meta.reset_index()[["image_id", "age", "sex", "localization"]]
+    rows.loc[1, ["age", "sex", "localization"]] = [None, None, "palm"]  # nothing usable: image only
+    rows.iloc[:2].to_csv(tmp_path / "meta.csv", index=False)  # the third image has no row
+    proc = subprocess.run([sys.executable, "cli.py", "predict", *files, "--model", str(exported), "--metadata",
+                           str(tmp_path / "meta.csv"), "--out", str(tmp_path / "p.csv")],
+                          capture_output=True, text=True, cwd=PROJECT)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 of 3 image(s) have a row" in proc.stdout and "1 with a usable age/sex/site" in proc.stdout
+    assert "palm not seen in training" in proc.stderr
+    table = pd.read_csv(tmp_path / "p.csv")
+    assert table["metadata"].tolist() == ["yes", "no", "no"]
+    np.testing.assert_allclose(table.loc[0, [f"p_{c}" for c in CLASSES]].to_numpy(float),
+                               torch_preds.loc[0, [f"p_{c}" for c in CLASSES]].to_numpy(float), atol=1e-4)
+
+    (tmp_path / "bad.csv").write_text("name,age\nx,1\n")
+    proc = subprocess.run([sys.executable, "cli.py", "predict", files[0], "--model", str(exported), "--metadata",
+                           str(tmp_path / "bad.csv")], capture_output=True, text=True, cwd=PROJECT)
+    assert proc.returncode != 0 and "no column naming the image" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_runtime_imports_and_predicts_without_torch(exported, small_ham):

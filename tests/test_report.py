@@ -1,6 +1,7 @@
 """The HTML report (rendered in a real headless Chromium), Grad-CAM, `explain`, and their errors."""
 from __future__ import annotations
 
+import json
 import re
 import shutil
 
@@ -45,6 +46,9 @@ def test_findings_are_computed_from_the_predictions(report, trained_run):
     assert re.search(r"of the Grad-CAM mass lies inside the lesion mask", report.read_text())
     assert re.search(r"malignancy probability from [\d.]+ to [\d.]+; classes are named by the (&#x27;|')balanced",
                      report.read_text())
+    m = json.loads((trained_run / "test" / "metrics.json").read_text())
+    assert (f"The image alone: balanced accuracy {m['clinical']['image_only']['balanced_accuracy']:.3f} (fused "
+            f"{m['balanced_accuracy']:.3f})") in report.read_text()
 
 
 def test_report_renders_in_headless_chromium(report):

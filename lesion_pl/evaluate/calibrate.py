@@ -1,6 +1,7 @@
-"""`calibrate`: temperature scaling with the class-prior correction, the class decision rule and
-the referral thresholds, fitted on the validation split only, saved as RUN/calibration.json and
-used by test, report, explain, export and the ONNX runtime."""
+"""`calibrate`: temperature scaling with the class-prior correction, the class decision rule, the
+clinical-metadata fusion (its model fitted on the train split) and the referral thresholds, fitted
+on the validation split only, saved as RUN/calibration.json and used by test, report, explain,
+export and the ONNX runtime."""
 from __future__ import annotations
 
 import json
@@ -8,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import clinical
 from ..calibration import (binary_stats, calibrated, decide, decision_bias, fit_prior_correction, fit_temperature,
                            nll, softmax, threshold_for_sensitivity)
-from ..classes import CLASS_TO_INDEX, MALIGNANT_INDICES
+from ..classes import CLASS_TO_INDEX, MALIGNANT_INDICES, NUM_CLASSES
 from ..io import atomic_write_json
 from ..run import RunDir
 
@@ -21,6 +23,40 @@ OPERATING_POINTS = {"malignant": list(MALIGNANT_INDICES), "melanoma": [CLASS_TO_
 def scores_and_positives(probs: np.ndarray, labels: np.ndarray, name: str):
     idx = OPERATING_POINTS[name]
     return probs[:, idx].sum(axis=1), np.isin(labels, idx)
+
+
+def fit_clinical(dm, val_ds, val_probs: np.ndarray, val_labels: np.ndarray, columns: dict):
+    """The metadata model on the train split and its fusion weight on validation, and what that did
+    on validation; (None, {"used": False, "reason": ...}) where the data has no metadata columns."""
+    from .metrics import binary_auroc
+
+    train = dm.table.iloc[dm.indices("train")]
+    model = clinical.fit(train, train["label"].to_numpy(), columns, NUM_CLASSES)
+    if model is None:
+        reason = (f"the data has none of the columns {', '.join(columns.values())}"
+                  if not clinical.present(train, columns) else "the train split has fewer than two classes")
+        return None, {"used": False, "reason": reason}
+    rows = dm.table.iloc[val_ds.indices]
+    ratio = clinical.log_ratio(rows, model)
+    model["weight"], fused_nll = clinical.fit_weight(val_probs, ratio, val_labels)
+    fused = clinical.fuse(val_probs, ratio, model["weight"])
+    return model, {"used": True, "fields": sorted(model["columns"]), "weight": model["weight"],
+                   "val_images_with_metadata": int(clinical.encode(rows, model)[1].sum()),
+                   "val_nll_image_only": nll(val_probs, val_labels), "val_nll_fused": fused_nll,
+                   "val_auroc_malignant_image_only": binary_auroc(*scores_and_positives(val_probs, val_labels, "malignant")),
+                   "val_auroc_malignant_fused": binary_auroc(*scores_and_positives(fused, val_labels, "malignant"))}
+
+
+def fit_operating_points(probs: np.ndarray, labels: np.ndarray, c: dict) -> dict:
+    """Per referral score: the highest threshold that reaches the configured sensitivity on these images."""
+    out = {}
+    for name, target in (("malignant", c["malignant_sensitivity"]), ("melanoma", c["melanoma_sensitivity"])):
+        scores, positive = scores_and_positives(probs, labels, name)
+        if positive.any():
+            threshold = threshold_for_sensitivity(scores, positive, float(target))
+            out[name] = {"target_sensitivity": float(target), "threshold": threshold,
+                         "val": binary_stats(scores, positive, threshold)}
+    return out
 
 
 def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool = True, dm=None) -> dict:
@@ -51,18 +87,18 @@ def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool 
         result.update(temperature=fit_temperature(logits, labels), class_bias=None, prior_weight=0.0,
                       decision="accuracy", decision_bias=None)  # no prior to divide out
     probs = calibrated(logits, result)
+    if c.get("clinical", False):
+        result["clinical"], result["clinical_fit"] = fit_clinical(dm, ds, probs, labels, c["clinical_columns"])
+        if result["clinical"]:
+            # images that come without metadata (predict) are referred on image-only thresholds
+            result["operating_points_image_only"] = fit_operating_points(probs, labels, c)
+            result["clinical_fit"]["val_balanced_accuracy_image_only"] = balanced_accuracy(labels, decide(probs, result))
+            probs = calibrated(logits, result, dm.table.iloc[ds.indices])
     result.update(val_nll_before=nll(softmax(logits), labels), val_nll_after=nll(probs, labels),
                   val_balanced_accuracy=balanced_accuracy(labels, decide(probs, result)),
                   val_balanced_accuracy_argmax_logits=balanced_accuracy(labels, logits.argmax(1)),
                   val_auroc_malignant=binary_auroc(*scores_and_positives(probs, labels, "malignant")),
-                  operating_points={})
-    for name, target in (("malignant", c["malignant_sensitivity"]), ("melanoma", c["melanoma_sensitivity"])):
-        scores, positive = scores_and_positives(probs, labels, name)
-        if not positive.any():
-            continue
-        threshold = threshold_for_sensitivity(scores, positive, float(target))
-        result["operating_points"][name] = {"target_sensitivity": float(target), "threshold": threshold,
-                                            "val": binary_stats(scores, positive, threshold)}
+                  operating_points=fit_operating_points(probs, labels, c))
     atomic_write_json(run.path / "calibration.json", result)
     return result
 

@@ -26,7 +26,8 @@ def explain_images(paths: list[Path], run_path: Path, out_dir: Path | None = Non
     size = int(cfg["data"]["image_size"])
     cal_path = run.path / "calibration.json"
     cal = json.loads(cal_path.read_text()) if cal_path.exists() else {"temperature": 1.0, "operating_points": {}}
-    threshold = cal["operating_points"].get("malignant", {}).get("threshold")
+    # explain sees the image alone: where the run fused metadata, the image-only threshold applies
+    threshold = cal.get("operating_points_image_only", cal["operating_points"]).get("malignant", {}).get("threshold")
     model = load_classifier(run.best)
     out_dir = Path(out_dir) if out_dir else run.path / "explain"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -53,7 +54,7 @@ def explain_images(paths: list[Path], run_path: Path, out_dir: Path | None = Non
             ax.set_yticks([])
         order = np.argsort(probs)
         axes[2].barh([CLASSES[i] for i in order], probs[order], color="tab:blue")
-        axes[2].set(xlim=(0, 1), xlabel="probability (calibrated)")
+        axes[2].set(xlim=(0, 1), xlabel="probability (calibrated" + (", image only)" if cal.get("clinical") else ")"))
         refer = "" if threshold is None else (" - refer" if mal >= threshold else " - no referral at this threshold")
         fig.suptitle(f"{Path(path).name}: {DISPLAY_NAMES[CLASSES[top]]} ({probs[top]:.2f}), "
                      f"malignancy {mal:.2f}{refer}", fontsize=10)

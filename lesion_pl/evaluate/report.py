@@ -198,6 +198,14 @@ def _findings(metrics, frame, confusions, tables, overall_error, cam_stats) -> l
                    + (f" and that of the malignancy probability from {cal['malignancy_ece_15_before']:.4f} to "
                       f"{cal['malignancy_ece_15_after']:.4f}" if "malignancy_ece_15_after" in cal else "")
                    + (f"; classes are named by the '{cal['decision']}' rule" if "decision" in cal else "") + ".")
+    cl = metrics.get("clinical")
+    if cl:
+        alone = cl["image_only"]
+        out.append(f"The probabilities fuse the image with {', '.join(cl['fields'])} (weight {cl['weight']:.2f}, "
+                   f"fitted on validation; {cl['images_with_metadata']} of {metrics['n_images']} test images have "
+                   f"metadata). The image alone: balanced accuracy {alone['balanced_accuracy']:.3f} (fused "
+                   f"{metrics['balanced_accuracy']:.3f}), malignant AUROC {alone['auroc_malignant']:.3f} (fused "
+                   f"{metrics['auroc_malignant']:.3f}).")
     if cam_stats:
         out.append(f"On average {cam_stats['overall']:.1%} of the Grad-CAM mass lies inside the lesion mask "
                    f"(the lesion covers {cam_stats['lesion_area']:.1%} of the image): {cam_stats['correct']:.1%} for "

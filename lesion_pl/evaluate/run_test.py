@@ -7,12 +7,17 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import clinical
 from ..classes import CLASSES, MALIGNANT_INDICES
 from ..calibration import binary_stats, bootstrap_ci, brier_score, calibrated, decide, softmax
 from ..errors import LesionPLError
 from ..io import atomic_path, atomic_write_json
 from ..run import RunDir
 from .calibrate import scores_and_positives
+
+
+HEADLINE = ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro", "auroc_macro",
+            "auroc_malignant")
 
 
 def operating_points(cal: dict, probs: np.ndarray, target: np.ndarray, groups: np.ndarray,
@@ -48,9 +53,9 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
 
     cal = load_calibration(run, data_root, progress)
     logits = predict_logits(load_classifier(run.best), ds, tta=tta, progress=progress)
-    raw, probs = softmax(logits), calibrated(logits, cal)
-    pred = decide(probs, cal)
     rows = dm.table.iloc[ds.indices]
+    raw, image_probs, probs = softmax(logits), calibrated(logits, cal), calibrated(logits, cal, rows)
+    pred = decide(probs, cal)
     if "melanoma_target" in rows:
         return _binary_test(run, cfg, cal, probs, pred, rows, split, dm, tta)
     target = np.asarray(ds.labels)
@@ -70,6 +75,12 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
         "malignancy_ece_15_before": malignancy_calibration_error(raw, target),
         "malignancy_ece_15_after": malignancy_calibration_error(probs, target),
     }
+    if cal.get("clinical"):
+        image_report = metrics_report(torch.from_numpy(image_probs).float(), t_target,
+                                      torch.from_numpy(decide(image_probs, cal)))
+        report["clinical"] = {"weight": cal["clinical"]["weight"], "fields": sorted(cal["clinical"]["columns"]),
+                              "images_with_metadata": int(clinical.encode(rows, cal["clinical"])[1].sum()),
+                              "image_only": {k: image_report[k] for k in HEADLINE}}
     report["operating_points"] = operating_points(cal, probs, target, rows["group"].to_numpy(),
                                                   int(cfg["calibration"]["bootstrap"]), int(cfg["seed"]))
 
@@ -140,10 +151,15 @@ def format_report(report: dict) -> str:
         lines.append(f"skipped {len(report['skipped_bad_images'])} unreadable image(s) (listed in metrics.json)")
     lines.append("")
     cis = report.get("ci95", {})
-    for key in ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro",
-                "auroc_macro", "auroc_malignant"):
+    image_only = report.get("clinical", {}).get("image_only", {})
+    for key in HEADLINE:
         ci = f"  (95% CI {cis[key][0]:.3f}-{cis[key][1]:.3f}, lesions resampled)" if key in cis else ""
-        lines.append(f"  {key:<20} {report[key]:.4f}{ci}")
+        alone = f"  [image alone {image_only[key]:.4f}]" if key in image_only else ""
+        lines.append(f"  {key:<20} {report[key]:.4f}{ci}{alone}")
+    if image_only:
+        cl = report["clinical"]
+        lines.append(f"  (image fused with {', '.join(cl['fields'])}, weight {cl['weight']:.2f}; "
+                     f"{cl['images_with_metadata']} of {report['n_images']} images have metadata)")
     lines += ["", f"  {'class':<6} {'precision':>9} {'recall':>7} {'f1':>6} {'auroc':>6} {'support':>8}"]
     for code, m in report["per_class"].items():
         lines.append(f"  {code:<6} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} "
