@@ -16,8 +16,8 @@ $(VENV)/.installed: requirements.txt
 install: $(VENV)/.installed
 
 # The main job on the default data: check the data, train, evaluate on the held-out test split,
-# export to ONNX (verified against PyTorch), predict a few images with the torch-free runtime,
-# and write the HTML report.
+# export to ONNX (verified against PyTorch), predict a few images with the torch-free runtime
+# (with their age, sex and site from the metadata CSV), and write the HTML report.
 run: install
 	@$(BIN)/python cli.py data summary || { \
 	  printf 'Download HAM10000 (about 3 GB) into data/ now? [y/N] '; read answer || true; \
@@ -27,8 +27,10 @@ run: install
 	 else $(BIN)/python cli.py fit --out $(RUN) $(FIT_ARGS); fi
 	$(BIN)/python cli.py test --run $(RUN)
 	$(BIN)/python cli.py export --run $(RUN) --int8
-	$(BIN)/python cli.py predict "$${LESION_PL_DATA:-data}/ham10000" --model $(RUN)/export/model.onnx --limit 8 \
-	  --out $(RUN)/export/predictions_sample.csv
+	@meta="$${LESION_PL_DATA:-data}/ham10000/HAM10000_metadata.csv"; \
+	 if [ -f "$$meta" ]; then set -- --metadata "$$meta"; fi; \
+	 $(BIN)/python cli.py predict "$${LESION_PL_DATA:-data}/ham10000" --model $(RUN)/export/model.onnx --limit 8 \
+	   --out $(RUN)/export/predictions_sample.csv "$$@"
 	$(BIN)/python cli.py report --run $(RUN)
 
 test: install
