@@ -88,10 +88,12 @@ def predict_table(model: Path, files: list[Path], out: Path | None, batch_size: 
                        f"{op['val_sensitivity']:.3f}, specificity {op['val_specificity']:.3f}).")
     typer.echo("A research tool, not a diagnostic device.")
     width = max([len(r["file"]) for r in rows] + [4])
-    typer.echo(f"{'file':<{width}}  {'top class':<9} {'prob':>6} {'malignancy':>10}  referral")
+    meta_col = metadata is not None
+    typer.echo(f"{'file':<{width}}  {'top class':<9} {'prob':>6} {'malignancy':>10}  "
+               + ("metadata  " if meta_col else "") + "referral")
     for r in rows:
         typer.echo(f"{r['file']:<{width}}  {r['top_class']:<9} {r['probability']:>6.3f} {r['malignancy']:>10.3f}  "
-                   f"{r['referral']}")
+                   + (f"{r['metadata']:<8}  " if meta_col else "") + r["referral"])
     for path, reason in errors:
         typer.secho(f"failed: {reason}", fg="red", err=True)
     if out is not None:

@@ -85,6 +85,8 @@ def test_predict_command_with_a_metadata_csv(exported, trained_run, small_ham, t
     assert "palm not seen in training" in proc.stderr
     table = pd.read_csv(tmp_path / "p.csv")
     assert table["metadata"].tolist() == ["yes", "no", "no"]
+    printed = [line.split() for line in proc.stdout.splitlines() if line.startswith(tuple(files))]
+    assert [p[4] for p in printed] == ["yes", "no", "no"]  # file, class, prob, malignancy, metadata
     np.testing.assert_allclose(table.loc[0, [f"p_{c}" for c in CLASSES]].to_numpy(float),
                                torch_preds.loc[0, [f"p_{c}" for c in CLASSES]].to_numpy(float), atol=1e-4)
 
