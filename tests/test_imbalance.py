@@ -17,7 +17,7 @@ def _datamodule(root, *sets):
     return LesionDataModule(cfg, progress=False).build()
 
 
-@pytest.mark.parametrize("sampler, power", [("shuffle", 0.0), ("sqrt", 0.5), ("balanced", 1.0)])
+@pytest.mark.parametrize("sampler, power", [("shuffle", 0.0), ("sqrt", 0.5), ("balanced", 1.0), (0.75, 0.75)])
 def test_training_batches_follow_the_sampled_class_prior(small_ham, sampler, power):
     dm = _datamodule(small_ham, f"data.sampler={sampler}")
     counts = dm.class_counts().astype(float)
@@ -28,6 +28,13 @@ def test_training_batches_follow_the_sampled_class_prior(small_ham, sampler, pow
         for _, y in loader:
             drawn += np.bincount(y.numpy(), minlength=len(prior))
     assert np.abs(drawn / drawn.sum() - prior).max() < 0.02
+
+
+def test_sampler_power_outside_0_1_is_refused(small_ham):
+    from lesion_pl.errors import LesionPLError
+
+    with pytest.raises(LesionPLError, match=r"data.sampler must be one of .* or a power in \[0, 1\], got '1.5'"):
+        _datamodule(small_ham, "data.sampler=1.5").train_dataloader()
 
 
 def test_balanced_class_weights_equalise_the_classes(small_ham):

@@ -29,9 +29,12 @@ from .transforms import augment_batch
 BALANCE_POWER = {"none": 0.0, "shuffle": 0.0, "sqrt": 0.5, "balanced": 1.0}
 
 
-def balance_power(name: str, key: str) -> float:
+def balance_power(name: str | float, key: str) -> float:
+    """The power p of count^-p that a name stands for; a number in [0, 1] is the power itself."""
+    if isinstance(name, (int, float)) and not isinstance(name, bool) and 0 <= name <= 1:
+        return float(name)
     if name not in BALANCE_POWER:
-        raise LesionPLError(f"{key} must be one of {', '.join(BALANCE_POWER)}, got '{name}'")
+        raise LesionPLError(f"{key} must be one of {', '.join(BALANCE_POWER)} or a power in [0, 1], got '{name}'")
     return BALANCE_POWER[name]
 
 
