@@ -152,9 +152,8 @@ class LesionOnnxClassifier:
             if not self.clinical:
                 raise LesionPLError(f"{self.path} was exported without a clinical-metadata model; predict without "
                                     "metadata, or export a run calibrated with calibration.clinical: true")
-            records = self.clinical_records(metadata)
-            used = clinical.encode(records, self.clinical)[1]
-            probs = clinical.apply(probs, records, self.clinical).astype(np.float32)
+            probs, used = clinical.fused(probs, self.clinical_records(metadata), self.clinical)
+            probs = probs.astype(np.float32)
             if threshold is not None:
                 threshold = np.where(used, self.referral_threshold, threshold)
         return Predictions(self.classes, probs, probs[:, self.malignant_indices].sum(axis=1), threshold,

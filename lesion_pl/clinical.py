@@ -118,7 +118,10 @@ def fit(records: Mapping[str, Sequence], labels: np.ndarray, columns: Mapping[st
 
 def log_ratio(records: Mapping[str, Sequence], model: dict) -> np.ndarray:
     """log p(class | metadata) - log p(class) per row [N, C]; zero rows where a row has no metadata."""
-    x, has_any = encode(records, model)
+    return _log_ratio(*encode(records, model), model)
+
+
+def _log_ratio(x: np.ndarray, has_any: np.ndarray, model: dict) -> np.ndarray:
     z = x @ np.asarray(model["coef"]).T + np.asarray(model["intercept"])
     z = z - z.max(axis=1, keepdims=True)
     log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
@@ -142,10 +145,16 @@ def fit_weight(probs: np.ndarray, ratio: np.ndarray, labels: np.ndarray, max_wei
     return round(best[1], 6), best[0]
 
 
+def fused(probs: np.ndarray, records: Mapping[str, Sequence], model: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A run's fused probabilities and which rows had usable metadata (the records encoded once)."""
+    if _rows(records) != len(probs):
+        raise ValueError(f"{_rows(records)} metadata rows for {len(probs)} images")
+    x, has_any = encode(records, model)
+    return fuse(probs, _log_ratio(x, has_any, model), model["weight"]), has_any
+
+
 def apply(probs: np.ndarray, records: Mapping[str, Sequence] | None, model: dict | None) -> np.ndarray:
     """A run's fused probabilities: `probs` unchanged without a model or without records."""
     if model is None or records is None:
         return np.asarray(probs, dtype=np.float64)
-    if _rows(records) != len(probs):
-        raise ValueError(f"{_rows(records)} metadata rows for {len(probs)} images")
-    return fuse(probs, log_ratio(records, model), model["weight"])
+    return fused(probs, records, model)[0]

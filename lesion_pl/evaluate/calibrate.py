@@ -37,11 +37,10 @@ def fit_clinical(dm, val_ds, val_probs: np.ndarray, val_labels: np.ndarray, colu
                   if not clinical.present(train, columns) else "the train split has fewer than two classes")
         return None, {"used": False, "reason": reason}
     rows = dm.table.iloc[val_ds.indices]
-    ratio = clinical.log_ratio(rows, model)
-    model["weight"], fused_nll = clinical.fit_weight(val_probs, ratio, val_labels)
-    fused = clinical.fuse(val_probs, ratio, model["weight"])
+    model["weight"], fused_nll = clinical.fit_weight(val_probs, clinical.log_ratio(rows, model), val_labels)
+    fused, with_metadata = clinical.fused(val_probs, rows, model)
     return model, {"used": True, "fields": sorted(model["columns"]), "weight": model["weight"],
-                   "val_images_with_metadata": int(clinical.encode(rows, model)[1].sum()),
+                   "val_images_with_metadata": int(with_metadata.sum()),
                    "val_nll_image_only": nll(val_probs, val_labels), "val_nll_fused": fused_nll,
                    "val_auroc_malignant_image_only": binary_auroc(*scores_and_positives(val_probs, val_labels, "malignant")),
                    "val_auroc_malignant_fused": binary_auroc(*scores_and_positives(fused, val_labels, "malignant"))}

@@ -54,7 +54,9 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     cal = load_calibration(run, data_root, progress)
     logits = predict_logits(load_classifier(run.best), ds, tta=tta, progress=progress)
     rows = dm.table.iloc[ds.indices]
-    raw, image_probs, probs = softmax(logits), calibrated(logits, cal), calibrated(logits, cal, rows)
+    raw, image_probs = softmax(logits), calibrated(logits, cal)
+    probs, with_metadata = (clinical.fused(image_probs, rows, cal["clinical"]) if cal.get("clinical")
+                            else (image_probs, None))
     pred = decide(probs, cal)
     if "melanoma_target" in rows:
         return _binary_test(run, cfg, cal, probs, pred, rows, split, dm, tta)
@@ -79,7 +81,7 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
         image_report = metrics_report(torch.from_numpy(image_probs).float(), t_target,
                                       torch.from_numpy(decide(image_probs, cal)))
         report["clinical"] = {"weight": cal["clinical"]["weight"], "fields": sorted(cal["clinical"]["columns"]),
-                              "images_with_metadata": int(clinical.encode(rows, cal["clinical"])[1].sum()),
+                              "images_with_metadata": int(with_metadata.sum()),
                               "image_only": {k: image_report[k] for k in HEADLINE}}
     report["operating_points"] = operating_points(cal, probs, target, rows["group"].to_numpy(),
                                                   int(cfg["calibration"]["bootstrap"]), int(cfg["seed"]))
