@@ -26,6 +26,25 @@ def _batch_mixer(augment: dict):
     return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
 
 
+def _balanced_rule_shift(config: dict, class_weights, class_prior, tau: float) -> torch.Tensor | None:
+    """What validation adds to the logits so that its metrics score the class the balanced rule names.
+
+    The logits learn the class distribution the loss sees: the sampler's class prior times the loss's
+    class weights, less the part logit adjustment (tau) took out. Test names the class with the balanced
+    rule (`calibration.decision`), which divides that prior out; validation, which picks the checkpoint
+    and stops early, does the same, so a sampler that is not class-balanced is judged as test will judge
+    it. The default balanced sampler has a uniform prior: no shift.
+    """
+    c = config.get("calibration", {})
+    if not class_prior or c.get("decision") != "balanced" or not c.get("prior_correction", False):
+        return None
+    prior = torch.tensor(class_prior, dtype=torch.float64)
+    if class_weights:
+        prior = prior * torch.tensor(class_weights, dtype=torch.float64)
+    shift = -(1.0 - tau) * torch.log(prior / prior.sum())
+    return None if torch.allclose(shift, shift[0]) else (shift - shift.mean()).float()
+
+
 class LesionClassifier(pl.LightningModule):
     """Takes uint8 NCHW images (0..255), returns logits over the label space.
 
@@ -50,6 +69,8 @@ class LesionClassifier(pl.LightningModule):
         tau = float(config["loss"].get("logit_adjustment", 0.0))
         shift = tau * torch.log(torch.tensor(class_prior, dtype=torch.float32)) if tau and class_prior else None
         self.register_buffer("logit_shift", shift, persistent=False)
+        self.register_buffer("eval_shift", _balanced_rule_shift(config, class_weights, class_prior, tau),
+                             persistent=False)
         self.mix = _batch_mixer(config["data"].get("augment", {}))
         self.train_metrics = metric_collection(auroc=False).clone(prefix="train/")
         self.val_metrics = metric_collection(per_class=True).clone(prefix="val/")
@@ -74,7 +95,9 @@ class LesionClassifier(pl.LightningModule):
         loss = F.cross_entropy(shifted, soft, weight=self.class_weights,
                                label_smoothing=float(self.config["loss"]["label_smoothing"]))
         metrics = getattr(self, f"{stage}_metrics")
-        metrics.update(logits.float().softmax(dim=1), target)
+        scored = logits.float() + self.eval_shift if stage != "train" and self.eval_shift is not None \
+            else logits.float()
+        metrics.update(scored.softmax(dim=1), target)
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(target),
                  sync_dist=not on_step)

@@ -59,3 +59,50 @@ def test_logit_adjusted_loss_shifts_training_logits_only():
     # tau 0 (the default) or no prior: the plain loss
     plain = LesionClassifier(load_config(None, ["model.widths=[8,16,32,64]"]), [0.5] * 3, [0.2] * 3, None, prior)
     assert plain.logit_shift is None
+
+
+def _val_balanced_accuracy(model, images, target) -> float:
+    model.log = model.log_dict = lambda *a, **k: None
+    model._step((images, target), "val")
+    value = float(model.val_metrics.compute()["val/balanced_accuracy"])
+    model.val_metrics.reset()
+    return value
+
+
+def test_validation_scores_the_balanced_rule_where_the_sampler_is_not_balanced(small_ham):
+    from sklearn.metrics import balanced_accuracy_score
+
+    dm = _datamodule(small_ham, "data.sampler=sqrt")
+    prior = np.array(dm.sampled_class_prior())
+    cfg = load_config(None, ["model.widths=[8,16,32,64]", "data.sampler=sqrt"])
+    m = LesionClassifier(cfg, [0.5] * 3, [0.2] * 3, None, prior.tolist()).eval()
+    # logits of a network that learned these batches: the sampled prior plus what each image shows
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.log(torch.tensor(prior)) + torch.randn(40, 7, generator=gen, dtype=torch.float64)
+    m.forward = lambda images: logits.float()
+    images, target = torch.zeros(40, 3, 32, 32, dtype=torch.uint8), torch.arange(40) % 7
+    balanced = (logits - torch.log(torch.tensor(prior))).argmax(1)
+    assert not torch.equal(balanced, logits.argmax(1))  # the rule names other classes here
+    with torch.no_grad():
+        got = _val_balanced_accuracy(m, images, target)
+    assert got == pytest.approx(balanced_accuracy_score(target, balanced), abs=1e-6)
+
+    # the balanced sampler's prior is uniform; the accuracy rule names argmax p: both score plain argmax
+    for sets, p in ((["data.sampler=balanced"], [1 / 7] * 7), (["calibration.decision=accuracy"], prior.tolist())):
+        plain = LesionClassifier(load_config(None, ["model.widths=[8,16,32,64]", *sets]), [0.5] * 3, [0.2] * 3,
+                                 None, p)
+        assert plain.eval_shift is None
+
+
+def test_balanced_rule_shift_follows_class_weights_and_logit_adjustment():
+    prior = np.array([0.4, 0.2, 0.1, 0.1, 0.1, 0.05, 0.05])
+    weights = (1 / prior).tolist()  # weights that undo the prior: the loss sees balanced classes
+    base = ["model.widths=[8,16,32,64]"]
+    assert LesionClassifier(load_config(None, base), [0.5] * 3, [0.2] * 3, weights, prior.tolist()).eval_shift is None
+    adjusted = LesionClassifier(load_config(None, [*base, "loss.logit_adjustment=1.0"]), [0.5] * 3, [0.2] * 3,
+                                None, prior.tolist())
+    assert adjusted.eval_shift is None  # tau 1 already trains the balanced posterior
+    half = LesionClassifier(load_config(None, [*base, "loss.logit_adjustment=0.5"]), [0.5] * 3, [0.2] * 3,
+                            None, prior.tolist()).eval_shift.double()
+    expected = -0.5 * np.log(prior)
+    assert np.allclose(half.numpy(), expected - expected.mean(), atol=1e-6)
