@@ -64,17 +64,27 @@ class LesionClassifier(pl.LightningModule):
             self.net = self.net.to(memory_format=torch.channels_last)
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
-        # logit adjustment (Menon et al., ICLR 2021): the training loss sees logits + tau * log(prior of the
-        # training batches), so the logits themselves learn the class-balanced posterior
-        tau = float(config["loss"].get("logit_adjustment", 0.0))
-        shift = tau * torch.log(torch.tensor(class_prior, dtype=torch.float32)) if tau and class_prior else None
-        self.register_buffer("logit_shift", shift, persistent=False)
-        self.register_buffer("eval_shift", _balanced_rule_shift(config, class_weights, class_prior, tau),
-                             persistent=False)
+        self.set_class_prior(class_prior)
         self.mix = _batch_mixer(config["data"].get("augment", {}))
         self.train_metrics = metric_collection(auroc=False).clone(prefix="train/")
         self.val_metrics = metric_collection(per_class=True).clone(prefix="val/")
         self.test_metrics = metric_collection(per_class=True).clone(prefix="test/")
+
+    def set_class_prior(self, class_prior: list | None) -> None:
+        """The class prior of the training batches, and the logit shifts that follow from it."""
+        tau = float(self.config["loss"].get("logit_adjustment", 0.0))
+        # logit adjustment (Menon et al., ICLR 2021): the training loss sees logits + tau * log(prior of the
+        # training batches), so the logits themselves learn the class-balanced posterior
+        shift = tau * torch.log(torch.tensor(class_prior, dtype=torch.float32)) if tau and class_prior else None
+        weights = self.class_weights.tolist() if self.class_weights is not None else None
+        balanced = _balanced_rule_shift(self.config, weights, class_prior, tau)
+        for name, value in (("logit_shift", shift), ("eval_shift", balanced)):
+            self.register_buffer(name, value.to(self.device) if value is not None else None, persistent=False)
+
+    def on_train_epoch_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if self.config["data"].get("sampler_start") is not None and dm is not None:  # the sampler ramps
+            self.set_class_prior(dm.sampled_class_prior(self.current_epoch))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(self._prepare(self.normalize(images)))

@@ -30,11 +30,17 @@ def test_training_batches_follow_the_sampled_class_prior(small_ham, sampler, pow
     assert np.abs(drawn / drawn.sum() - prior).max() < 0.02
 
 
-def test_sampler_power_outside_0_1_is_refused(small_ham):
+@pytest.mark.parametrize("sets, message", [
+    (["data.sampler=1.5"], r"data.sampler must be one of .* or a power in \[0, 1\], got '1.5'"),
+    (["data.sampler_start=uniform"], r"data.sampler_start must be one of .* or a power in \[0, 1\], got 'uniform'"),
+    (["data.sampler_start=balanced", "data.sampler_ramp_epochs=0"],
+     r"data.sampler_ramp_epochs must be a whole number of epochs >= 1, got '0'"),
+])
+def test_bad_sampler_settings_are_refused(small_ham, sets, message):
     from lesion_pl.errors import LesionPLError
 
-    with pytest.raises(LesionPLError, match=r"data.sampler must be one of .* or a power in \[0, 1\], got '1.5'"):
-        _datamodule(small_ham, "data.sampler=1.5").train_dataloader()
+    with pytest.raises(LesionPLError, match=message):
+        _datamodule(small_ham, *sets).train_dataloader()
 
 
 def test_balanced_class_weights_equalise_the_classes(small_ham):
@@ -106,3 +112,43 @@ def test_balanced_rule_shift_follows_class_weights_and_logit_adjustment():
                             None, prior.tolist()).eval_shift.double()
     expected = -0.5 * np.log(prior)
     assert np.allclose(half.numpy(), expected - expected.mean(), atol=1e-6)
+
+
+def test_sampler_ramp_moves_the_batches_and_the_validation_rule_with_the_epoch(small_ham, tmp_path):
+    import pytorch_lightning as pl
+
+    sets = ["data.sampler=shuffle", "data.sampler_start=balanced", "data.sampler_ramp_epochs=2"]
+    dm = _datamodule(small_ham, *sets)
+    assert [dm.sampler_power(e) for e in (0, 1, 2, 7, None)] == [1.0, 0.5, 0.0, 0.0, 0.0]
+    counts = dm.class_counts().astype(float)
+    loader = dm.train_dataloader()
+    for epoch, power in ((0, 1.0), (1, 0.5), (2, 0.0)):
+        loader.sampler.set_epoch(epoch)  # as Lightning does before each epoch
+        drawn = np.zeros(len(counts))
+        for _ in range(30):
+            for _, y in loader:
+                drawn += np.bincount(y.numpy(), minlength=len(counts))
+        expected = counts ** (1 - power) / (counts ** (1 - power)).sum()
+        assert np.abs(drawn / drawn.sum() - expected).max() < 0.02, epoch
+
+    # in a real fit, validation after each epoch divides out that epoch's prior
+    seen = {}
+
+    class Record(pl.Callback):
+        def on_validation_epoch_start(self, trainer, module):
+            shift = module.eval_shift
+            seen[trainer.current_epoch] = None if shift is None else shift.numpy().copy()
+
+    cfg = load_config(None, [f"data.root={small_ham}", "data.image_size=32", "data.batch_size=16",
+                             "model.widths=[8,16,32,64]", *sets])
+    from lesion_pl.data.datamodule import LesionDataModule
+
+    dm = LesionDataModule(cfg, progress=False).build()
+    model = LesionClassifier(cfg, *dm.train_stats(), None, dm.sampled_class_prior())
+    pl.Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1, callbacks=[Record()], logger=False,
+               enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+               num_sanity_val_steps=0, default_root_dir=tmp_path).fit(model, datamodule=dm)
+    assert seen[0] is None  # the balanced start: a uniform prior
+    for epoch in (1, 2):
+        log_prior = np.log(dm.sampled_class_prior(epoch))
+        assert np.allclose(seen[epoch], -(log_prior - log_prior.mean()), atol=1e-5), epoch

@@ -38,6 +38,18 @@ def balance_power(name: str | float, key: str) -> float:
     return BALANCE_POWER[name]
 
 
+class EpochWeightedSampler(WeightedRandomSampler):
+    """Draws with replacement with per-image weights that may change with the epoch: Lightning calls
+    `set_epoch` before every training epoch (through its DDP wrapper too)."""
+
+    def __init__(self, weights_at, num_samples: int, generator: torch.Generator):
+        self.weights_at = weights_at
+        super().__init__(weights_at(0).tolist(), num_samples=num_samples, replacement=True, generator=generator)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.weights = torch.as_tensor(self.weights_at(epoch), dtype=torch.double)
+
+
 def channel_stats(cache: np.ndarray, indices: np.ndarray, chunk: int = 512) -> tuple[list, list]:
     """Per-channel mean and std (0..1 scale) of the cached images `indices`."""
     s = np.zeros(3)
@@ -121,15 +133,29 @@ class LesionDataModule(pl.LightningDataModule):
         w *= counts.sum() / (w * counts).sum()
         return w.tolist()
 
-    def _sampler_weights(self) -> np.ndarray:
-        """Per-class sampling weight of one training image: count^-p for `data.sampler`'s power p."""
-        p = balance_power(self.cfg["data"]["sampler"], "data.sampler")
-        return np.maximum(self.class_counts(), 1).astype(float) ** -p
+    def sampler_power(self, epoch: int | None = None) -> float:
+        """The power p of the training sampler's count^-p at this epoch (None: once any ramp is over).
 
-    def sampled_class_prior(self) -> list[float]:
+        With `data.sampler_start`, p moves linearly from that sampler's power to `data.sampler`'s over
+        the first `data.sampler_ramp_epochs` epochs."""
+        d = self.cfg["data"]
+        end = balance_power(d["sampler"], "data.sampler")
+        if d.get("sampler_start") is None:
+            return end
+        start = balance_power(d["sampler_start"], "data.sampler_start")
+        ramp = d.get("sampler_ramp_epochs")
+        if isinstance(ramp, bool) or not isinstance(ramp, int) or ramp < 1:
+            raise LesionPLError(f"data.sampler_ramp_epochs must be a whole number of epochs >= 1, got '{ramp}'")
+        return end if epoch is None else start + (end - start) * min(1.0, epoch / ramp)
+
+    def _sampler_weights(self, epoch: int | None = None) -> np.ndarray:
+        """Per-class sampling weight of one training image: count^-p."""
+        return np.maximum(self.class_counts(), 1).astype(float) ** -self.sampler_power(epoch)
+
+    def sampled_class_prior(self, epoch: int | None = None) -> list[float]:
         """The class distribution of training batches: the train split's counts as the sampler reweights them."""
         # a class missing from train keeps a count of 1: log(0) would make the smoothed loss infinite
-        drawn = np.maximum(self.class_counts(), 1) * self._sampler_weights()
+        drawn = np.maximum(self.class_counts(), 1) * self._sampler_weights(epoch)
         return (drawn / drawn.sum()).tolist()
 
     def setup(self, stage: str | None = None) -> None:
@@ -175,11 +201,13 @@ class LesionDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = self._fit_dataset("train")
-        if balance_power(self.cfg["data"]["sampler"], "data.sampler") == 0:
+        ramp = self.cfg["data"].get("sampler_start") is not None
+        if self.sampler_power() == 0 and not ramp:
             return self._loader(ds, shuffle=True, drop_last=True)
-        weights = self._sampler_weights()[np.asarray(ds.labels)]
+        labels = np.asarray(ds.labels)
         gen = torch.Generator().manual_seed(int(self.cfg["seed"]))
-        sampler = WeightedRandomSampler(weights.tolist(), num_samples=len(ds), replacement=True, generator=gen)
+        sampler = EpochWeightedSampler(lambda epoch: self._sampler_weights(epoch if ramp else None)[labels],
+                                       num_samples=len(ds), generator=gen)
         return self._loader(ds, sampler=sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
