@@ -77,9 +77,10 @@ class LesionClassifier(pl.LightningModule):
         # training batches), so the logits themselves learn the class-balanced posterior
         shift = tau * torch.log(torch.tensor(class_prior, dtype=torch.float32)) if tau and class_prior else None
         weights = self.class_weights.tolist() if self.class_weights is not None else None
-        balanced = _balanced_rule_shift(self.config, weights, class_prior, tau)
-        for name, value in (("logit_shift", shift), ("eval_shift", balanced)):
-            self.register_buffer(name, value.to(self.device) if value is not None else None, persistent=False)
+        # plain attributes, not buffers: the weight average (EMA) pairs the buffers of the model and of its
+        # average one to one, and a shift can come and go as the prior changes
+        self.logit_shift = shift
+        self.eval_shift = _balanced_rule_shift(self.config, weights, class_prior, tau)
 
     def on_train_epoch_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
@@ -100,13 +101,13 @@ class LesionClassifier(pl.LightningModule):
             logits = self.net(self._prepare(x))
         else:
             logits, soft = self(images), target
-        shifted = logits.float() + self.logit_shift if stage == "train" and self.logit_shift is not None \
-            else logits.float()
+        shifted = logits.float() + self.logit_shift.to(logits.device) \
+            if stage == "train" and self.logit_shift is not None else logits.float()
         loss = F.cross_entropy(shifted, soft, weight=self.class_weights,
                                label_smoothing=float(self.config["loss"]["label_smoothing"]))
         metrics = getattr(self, f"{stage}_metrics")
-        scored = logits.float() + self.eval_shift if stage != "train" and self.eval_shift is not None \
-            else logits.float()
+        scored = logits.float() + self.eval_shift.to(logits.device) \
+            if stage != "train" and self.eval_shift is not None else logits.float()
         metrics.update(scored.softmax(dim=1), target)
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(target),

@@ -145,7 +145,8 @@ def test_sampler_ramp_moves_the_batches_and_the_validation_rule_with_the_epoch(s
 
     dm = LesionDataModule(cfg, progress=False).build()
     model = LesionClassifier(cfg, *dm.train_stats(), None, dm.sampled_class_prior())
-    pl.Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1, callbacks=[Record()], logger=False,
+    ema = pl.callbacks.EMAWeightAveraging(decay=0.99)  # as fit has: it pairs the model's buffers with its own
+    pl.Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1, callbacks=[Record(), ema], logger=False,
                enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                num_sanity_val_steps=0, default_root_dir=tmp_path).fit(model, datamodule=dm)
     assert seen[0] is None  # the balanced start: a uniform prior
