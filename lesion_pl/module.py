@@ -4,11 +4,13 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
+from .calibration import decision_bias
 from .classes import NUM_CLASSES
 from .config import duration_seconds
 from .evaluate.metrics import metric_collection
@@ -27,22 +29,22 @@ def _batch_mixer(augment: dict):
 
 
 def _balanced_rule_shift(config: dict, class_weights, class_prior, tau: float) -> torch.Tensor | None:
-    """What validation adds to the logits so that its metrics score the class the balanced rule names.
+    """What validation adds to the logits so that its metrics score the class `calibration.decision` names.
 
     The logits learn the class distribution the loss sees: the sampler's class prior times the loss's
-    class weights, less the part logit adjustment (tau) took out. Test names the class with the balanced
-    rule (`calibration.decision`), which divides that prior out; validation, which picks the checkpoint
-    and stops early, does the same, so a sampler that is not class-balanced is judged as test will judge
-    it. The default balanced sampler has a uniform prior: no shift.
+    class weights, less the part logit adjustment (tau) took out. Test names the class with the run's
+    decision rule (`decision_bias`: the balanced rule divides the prior out); validation, which picks the
+    checkpoint and stops early, does the same, so a sampler that is not class-balanced is judged as test
+    will judge it. The default balanced sampler has a uniform prior: no shift.
     """
     c = config.get("calibration", {})
-    if not class_prior or c.get("decision") != "balanced" or not c.get("prior_correction", False):
-        return None
-    prior = torch.tensor(class_prior, dtype=torch.float64)
+    if not class_prior or not c.get("prior_correction", False):
+        return None  # calibrate then names the most probable class
+    prior = np.asarray(class_prior, dtype=np.float64)
     if class_weights:
-        prior = prior * torch.tensor(class_weights, dtype=torch.float64)
-    shift = -(1.0 - tau) * torch.log(prior / prior.sum())
-    return None if torch.allclose(shift, shift[0]) else (shift - shift.mean()).float()
+        prior = prior * np.asarray(class_weights, dtype=np.float64)
+    bias = decision_bias((1.0 - tau) * np.log(prior / prior.sum()), c.get("decision", "balanced"))
+    return None if bias is None or np.allclose(bias, 0.0) else torch.tensor(bias, dtype=torch.float32)
 
 
 class LesionClassifier(pl.LightningModule):
