@@ -84,6 +84,16 @@ class LesionClassifier(pl.LightningModule):
         self.logit_shift = shift
         self.eval_shift = _balanced_rule_shift(self.config, weights, class_prior, tau)
 
+    def _shifted(self, logits: torch.Tensor, name: str) -> torch.Tensor:
+        """float logits plus the shift `name` (none: unchanged); the shift moves to their device once."""
+        shift = getattr(self, name)
+        if shift is None:
+            return logits.float()
+        if shift.device != logits.device:
+            shift = shift.to(logits.device)
+            setattr(self, name, shift)
+        return logits.float() + shift
+
     def on_train_epoch_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
         if self.config["data"].get("sampler_start") is not None and dm is not None:  # the sampler ramps
@@ -103,13 +113,11 @@ class LesionClassifier(pl.LightningModule):
             logits = self.net(self._prepare(x))
         else:
             logits, soft = self(images), target
-        shifted = logits.float() + self.logit_shift.to(logits.device) \
-            if stage == "train" and self.logit_shift is not None else logits.float()
+        shifted = self._shifted(logits, "logit_shift") if stage == "train" else logits.float()
         loss = F.cross_entropy(shifted, soft, weight=self.class_weights,
                                label_smoothing=float(self.config["loss"]["label_smoothing"]))
         metrics = getattr(self, f"{stage}_metrics")
-        scored = logits.float() + self.eval_shift.to(logits.device) \
-            if stage != "train" and self.eval_shift is not None else logits.float()
+        scored = self._shifted(logits, "eval_shift") if stage != "train" else logits.float()
         metrics.update(scored.softmax(dim=1), target)
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=len(target),
