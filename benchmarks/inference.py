@@ -65,7 +65,7 @@ def main() -> None:
         path = run / "export" / file
         if path.exists():
             clf = LesionOnnxClassifier(path)
-            engines[name] = lambda b, clf=clf: clf.predict_arrays(b).probabilities
+            engines[name] = lambda b, clf=clf: clf.predict_arrays(b, tta=False).probabilities  # as eager: one view
 
     from sklearn.metrics import balanced_accuracy_score
 

@@ -45,7 +45,8 @@ def main() -> None:
     print(f"epochs run: {summary['epochs']}, best epoch (val): {summary['best_epoch']}, "
           f"val balanced accuracy {summary['best_val_balanced_accuracy']:.4f}")
     print(f"seconds per epoch: {summary['seconds_per_epoch']}, fit wall time: {fit_wall / 60:.1f} min")
-    print(f"TEST ({metrics['n_images']} images): balanced accuracy {metrics['balanced_accuracy']:.4f}, "
+    views = "8-view TTA" if metrics.get("tta") else "one view"
+    print(f"TEST ({metrics['n_images']} images, {views}): balanced accuracy {metrics['balanced_accuracy']:.4f}, "
           f"accuracy {metrics['accuracy']:.4f}, macro AUROC {metrics['auroc_macro']:.4f}, "
           f"malignant-vs-benign AUROC {metrics['auroc_malignant']:.4f}")
     if metrics.get("clinical"):

@@ -68,6 +68,8 @@ def metadata(run_summary: dict, image_size: int, mean: list, std: list, calibrat
         "class_bias": json.dumps(calibration.get("class_bias") or [0.0] * NUM_CLASSES),
         "decision_rule": calibration.get("decision", "accuracy"),
         "decision_bias": json.dumps(calibration.get("decision_bias") or [0.0] * NUM_CLASSES),
+        # the thresholds and metadata weight were fitted on 8-view TTA scores: the runtime's default
+        "tta": json.dumps(bool(calibration.get("tta", False))),
         "clinical": json.dumps(calibration.get("clinical")),  # metadata model (lesion_pl.clinical) or null
         "operating_points": json.dumps(_operating_points(calibration["operating_points"])),
         # thresholds for images predicted without metadata, where the run fused it

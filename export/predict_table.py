@@ -51,7 +51,7 @@ def _echo_metadata_use(metadata: list[dict | None], source: Path, clf: LesionOnn
                     f"(known: {', '.join(known)})", fg="yellow", err=True)
 
 
-def predict_table(model: Path, files: list[Path], out: Path | None, batch_size: int, tta: bool = False,
+def predict_table(model: Path, files: list[Path], out: Path | None, batch_size: int, tta: bool | None = None,
                   progress: bool = False, metadata_csv: Path | None = None) -> int:
     """Returns the number of files that could not be predicted."""
     if out is not None and out.suffix.lower() not in (".csv", ".json"):

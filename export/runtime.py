@@ -119,6 +119,8 @@ class LesionOnnxClassifier:
         bias = json.loads(self.metadata.get("decision_bias", "null"))
         self.decision_bias = None if bias is None else np.asarray(bias, dtype=np.float64)
         self.clinical = json.loads(self.metadata.get("clinical", "null"))
+        # predict with the views the run was calibrated on, unless a call says otherwise
+        self.tta = bool(json.loads(self.metadata.get("tta", "false")))
 
     @property
     def clinical_fields(self) -> dict[str, str]:
@@ -159,12 +161,12 @@ class LesionOnnxClassifier:
         return Predictions(self.classes, probs, probs[:, self.malignant_indices].sum(axis=1), threshold,
                            self.decision_bias, used)
 
-    def predict_arrays(self, batch: np.ndarray, tta: bool = False,
+    def predict_arrays(self, batch: np.ndarray, tta: bool | None = None,
                        metadata: Sequence[Metadata] | None = None) -> Predictions:
-        """Preprocessed uint8 [N, size, size, 3] -> predictions; `tta` averages the 8 flips/rotations;
-        `metadata`: one dict (age, sex, site) or None per image."""
+        """Preprocessed uint8 [N, size, size, 3] -> predictions; `tta` averages the 8 flips/rotations
+        (None: as the run was calibrated, `self.tta`); `metadata`: one dict (age, sex, site) or None per image."""
         batch = np.asarray(batch, dtype=np.uint8)
-        if tta:
+        if self.tta if tta is None else tta:
             views = [np.rot90(batch, k, axes=(1, 2)) for k in range(4)]
             views += [v[:, :, ::-1] for v in views]
             out = self.session.run(["probabilities"], {"images": np.ascontiguousarray(np.concatenate(views))})[0]
@@ -173,7 +175,7 @@ class LesionOnnxClassifier:
             probs = self.session.run(["probabilities"], {"images": np.ascontiguousarray(batch)})[0]
         return self._result(probs, metadata)
 
-    def predict(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 32, tta: bool = False,
+    def predict(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 32, tta: bool | None = None,
                 metadata: Metadata | Sequence[Metadata] | None = None) -> Predictions:
         if isinstance(images, (str, os.PathLike, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim <= 3):
             images = [images]
@@ -184,7 +186,7 @@ class LesionOnnxClassifier:
             parts.append(self.predict_arrays(np.stack([self.preprocess(im) for im in chunk]), tta).probabilities)
         return self._result(np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), np.float32), metadata)
 
-    def predict_files(self, paths: Iterable[str | os.PathLike], batch_size: int = 32, tta: bool = False,
+    def predict_files(self, paths: Iterable[str | os.PathLike], batch_size: int = 32, tta: bool | None = None,
                       progress: bool = False, metadata: Sequence[Metadata] | None = None):
         """Predict every readable file (`metadata`: one entry per path, or None); returns (paths
         predicted, Predictions, [(path, error), ...])."""

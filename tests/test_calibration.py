@@ -156,25 +156,37 @@ def test_test_reports_calibration_and_operating_points(trained_run):
 
 
 def test_calibrated_tta_probabilities_agree_between_torch_and_onnx(trained_run, small_ham, tmp_path):
+    """calibration.tta (the default) fits on 8-view scores; `test` and the exported model then score
+    8 views unless told otherwise, and give the same probabilities."""
+    cal = json.loads((trained_run / "calibration.json").read_text())
+    assert cal["tta"] is True
     r = invoke("export", "--run", trained_run, "--quiet")
     assert r.exit_code == 0, r.output
-    r = invoke("test", "--run", trained_run, "--tta", "--quiet")
+    r = invoke("test", "--run", trained_run, "--quiet")
     assert r.exit_code == 0, r.output
+    assert "the mean of 8 flips/rotations per image" in r.output and "note:" not in r.output
+    assert json.loads((trained_run / "test" / "metrics.json").read_text())["tta"] is True
     preds = pd.read_csv(trained_run / "test" / "predictions.csv")
     clf = LesionOnnxClassifier(trained_run / "export" / "model.onnx")
-    cal = json.loads((trained_run / "calibration.json").read_text())
+    assert clf.tta is True
     assert float(clf.metadata["temperature"]) == pytest.approx(cal["temperature"])
     assert json.loads(clf.metadata["class_bias"]) == pytest.approx(cal["class_bias"])
     files = [next(small_ham.rglob(f"{i}.jpg")) for i in preds["image_id"]]
     metadata = clinical_metadata(small_ham, preds["image_id"])  # test fused them, so the runtime does too
-    onnx_tta = clf.predict(files, tta=True, metadata=metadata).probabilities
+    onnx_default = clf.predict(files, metadata=metadata)
     torch_tta = preds[[f"p_{c}" for c in CLASSES]].to_numpy()
-    assert np.abs(onnx_tta - torch_tta).max() <= 1e-4
+    assert np.abs(onnx_default.probabilities - torch_tta).max() <= 1e-4
     assert clf.metadata["decision_rule"] == cal["decision"]
-    assert clf.predict(files, tta=True, metadata=metadata).top_class == preds["pred"].tolist()  # same decision rule
-    # TTA does change something
-    assert np.abs(clf.predict(files, metadata=metadata).probabilities - torch_tta).max() > 1e-3
-    invoke("test", "--run", trained_run, "--quiet")  # leave the plain test outputs for other tests
+    assert onnx_default.top_class == preds["pred"].tolist()  # same decision rule
+    onnx_one_view = clf.predict(files, tta=False, metadata=metadata).probabilities
+    assert np.abs(onnx_one_view - torch_tta).max() > 1e-3  # TTA does change something
+
+    r = invoke("test", "--run", trained_run, "--no-tta", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert "one view per image" in r.output and "calibrated on 8-view scores" in r.output
+    one_view = pd.read_csv(trained_run / "test" / "predictions.csv")
+    assert np.abs(one_view[[f"p_{c}" for c in CLASSES]].to_numpy() - onnx_one_view).max() <= 1e-4
+    assert invoke("test", "--run", trained_run, "--quiet").exit_code == 0  # leave the default outputs for other tests
 
 
 def test_predict_says_refer_or_not(trained_run, small_ham):

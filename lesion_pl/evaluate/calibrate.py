@@ -72,9 +72,10 @@ def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool 
     dm = dm or run.datamodule(cfg, progress)
     ds = dm.dataset("val")
     labels = np.asarray(ds.labels)
-    logits = predict_logits(load_classifier(run.best), ds, progress=progress)
     c = cfg["calibration"]
-    result = {"split": "val", "n_images": int(len(labels))}
+    tta = bool(c.get("tta", False))  # the scores thresholds are chosen on must be the scores they will be applied to
+    logits = predict_logits(load_classifier(run.best), ds, tta=tta, progress=progress)
+    result = {"split": "val", "n_images": int(len(labels)), "tta": tta}
     if c.get("prior_correction", False):
         counts = np.maximum(dm.class_counts("train"), 1)
         log_prior = np.log(counts / counts.sum())
@@ -95,7 +96,7 @@ def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool 
             probs = calibrated(logits, result, dm.table.iloc[ds.indices])
     result.update(val_nll_before=nll(softmax(logits), labels), val_nll_after=nll(probs, labels),
                   val_balanced_accuracy=balanced_accuracy(labels, decide(probs, result)),
-                  val_balanced_accuracy_argmax_logits=balanced_accuracy(labels, logits.argmax(1)),
+                  val_balanced_accuracy_argmax_logits=balanced_accuracy(labels, softmax(logits).argmax(1)),
                   val_auroc_malignant=binary_auroc(*scores_and_positives(probs, labels, "malignant")),
                   operating_points=fit_operating_points(probs, labels, c))
     atomic_write_json(run.path / "calibration.json", result)

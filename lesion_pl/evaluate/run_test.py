@@ -33,7 +33,7 @@ def operating_points(cal: dict, probs: np.ndarray, target: np.ndarray, groups: n
     return out
 
 
-def test_run(run_path: Path, data_root: Path | None = None, split: str = "test", tta: bool = False,
+def test_run(run_path: Path, data_root: Path | None = None, split: str = "test", tta: bool | None = None,
              progress: bool = True, data_format: str | None = None, skip_bad_images: bool = False) -> dict:
     from ..checkpoint import load_classifier
     from .calibrate import load_calibration
@@ -52,6 +52,8 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
         raise LesionPLError(f"the {split} split of {dm.root} is empty")
 
     cal = load_calibration(run, data_root, progress)
+    if tta is None:  # as the run was calibrated
+        tta = bool(cal.get("tta", False))
     logits = predict_logits(load_classifier(run.best), ds, tta=tta, progress=progress)
     rows = dm.table.iloc[ds.indices]
     raw, image_probs = softmax(logits), calibrated(logits, cal)
@@ -64,7 +66,7 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     t_target = torch.from_numpy(target)
     report = metrics_report(torch.from_numpy(probs).float(), t_target, torch.from_numpy(pred))
     report = {"split": split, "data_root": str(dm.root), "checkpoint": str(run.best), "tta": tta,
-              "skipped_bad_images": dm.skipped, **report}
+              "tta_calibrated": bool(cal.get("tta", False)), "skipped_bad_images": dm.skipped, **report}
     report["ci95"] = headline_ci(probs, target, rows["group"].to_numpy(), int(cfg["calibration"]["bootstrap"]),
                                  int(cfg["seed"]), pred)
     report["calibration"] = {
@@ -145,7 +147,11 @@ def format_report(report: dict) -> str:
             lines.append(f"  {name} referral at p >= {op['threshold']:.3f}: sensitivity {op['sensitivity']:.3f}, "
                          f"specificity {op['specificity']:.3f}")
         return "\n".join(lines)
-    lines = [f"{report['n_images']} images ({report['split']} split of {report['data_root']})"]
+    views = "the mean of 8 flips/rotations per image" if report["tta"] else "one view per image"
+    lines = [f"{report['n_images']} images ({report['split']} split of {report['data_root']}), {views}"]
+    if report["tta"] != report.get("tta_calibrated", report["tta"]):
+        lines.append(f"note: the run was calibrated on {'8-view' if report['tta_calibrated'] else 'single-view'} "
+                     "scores, so its temperature, metadata weight and referral thresholds were fitted on other scores")
     if len(report["classes_present"]) < len(report["per_class"]):
         lines.append(f"metrics are over the {len(report['classes_present'])} classes present: "
                      f"{', '.join(report['classes_present'])}")
