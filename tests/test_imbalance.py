@@ -19,7 +19,7 @@ def _datamodule(root, *sets):
 
 @pytest.mark.parametrize("sampler, power", [("shuffle", 0.0), ("sqrt", 0.5), ("balanced", 1.0), (0.75, 0.75)])
 def test_training_batches_follow_the_sampled_class_prior(small_ham, sampler, power):
-    dm = _datamodule(small_ham, f"data.sampler={sampler}")
+    dm = _datamodule(small_ham, f"data.sampler={sampler}", "data.sampler_start=null")  # no ramp
     counts = dm.class_counts().astype(float)
     prior = np.array(dm.sampled_class_prior())
     assert np.allclose(prior, counts ** (1 - power) / (counts ** (1 - power)).sum())
