@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from export.runtime import LesionOnnxClassifier
 from lesion_pl.config import load_config
 from lesion_pl.evaluate.gradcam import gradcam, mass_inside
 from lesion_pl.module import LesionClassifier
@@ -86,9 +87,16 @@ def test_explain_writes_overlays_and_names_bad_files(trained_run, small_ham, tmp
     r = invoke("explain", *images, bad, "--run", trained_run, "--out", tmp_path / "ex")
     assert r.exit_code == 1
     assert "broken.jpg" in r.output
-    for img in images:
+    model = trained_run / "export" / "model.onnx"
+    if not model.exists():
+        assert invoke("export", "--run", trained_run, "--quiet").exit_code == 0
+    onnx = LesionOnnxClassifier(model).predict(images)  # the image alone, scored as the run was calibrated
+    for img, top, p, mal in zip(images, onnx.top_class, onnx.top_probability, onnx.malignancy):
         assert (tmp_path / "ex" / f"{img.stem}_gradcam.png").stat().st_size > 10_000
-        assert img.name in r.output and "malignancy" in r.output
+        line = next(line for line in r.output.splitlines() if line.startswith(str(img)))
+        shown = re.search(r": (\w+) ([\d.]+), malignancy ([\d.]+) ->", line)
+        assert shown[1] == top  # explain names and shows what predict gives
+        assert float(shown[2]) == pytest.approx(p, abs=1e-3) and float(shown[3]) == pytest.approx(mal, abs=1e-3)
 
 
 def test_gradcam_on_a_timm_cnn_and_mass_inside():

@@ -18,6 +18,7 @@ def explain_images(paths: list[Path], run_path: Path, out_dir: Path | None = Non
     """Writes OUT/<name>_gradcam.png per image; returns ([(path, png, top class, prob, malignancy)], [(path, error)])."""
     from ..checkpoint import load_classifier
     from .gradcam import gradcam, overlay
+    from .inference import dihedral_views
     from .report_figures import _plt, _png
 
     run = RunDir(Path(run_path))
@@ -39,10 +40,17 @@ def explain_images(paths: list[Path], run_path: Path, out_dir: Path | None = Non
         except ImageReadError as e:
             errors.append((path, str(e)))
             continue
-        cam, logits = gradcam(model, torch.from_numpy(img.copy()).permute(2, 0, 1)[None].contiguous(),
-                              choose=lambda z: torch.from_numpy(decide(calibrated(z.numpy(), cal), cal)))
-        probs = calibrated(logits.numpy(), cal)[0]
-        top = int(decide(probs, cal))
+        x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].contiguous()
+        if cal.get("tta"):  # the probabilities predict gives; the map explains the class they name, on this view
+            with torch.inference_mode():
+                views = torch.stack([model(v).float() for v in dihedral_views(x)], dim=1)
+            probs = calibrated(views.numpy(), cal)[0]
+            top = int(decide(probs, cal))
+            cam, _ = gradcam(model, x, target=torch.tensor([top]))
+        else:
+            cam, logits = gradcam(model, x, choose=lambda z: torch.from_numpy(decide(calibrated(z.numpy(), cal), cal)))
+            probs = calibrated(logits.numpy(), cal)[0]
+            top = int(decide(probs, cal))
         mal = float(probs[list(MALIGNANT_INDICES)].sum())
         fig, axes = plt.subplots(1, 3, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1, 1, 1.1]})
         axes[0].imshow(img)
@@ -54,7 +62,8 @@ def explain_images(paths: list[Path], run_path: Path, out_dir: Path | None = Non
             ax.set_yticks([])
         order = np.argsort(probs)
         axes[2].barh([CLASSES[i] for i in order], probs[order], color="tab:blue")
-        axes[2].set(xlim=(0, 1), xlabel="probability (calibrated" + (", image only)" if cal.get("clinical") else ")"))
+        axes[2].set(xlim=(0, 1), xlabel="probability (calibrated" + (", 8 views" if cal.get("tta") else "")
+                    + (", image only)" if cal.get("clinical") else ")"))
         refer = "" if threshold is None else (" - refer" if mal >= threshold else " - no referral at this threshold")
         fig.suptitle(f"{Path(path).name}: {DISPLAY_NAMES[CLASSES[top]]} ({probs[top]:.2f}), "
                      f"malignancy {mal:.2f}{refer}", fontsize=10)
