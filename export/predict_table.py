@@ -86,6 +86,12 @@ def predict_table(model: Path, files: list[Path], out: Path | None, batch_size: 
             typer.echo(f"referral threshold{which}: malignancy >= {op['threshold']:.3f}, chosen on validation for "
                        f"sensitivity >= {op['target_sensitivity']:.2f} (validation sensitivity "
                        f"{op['val_sensitivity']:.3f}, specificity {op['val_specificity']:.3f}).")
+    views = clf.tta if tta is None else tta
+    typer.echo("Each image scored as the mean of its 8 flips/90-degree rotations." if views
+               else "Each image scored on one view.")
+    if views != clf.tta:
+        typer.secho(f"note: {model} was calibrated on {'8-view' if clf.tta else 'single-view'} scores; its "
+                    "thresholds were fitted on other scores than these", fg="yellow", err=True)
     typer.echo("A research tool, not a diagnostic device.")
     width = max([len(r["file"]) for r in rows] + [4])
     meta_col = metadata is not None

@@ -198,6 +198,9 @@ def test_predict_says_refer_or_not(trained_run, small_ham):
     r = invoke("predict", *files, "--model", model)
     assert r.exit_code == 0, r.output
     assert "referral threshold: malignancy >=" in r.output and "not a diagnostic device" in r.output
+    assert "mean of its 8 flips/90-degree rotations" in r.output  # as the run was calibrated
+    r1 = invoke("predict", *files, "--model", model, "--no-tta")
+    assert "scored on one view" in r1.output and "calibrated on 8-view scores" in r1.output
     res = clf.predict(files)
     for f, refer in zip(files, res.refer):
         line = next(l for l in r.output.splitlines() if l.startswith(str(f)))
