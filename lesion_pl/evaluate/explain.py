@@ -18,7 +18,7 @@ def explain_images(paths: list[Path], run_path: Path, out_dir: Path | None = Non
     """Writes OUT/<name>_gradcam.png per image; returns ([(path, png, top class, prob, malignancy)], [(path, error)])."""
     from ..checkpoint import load_classifier
     from .gradcam import gradcam, overlay
-    from .inference import dihedral_views
+    from .inference import batch_logits
     from .report_figures import _plt, _png
 
     run = RunDir(Path(run_path))
@@ -41,16 +41,11 @@ def explain_images(paths: list[Path], run_path: Path, out_dir: Path | None = Non
             errors.append((path, str(e)))
             continue
         x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].contiguous()
-        if cal.get("tta"):  # the probabilities predict gives; the map explains the class they name, on this view
-            with torch.inference_mode():
-                views = torch.stack([model(v).float() for v in dihedral_views(x)], dim=1)
-            probs = calibrated(views.numpy(), cal)[0]
-            top = int(decide(probs, cal))
-            cam, _ = gradcam(model, x, target=torch.tensor([top]))
-        else:
-            cam, logits = gradcam(model, x, choose=lambda z: torch.from_numpy(decide(calibrated(z.numpy(), cal), cal)))
-            probs = calibrated(logits.numpy(), cal)[0]
-            top = int(decide(probs, cal))
+        # the probabilities predict gives (8 views where the run was calibrated on them); the map
+        # explains the class they name, on the image as given
+        probs = calibrated(batch_logits(model, x, bool(cal.get("tta"))).numpy(), cal)[0]
+        top = int(decide(probs, cal))
+        cam, _ = gradcam(model, x, target=torch.tensor([top]))
         mal = float(probs[list(MALIGNANT_INDICES)].sum())
         fig, axes = plt.subplots(1, 3, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1, 1, 1.1]})
         axes[0].imshow(img)

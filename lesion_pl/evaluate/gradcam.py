@@ -9,11 +9,10 @@ import torch.nn.functional as F
 from ..errors import LesionPLError
 
 
-def gradcam(classifier, images: torch.Tensor, target: torch.Tensor | None = None, choose=None):
+def gradcam(classifier, images: torch.Tensor, target: torch.Tensor | None = None):
     """uint8 NCHW images -> (maps [N, H, W] in 0..1 at input size, logits [N, C]).
 
-    The map explains `target`, else the classes `choose(logits)` names, else the highest logits,
-    through the network's final feature map.
+    The map explains `target` (else the highest logits) through the network's final feature map.
     """
     net = classifier.net
     if not (hasattr(net, "forward_features") and hasattr(net, "forward_head")):
@@ -24,10 +23,7 @@ def gradcam(classifier, images: torch.Tensor, target: torch.Tensor | None = None
             raise LesionPLError(f"Grad-CAM needs a 4-D feature map; {type(net).__name__} gives {tuple(feats.shape)}")
         feats = feats.detach().requires_grad_(True)
         logits = net.forward_head(feats)
-        if target is not None:
-            cls = target
-        else:
-            cls = logits.argmax(1) if choose is None else choose(logits.detach())
+        cls = logits.argmax(1) if target is None else target
         (grads,) = torch.autograd.grad(logits.gather(1, cls[:, None]).sum(), feats)
     cam = F.relu((grads.mean(dim=(2, 3), keepdim=True) * feats).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]

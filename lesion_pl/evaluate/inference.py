@@ -17,6 +17,14 @@ def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
 
 
 @torch.inference_mode()
+def batch_logits(model, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """Logits [N, C] of a batch, or [N, 8, C] with `tta` (one row per view)."""
+    if tta:
+        return torch.stack([model(v).float() for v in dihedral_views(x)], dim=1)
+    return model(x).float()
+
+
+@torch.inference_mode()
 def predict_logits(model, dataset, batch_size: int = 128, tta: bool = False, progress: bool = True) -> np.ndarray:
     """Logits [N, C], or [N, 8, C] with `tta` (one row per view)."""
     from tqdm.auto import tqdm
@@ -26,9 +34,5 @@ def predict_logits(model, dataset, batch_size: int = 128, tta: bool = False, pro
     out = []
     for x, _ in tqdm(loader, desc="predicting" + (" (8-view TTA)" if tta else ""), unit="batch",
                      disable=not progress):
-        x = x.to(device)
-        if tta:
-            out.append(torch.stack([model(v).float() for v in dihedral_views(x)], dim=1).cpu())
-        else:
-            out.append(model(x).float().cpu())
+        out.append(batch_logits(model, x.to(device), tta).cpu())
     return torch.cat(out).numpy()
