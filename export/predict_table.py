@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 
 from lesion_pl import clinical
+from lesion_pl.calibration import views_note
 from lesion_pl.errors import LesionPLError
 from lesion_pl.io import atomic_write_text
 
@@ -89,9 +90,9 @@ def predict_table(model: Path, files: list[Path], out: Path | None, batch_size: 
     views = clf.tta if tta is None else tta
     typer.echo("Each image scored as the mean of its 8 flips/90-degree rotations." if views
                else "Each image scored on one view.")
-    if views != clf.tta:
-        typer.secho(f"note: {model} was calibrated on {'8-view' if clf.tta else 'single-view'} scores; its "
-                    "thresholds were fitted on other scores than these", fg="yellow", err=True)
+    note = views_note(views, clf.tta)
+    if note:
+        typer.secho(f"{model}: {note}", fg="yellow", err=True)
     typer.echo("A research tool, not a diagnostic device.")
     width = max([len(r["file"]) for r in rows] + [4])
     meta_col = metadata is not None

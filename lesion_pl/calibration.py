@@ -22,6 +22,14 @@ def softmax(logits: np.ndarray, temperature: float = 1.0, bias=None) -> np.ndarr
     return p.mean(axis=1) if p.ndim == 3 else p
 
 
+def views_note(tta: bool, calibrated_tta: bool) -> str | None:
+    """A warning where images are scored on other views than the calibration was fitted on."""
+    if tta == calibrated_tta:
+        return None
+    return (f"note: calibrated on {'8-view' if calibrated_tta else 'single-view'} scores, so the temperature, "
+            "metadata weight and referral thresholds were fitted on other scores than these")
+
+
 def nll(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
 

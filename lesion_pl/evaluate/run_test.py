@@ -9,7 +9,7 @@ import torch
 
 from .. import clinical
 from ..classes import CLASSES, MALIGNANT_INDICES
-from ..calibration import binary_stats, bootstrap_ci, brier_score, calibrated, decide, softmax
+from ..calibration import binary_stats, bootstrap_ci, brier_score, calibrated, decide, softmax, views_note
 from ..errors import LesionPLError
 from ..io import atomic_path, atomic_write_json
 from ..run import RunDir
@@ -149,9 +149,9 @@ def format_report(report: dict) -> str:
         return "\n".join(lines)
     views = "the mean of 8 flips/rotations per image" if report["tta"] else "one view per image"
     lines = [f"{report['n_images']} images ({report['split']} split of {report['data_root']}), {views}"]
-    if report["tta"] != report.get("tta_calibrated", report["tta"]):
-        lines.append(f"note: the run was calibrated on {'8-view' if report['tta_calibrated'] else 'single-view'} "
-                     "scores, so its temperature, metadata weight and referral thresholds were fitted on other scores")
+    note = views_note(report["tta"], report.get("tta_calibrated", report["tta"]))
+    if note:
+        lines.append(note)
     if len(report["classes_present"]) < len(report["per_class"]):
         lines.append(f"metrics are over the {len(report['classes_present'])} classes present: "
                      f"{', '.join(report['classes_present'])}")
