@@ -63,7 +63,8 @@ def fit(
     """Train a model; writes the resolved config, splits.csv, logs and checkpoints into --out.
 
     Several devices or machines train with Lightning's DDP (one process per device); only the
-    first process writes the summary.
+    first process writes the summary. `--set trainer.members=3` trains an ensemble of 3 (into
+    OUT/members/0..2, one after another, sharing trainer.max_time); every later command uses all of them.
     """
     from lesion_pl.config import load_config
     from lesion_pl.training import fit as run_fit
@@ -92,9 +93,14 @@ def fit(
     if summary["skipped_bad_images"]:
         typer.secho(f"warning: skipped {len(summary['skipped_bad_images'])} unreadable image(s); "
                     f"listed in {out / 'summary.json'}", fg="yellow", err=True)
-    typer.echo(f"best val balanced accuracy {summary['best_val_balanced_accuracy']:.4f} "
-               f"(epoch {summary['best_epoch']}), {summary['epochs']} epochs in {summary['fit_seconds']:.0f} s; "
-               f"run folder: {out}")
+    for i, m in enumerate(summary.get("members", [])):
+        typer.echo(f"member {i} (seed {m['seed']}): best val balanced accuracy {m['best_val_balanced_accuracy']:.4f} "
+                   f"(epoch {m['best_epoch']}), {m['epochs']} epochs in {m['fit_seconds']:.0f} s")
+    what = "the ensemble's calibrated val balanced accuracy" if summary.get("members") else "best val balanced accuracy"
+    best = summary["best_val_balanced_accuracy"]
+    epoch = "" if summary.get("members") else f" (epoch {summary['best_epoch']})"
+    typer.echo(f"{what} {'n/a' if best is None else f'{best:.4f}'}{epoch}, {summary['epochs']} epochs in "
+               f"{summary['fit_seconds']:.0f} s; run folder: {out}")
 
 
 @app.command()

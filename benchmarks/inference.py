@@ -41,9 +41,10 @@ def main() -> None:
 
     from export.onnx_export import OnnxWrapper
     from export.runtime import LesionOnnxClassifier
-    from lesion_pl.checkpoint import load_classifier
+    from lesion_pl.checkpoint import load_run_model
     from lesion_pl.config import load_config
     from lesion_pl.data.datamodule import LesionDataModule
+    from lesion_pl.run import RunDir
 
     run = args.run
     cfg = load_config(run / "config.yaml")
@@ -53,7 +54,7 @@ def main() -> None:
     labels = dm.table["label"].to_numpy()[idx]
 
     calibration = json.loads((run / "calibration.json").read_text())
-    torch_model = OnnxWrapper(load_classifier(run / "checkpoints" / "best.ckpt"), calibration).eval()
+    torch_model = OnnxWrapper(load_run_model(RunDir(run)), calibration).eval()
     torch_model.classifier.channels_last = bool(cfg["trainer"].get("channels_last"))
 
     @torch.inference_mode()

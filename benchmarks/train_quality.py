@@ -42,8 +42,12 @@ def main() -> None:
           f"torch {torch.__version__}, {'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}")
     print(f"config: configs/ham10000.yaml {' '.join(args.extra)} (model {summary['model']}, "
           f"{summary['image_size']} px), training budget {budget}")
+    for i, m in enumerate(summary.get("members", [])):
+        print(f"member {i} (seed {m['seed']}): {m['epochs']} epochs at {m['seconds_per_epoch']} s, best epoch "
+              f"{m['best_epoch']}, val balanced accuracy {m['best_val_balanced_accuracy']:.4f}")
     print(f"epochs run: {summary['epochs']}, best epoch (val): {summary['best_epoch']}, "
-          f"val balanced accuracy {summary['best_val_balanced_accuracy']:.4f}")
+          f"val balanced accuracy {summary['best_val_balanced_accuracy']:.4f}"
+          + (" (the calibrated ensemble)" if summary.get("members") else ""))
     print(f"seconds per epoch: {summary['seconds_per_epoch']}, fit wall time: {fit_wall / 60:.1f} min")
     views = "8-view TTA" if metrics.get("tta") else "one view"
     print(f"TEST ({metrics['n_images']} images, {views}): balanced accuracy {metrics['balanced_accuracy']:.4f}, "

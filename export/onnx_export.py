@@ -63,6 +63,7 @@ def metadata(run_summary: dict, image_size: int, mean: list, std: list, calibrat
         "normalization": json.dumps({"mean": mean, "std": std, "scale": "0..1"}),
         "version": __version__,
         "model": str(run_summary.get("model", "")),
+        "members": str(len(run_summary.get("members", [])) or 1),  # >1: one graph averaging an ensemble
         "val_metrics": json.dumps(run_summary.get("best_val_metrics", {})),
         "temperature": repr(float(calibration["temperature"])),
         "class_bias": json.dumps(calibration.get("class_bias") or [0.0] * NUM_CLASSES),

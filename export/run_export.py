@@ -34,7 +34,7 @@ def _accuracy(clf, images: np.ndarray, labels: np.ndarray) -> dict:
 
 def export_run(run_path: Path, opset: int = 18, int8: bool = False, data_root: Path | None = None,
                progress: bool = True) -> dict:
-    from lesion_pl.checkpoint import load_classifier
+    from lesion_pl.checkpoint import load_run_model
     from lesion_pl.evaluate.calibrate import load_calibration
 
     from .onnx_export import PARITY_TOLERANCE, export_onnx, metadata, parity
@@ -44,7 +44,7 @@ def export_run(run_path: Path, opset: int = 18, int8: bool = False, data_root: P
     run.require_fitted()
     cfg = run.load_config(data_root)
     summary = json.loads(run.summary.read_text()) if run.summary.exists() else {}
-    classifier = load_classifier(run.best)
+    classifier = load_run_model(run)
     hp = classifier.hparams
     size = int(cfg["data"]["image_size"])
     out_dir = run.path / "export"

@@ -1,4 +1,5 @@
-"""Load a LesionClassifier from a checkpoint with torch.load(weights_only=True): no pickled code runs."""
+"""Load a LesionClassifier from a checkpoint with torch.load(weights_only=True): no pickled code runs;
+and a run's model, one classifier or the ensemble of its members."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,3 +24,13 @@ def load_classifier(path: Path, map_location: str = "cpu"):
     model = LesionClassifier(**hp)
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
+
+
+def load_run_model(run, map_location: str = "cpu"):
+    """The model a run evaluates: its best checkpoint, or the Ensemble of its members' best ones."""
+    from .ensemble import Ensemble
+
+    paths = run.best_checkpoints
+    if len(paths) == 1 and not run.members:
+        return load_classifier(paths[0], map_location)
+    return Ensemble([load_classifier(p, map_location) for p in paths]).eval()

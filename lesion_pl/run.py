@@ -1,7 +1,9 @@
 """The run folder: where `fit` writes and every later command reads.
 
 runs/NAME/config.yaml, splits.csv, summary.json, checkpoints/{best,last}.ckpt, logs/metrics.csv,
-test/{metrics.json, predictions.csv, confusion_matrix.png, roc.png}.
+test/{metrics.json, predictions.csv, confusion_matrix.png, roc.png}. An ensemble (trainer.members > 1)
+keeps each member as a run folder of its own, members/0, members/1, ..., in place of checkpoints/ and
+logs/; the calibration, test and export of the ensemble live at the top.
 """
 from __future__ import annotations
 
@@ -40,6 +42,20 @@ class RunDir:
         return self.checkpoints / "last.ckpt"
 
     @property
+    def members(self) -> list["RunDir"]:
+        """The ensemble's member runs in order (none: a single model)."""
+        folder = self.path / "members"
+        if not folder.is_dir():
+            return []
+        return [RunDir(p) for p in sorted((p for p in folder.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))]
+
+    @property
+    def best_checkpoints(self) -> list[Path]:
+        """The checkpoint(s) evaluated: the run's best.ckpt, or each member's."""
+        members = self.members
+        return [m.best for m in members] if members else [self.best]
+
+    @property
     def test(self) -> Path:
         return self.path / "test"
 
@@ -75,4 +91,12 @@ class RunDir:
         made_by = f"python cli.py fit --out {self.path}"
         self.require(self.config, made_by)
         self.require(self.splits, made_by)
-        self.require(self.best, made_by)
+        for ckpt in self.best_checkpoints:
+            self.require(ckpt, made_by)
+        from .config import read_yaml
+
+        # the saved file itself: a run older than the option has no such key, and is one model
+        expected = int(read_yaml(self.config).get("trainer", {}).get("members") or 1)
+        if expected > 1 and len(self.members) < expected:
+            raise LesionPLError(f"{self.path} is an ensemble of {expected} members but holds "
+                                f"{len(self.members)}; `{made_by} --resume` trains the rest")

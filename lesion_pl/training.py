@@ -66,18 +66,27 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
 
     With several processes (DDP), Lightning starts the others once this one has built the split and
     the cache, so they read both; only global rank 0 writes the summary and calibrates (the others
-    return None).
+    return None). With `trainer.members` > 1 the members train one after another (seeds seed,
+    seed + 1, ...) into members/0, members/1, ..., each a run folder of its own, sharing the split,
+    the cache and the `trainer.max_time` budget; the ensemble is calibrated as one model.
     """
     started = time.time()  # elapsed times in the log count from here, imports and data checks included
     import pytorch_lightning as pl
 
     from .data.datamodule import LesionDataModule
-    from .module import LesionClassifier
 
     run = RunDir(Path(out))
-    if resume:
+    members = member_count(cfg, run, resume)
+    if members > 1 and (str(cfg["trainer"]["devices"]) != "1" or int(cfg["trainer"].get("num_nodes") or 1) > 1):
+        raise LesionPLError(f"trainer.members={members} trains its members one after another in one process; "
+                            "with several devices or machines, fit each member as a run of its own")
+    trained = run.members + ([run] if run.checkpoints.exists() else [])
+    if resume and members == 1:
         run.require(run.last, f"python cli.py fit --out {out}")
-    elif run.checkpoints.exists() and any(run.checkpoints.iterdir()):
+    elif resume and not any(r.last.exists() or r.summary.exists() for r in trained):
+        raise LesionPLError(f"{run.path / 'members'} holds no member to continue; "
+                            f"`python cli.py fit --out {out}` makes them")
+    elif not resume and any(r.checkpoints.exists() and any(r.checkpoints.iterdir()) for r in trained):
         raise LesionPLError(f"run folder {out} already holds checkpoints; "
                             "pass --resume to continue it, or choose another --out")
     pl.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
@@ -89,6 +98,95 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
     save_config(cfg, run.config)
     if not run.splits.exists():
         write_splits(dm.table, dm.split, run.splits)
+
+    if members == 1:
+        summary = _train(cfg, run, dm, resume, progress, started)
+        if summary is None:
+            return None
+    else:
+        summary = _train_members(cfg, run, dm, members, progress, started)
+        atomic_write_json(run.summary, summary)
+    if all(p.exists() for p in run.best_checkpoints):
+        from .evaluate.calibrate import calibrate_run
+        summary["calibration"] = calibrate_run(run.path, progress=progress, dm=dm)
+        if members > 1:  # the ensemble's validation figures exist only once it is calibrated
+            cal = summary["calibration"]
+            summary["best_val_balanced_accuracy"] = cal["val_balanced_accuracy"]
+            summary["best_val_metrics"] = {"balanced_accuracy": round(cal["val_balanced_accuracy"], 4),
+                                           "auroc_malignant": round(cal["val_auroc_malignant"], 4),
+                                           "scored": "calibrated ensemble"}
+            atomic_write_json(run.summary, {k: v for k, v in summary.items() if k != "calibration"})
+    return summary
+
+
+def member_count(cfg: dict, run: RunDir, resume: bool) -> int:
+    """How many models `fit` trains; a run resumed from a top-level last.ckpt is one model, whatever
+    the default (runs made before `trainer.members` existed have no such key)."""
+    if resume and run.last.exists():
+        return 1
+    n = cfg["trainer"].get("members")
+    n = 1 if n is None else n
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or int(n) != n or n < 1:
+        raise LesionPLError(f"trainer.members must be a whole number >= 1, got {n}")
+    return int(n)
+
+
+def _member_config(cfg: dict, i: int, budget_left: float | None, members_left: int) -> dict:
+    """Member i: the run's config with seed + i, trained as one model, with its share of the time left."""
+    import copy
+
+    member = copy.deepcopy(cfg)
+    member["seed"] = int(cfg["seed"]) + i
+    member["trainer"]["members"] = 1
+    if budget_left is not None:
+        member["trainer"]["max_time"] = round(max(60.0, budget_left / members_left))
+    return member
+
+
+def _train_members(cfg: dict, run: RunDir, dm, members: int, progress: bool, started: float) -> dict:
+    """Train (or finish, on --resume) each member in turn; the ensemble's summary."""
+    import pytorch_lightning as pl
+
+    budget = duration_seconds(cfg["trainer"].get("max_time"))
+    done = []
+    for i in range(members):
+        member = RunDir(run.path / "members" / str(i))
+        if member.summary.exists():  # trained before a --resume
+            done.append(json.loads(member.summary.read_text()))
+            continue
+        left = None if budget is None else budget - sum(d["fit_seconds"] for d in done)
+        mcfg = _member_config(cfg, i, left, members - i)
+        member.path.mkdir(parents=True, exist_ok=True)
+        save_config(mcfg, member.config)
+        shutil.copy(run.splits, member.splits)
+        if progress:
+            print(f"member {i + 1} of {members} (seed {mcfg['seed']}) -> {member.path}", flush=True)
+        pl.seed_everything(int(mcfg["seed"]), workers=True, verbose=False)
+        dm.cfg = mcfg  # the same data; the sampler draws with the member's seed
+        summary = _train(mcfg, member, dm, member.last.exists(), progress, started)
+        done.append(summary)
+    first = done[0]
+    epochs = sum(d["epochs"] for d in done)
+    fit_seconds = round(sum(d["fit_seconds"] for d in done), 1)
+    return {
+        **{k: first[k] for k in ("data_root", "images", "left_out", "skipped_bad_images", "model", "image_size")},
+        "members": [{"run": str(Path("members") / str(i)), "seed": int(cfg["seed"]) + i,
+                     **{k: d[k] for k in ("epochs", "best_epoch", "best_val_balanced_accuracy", "fit_seconds",
+                                          "seconds_per_epoch")}} for i, d in enumerate(done)],
+        "epochs": epochs,
+        "best_epoch": [d["best_epoch"] for d in done],
+        "best_val_balanced_accuracy": None,  # the ensemble's: filled in by its calibration
+        "best_val_metrics": {},
+        "fit_seconds": fit_seconds,
+        "seconds_per_epoch": round(fit_seconds / max(1, epochs), 1),
+        "train_mean": first["train_mean"],
+        "train_std": first["train_std"],
+    }
+
+
+def _train(cfg: dict, run: RunDir, dm, resume: bool, progress: bool, started: float) -> dict | None:
+    """One model trained into `run` (checkpoints, logs, summary.json); its summary (None off rank 0)."""
+    from .module import LesionClassifier
 
     mean, std = dm.train_stats()
     model = LesionClassifier(cfg, mean, std, dm.class_weights(), dm.sampled_class_prior())
@@ -125,9 +223,6 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
         "train_std": std,
     }
     atomic_write_json(run.summary, summary)
-    if run.best.exists():
-        from .evaluate.calibrate import calibrate_run
-        summary["calibration"] = calibrate_run(run.path, progress=progress, dm=dm)
     return summary
 
 

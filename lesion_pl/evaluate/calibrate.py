@@ -62,7 +62,7 @@ def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool 
     """`dm`: the run's datamodule where the caller already has it (fit), so the data is not read twice."""
     from sklearn.metrics import balanced_accuracy_score as balanced_accuracy  # recall over classes present
 
-    from ..checkpoint import load_classifier
+    from ..checkpoint import load_run_model
     from .inference import predict_logits
     from .metrics import binary_auroc
 
@@ -74,7 +74,7 @@ def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool 
     labels = np.asarray(ds.labels)
     c = cfg["calibration"]
     tta = bool(c.get("tta", False))  # the scores thresholds are chosen on must be the scores they will be applied to
-    logits = predict_logits(load_classifier(run.best), ds, tta=tta, progress=progress)
+    logits = predict_logits(load_run_model(run), ds, tta=tta, progress=progress)
     result = {"split": "val", "n_images": int(len(labels)), "tta": tta}
     if c.get("prior_correction", False):
         counts = np.maximum(dm.class_counts("train"), 1)

@@ -16,7 +16,7 @@ from ..run import RunDir
 
 def explain_images(paths: list[Path], run_path: Path, out_dir: Path | None = None):
     """Writes OUT/<name>_gradcam.png per image; returns ([(path, png, top class, prob, malignancy)], [(path, error)])."""
-    from ..checkpoint import load_classifier
+    from ..checkpoint import load_run_model
     from .gradcam import gradcam, overlay
     from .inference import batch_logits
     from .report_figures import _plt, _png
@@ -29,7 +29,7 @@ def explain_images(paths: list[Path], run_path: Path, out_dir: Path | None = Non
     cal = json.loads(cal_path.read_text()) if cal_path.exists() else {"temperature": 1.0, "operating_points": {}}
     # explain sees the image alone: where the run fused metadata, the image-only threshold applies
     threshold = cal.get("operating_points_image_only", cal["operating_points"]).get("malignant", {}).get("threshold")
-    model = load_classifier(run.best)
+    model = load_run_model(run)
     out_dir = Path(out_dir) if out_dir else run.path / "explain"
     out_dir.mkdir(parents=True, exist_ok=True)
     done, errors = [], []

@@ -12,8 +12,17 @@ from ..errors import LesionPLError
 def gradcam(classifier, images: torch.Tensor, target: torch.Tensor | None = None):
     """uint8 NCHW images -> (maps [N, H, W] in 0..1 at input size, logits [N, C]).
 
-    The map explains `target` (else the highest logits) through the network's final feature map.
+    The map explains `target` (else the highest logits) through the network's final feature map; for
+    an ensemble, the mean of its members' maps for the ensemble's class.
     """
+    if hasattr(classifier, "members"):
+        if target is None:
+            with torch.no_grad():
+                target = classifier(images).argmax(1)
+        cam = torch.stack([gradcam(m, images, target)[0] for m in classifier.members]).mean(0)
+        with torch.no_grad():
+            logits = classifier(images).float()
+        return cam / cam.flatten(1).max(1).values.clamp_min(1e-12)[:, None, None], logits
     net = classifier.net
     if not (hasattr(net, "forward_features") and hasattr(net, "forward_head")):
         raise LesionPLError(f"Grad-CAM needs a CNN with forward_features/forward_head; {type(net).__name__} has none")

@@ -66,7 +66,7 @@ def _table(df: pd.DataFrame, floats: str = "{:.3f}") -> str:
 
 def build_report(run_path: Path, data_root: Path | None = None, progress: bool = True,
                  per_class: int = 4, per_confusion: int = 6) -> Path:
-    from ..checkpoint import load_classifier
+    from ..checkpoint import load_run_model
     from ..data.splits import summarize
     from .gradcam import gradcam, mass_inside, overlay
 
@@ -97,7 +97,7 @@ def build_report(run_path: Path, data_root: Path | None = None, progress: bool =
     frame = dm.table.iloc[rows].reset_index(drop=True).assign(pred=[CLASSES[i] for i in pred], wrong=pred != target)
 
     # Grad-CAM for every tested image, in batches
-    model = load_classifier(run.best)
+    model = load_run_model(run)
     cams = []
     for i in range(0, len(images), 64):
         x = torch.from_numpy(np.ascontiguousarray(images[i:i + 64])).permute(0, 3, 1, 2)
@@ -131,9 +131,10 @@ def build_report(run_path: Path, data_root: Path | None = None, progress: bool =
         conf_sections.append((t, p, int(count), key))
 
     # Curves and subgroup tables
-    log_path = run.path / "logs" / "metrics.csv"
-    if log_path.exists():
-        pngs["training_curves"] = figs.training_curves(pd.read_csv(log_path))
+    for n, trained in enumerate(run.members or [run]):  # an ensemble: each member's curves
+        log_path = trained.path / "logs" / "metrics.csv"
+        if log_path.exists():
+            pngs[f"training_curves{'_member' + str(n) if run.members else ''}"] = figs.training_curves(pd.read_csv(log_path))
     mal_prob = probs[:, list(MALIGNANT_INDICES)].sum(1)
     is_mal = np.isin(target, MALIGNANT_INDICES).astype(int)
     pngs["precision_recall"] = figs.precision_recall(target, probs, mal_prob, is_mal)
@@ -236,7 +237,9 @@ def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_st
     per_class = pd.DataFrame(metrics["per_class"]).T
     per_class.insert(0, "diagnosis", [DISPLAY_NAMES[c] for c in per_class.index])
     per_class["support"] = per_class["support"].astype(int)
-    facts = {"data": summary.get("data_root", str(cfg["data"]["root"])), "model": cfg["model"]["name"],
+    members = len(summary.get("members", []))
+    facts = {"data": summary.get("data_root", str(cfg["data"]["root"])),
+             "model": cfg["model"]["name"] + (f", an ensemble of {members}" if members else ""),
              "input size": f"{cfg['data']['image_size']} px", "epochs run": summary.get("epochs"),
              "best epoch (validation)": summary.get("best_epoch"),
              "training wall time": f"{summary['fit_seconds'] / 60:.1f} min" if "fit_seconds" in summary else "",
@@ -250,8 +253,12 @@ def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_st
          "<h2>Run</h2><div class='grid'>",
          _table(pd.DataFrame({"": list(map(str, facts.values()))}, index=list(facts))),
          "<div><b>Images per class and split</b>" + _table(split_table) + "</div></div>"]
-    if "training_curves" in pngs:
-        s += ["<h2>Training</h2>", _img(pngs["training_curves"], "training curves")]
+    curves = [k for k in pngs if k.startswith("training_curves")]
+    if curves:
+        s.append("<h2>Training</h2>")
+        for k in curves:
+            title = f"member {k.rsplit('member', 1)[1]}" if "member" in k else ""
+            s += ([f"<h3>{title}</h3>"] if title else []) + [_img(pngs[k], f"training curves {title}".strip())]
     s += ["<h2>Test metrics</h2>", _table(overall, "{:.4f}"), _table(per_class)]
     s.append(_img(pngs["confusion_matrix"], "confusion matrix"))
     s += ["<h2>ROC and precision-recall</h2>", _img(pngs["roc"], "ROC curves"),

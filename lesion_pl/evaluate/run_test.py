@@ -33,9 +33,17 @@ def operating_points(cal: dict, probs: np.ndarray, target: np.ndarray, groups: n
     return out
 
 
+def _checkpoints(run: RunDir) -> dict:
+    """What was evaluated: the best checkpoint, or an ensemble's members' (listed)."""
+    paths = run.best_checkpoints
+    if not run.members:
+        return {"checkpoint": str(paths[0])}
+    return {"checkpoint": str(run.path / "members"), "members": [str(p) for p in paths]}
+
+
 def test_run(run_path: Path, data_root: Path | None = None, split: str = "test", tta: bool | None = None,
              progress: bool = True, data_format: str | None = None, skip_bad_images: bool = False) -> dict:
-    from ..checkpoint import load_classifier
+    from ..checkpoint import load_run_model
     from .calibrate import load_calibration
     from .inference import predict_logits
     from .metrics import expected_calibration_error, headline_ci, malignancy_calibration_error, metrics_report
@@ -54,7 +62,7 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     cal = load_calibration(run, data_root, progress)
     if tta is None:  # as the run was calibrated
         tta = bool(cal.get("tta", False))
-    logits = predict_logits(load_classifier(run.best), ds, tta=tta, progress=progress)
+    logits = predict_logits(load_run_model(run), ds, tta=tta, progress=progress)
     rows = dm.table.iloc[ds.indices]
     raw, image_probs = softmax(logits), calibrated(logits, cal)
     probs, with_metadata = (clinical.fused(image_probs, rows, cal["clinical"]) if cal.get("clinical")
@@ -65,7 +73,7 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     target = np.asarray(ds.labels)
     t_target = torch.from_numpy(target)
     report = metrics_report(torch.from_numpy(probs).float(), t_target, torch.from_numpy(pred))
-    report = {"split": split, "data_root": str(dm.root), "checkpoint": str(run.best), "tta": tta,
+    report = {"split": split, "data_root": str(dm.root), **_checkpoints(run), "tta": tta,
               "tta_calibrated": bool(cal.get("tta", False)), "skipped_bad_images": dm.skipped, **report}
     report["ci95"] = headline_ci(probs, target, rows["group"].to_numpy(), int(cfg["calibration"]["bootstrap"]),
                                  int(cfg["seed"]), pred)
@@ -114,7 +122,7 @@ def _binary_test(run: RunDir, cfg: dict, cal: dict, probs: np.ndarray, pred: np.
     y = rows["melanoma_target"].to_numpy().astype(int)
     groups = rows["group"].to_numpy()
     scores = {"melanoma": probs[:, CLASSES.index("mel")], "malignant": probs[:, list(MALIGNANT_INDICES)].sum(1)}
-    report = {"split": split, "data_root": str(dm.root), "checkpoint": str(run.best), "tta": tta,
+    report = {"split": split, "data_root": str(dm.root), **_checkpoints(run), "tta": tta,
               "skipped_bad_images": dm.skipped, "binary_target": "melanoma", "n_images": int(len(y)),
               "positives": int(y.sum()), "operating_points": {}}
     for name, s in scores.items():

@@ -1,0 +1,37 @@
+"""An ensemble of classifiers trained on the same split: the mean of their log-probabilities,
+usable wherever one trained classifier is (calibrate, test, explain, report, export)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Ensemble(nn.Module):
+    """uint8 NCHW images -> the members' mean log-softmax [N, C], which calibration treats as logits.
+
+    Averaging log-probabilities (a normalised geometric mean) keeps one member's confident mistake
+    from being drowned out less than averaging probabilities would, and keeps temperature scaling
+    meaningful. Members share the training split, so their normalisation statistics are the same.
+    """
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def hparams(self):
+        return self.members[0].hparams
+
+    @property
+    def channels_last(self) -> bool:
+        return all(m.channels_last for m in self.members)
+
+    @channels_last.setter
+    def channels_last(self, value: bool) -> None:
+        for m in self.members:
+            m.channels_last = value
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(images).float().log_softmax(dim=1) for m in self.members]).mean(dim=0)
