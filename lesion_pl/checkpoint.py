@@ -30,7 +30,6 @@ def load_run_model(run, map_location: str = "cpu"):
     """The model a run evaluates: its best checkpoint, or the Ensemble of its members' best ones."""
     from .ensemble import Ensemble
 
-    paths = run.best_checkpoints
-    if len(paths) == 1 and not run.members:
-        return load_classifier(paths[0], map_location)
-    return Ensemble([load_classifier(p, map_location) for p in paths]).eval()
+    if not run.members:
+        return load_classifier(run.best, map_location)
+    return Ensemble([load_classifier(p, map_location) for p in run.best_checkpoints]).eval()

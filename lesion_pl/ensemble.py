@@ -9,9 +9,9 @@ from torch import nn
 class Ensemble(nn.Module):
     """uint8 NCHW images -> the members' mean log-softmax [N, C], which calibration treats as logits.
 
-    Averaging log-probabilities (a normalised geometric mean) keeps one member's confident mistake
-    from being drowned out less than averaging probabilities would, and keeps temperature scaling
-    meaningful. Members share the training split, so their normalisation statistics are the same.
+    The mean of log-probabilities (a geometric mean of the probabilities) is itself a set of logits,
+    so the run's temperature and prior correction are fitted on it as on one model's. Members share
+    the training split, so their normalisation statistics are the same.
     """
 
     def __init__(self, members: list[nn.Module]):
