@@ -16,12 +16,10 @@ def gradcam(classifier, images: torch.Tensor, target: torch.Tensor | None = None
     an ensemble, the mean of its members' maps for the ensemble's class.
     """
     if hasattr(classifier, "members"):
-        if target is None:
-            with torch.no_grad():
-                target = classifier(images).argmax(1)
-        cam = torch.stack([gradcam(m, images, target)[0] for m in classifier.members]).mean(0)
         with torch.no_grad():
             logits = classifier(images).float()
+        target = logits.argmax(1) if target is None else target
+        cam = torch.stack([gradcam(m, images, target)[0] for m in classifier.members]).mean(0)
         return cam / cam.flatten(1).max(1).values.clamp_min(1e-12)[:, None, None], logits
     net = classifier.net
     if not (hasattr(net, "forward_features") and hasattr(net, "forward_head")):
