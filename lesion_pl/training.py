@@ -165,6 +165,7 @@ def _train_members(cfg: dict, run: RunDir, dm, members: int, progress: bool, sta
         dm.cfg = mcfg  # the same data; the sampler draws with the member's seed
         summary = _train(mcfg, member, dm, member.last.exists(), progress, started)
         done.append(summary)
+    dm.cfg = cfg
     first = done[0]
     epochs = sum(d["epochs"] for d in done)
     fit_seconds = round(sum(d["fit_seconds"] for d in done), 1)
