@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from .calibration import decision_bias
-from .classes import NUM_CLASSES
+from .classes import MALIGNANT_INDICES, NUM_CLASSES
+from .errors import LesionPLError
 from .config import duration_seconds
 from .evaluate.metrics import metric_collection
 from .models.factory import Normalize, build_network
@@ -26,6 +27,20 @@ def _batch_mixer(augment: dict):
     if not mixers:
         return None
     return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
+
+
+def malignant_loss(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """Binary cross entropy of malignant vs benign, on the 7-class logits themselves.
+
+    The malignant logit is logsumexp(malignant logits) - logsumexp(benign logits), the log-odds of the
+    summed malignant probability, the score the malignant AUROC ranks; `soft` is the class index or a
+    (mixed) class distribution.
+    """
+    mal = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
+    mal[list(MALIGNANT_INDICES)] = True
+    binary = torch.logsumexp(logits[:, mal], dim=1) - torch.logsumexp(logits[:, ~mal], dim=1)
+    target = soft[:, mal].sum(dim=1) if soft.ndim == 2 else mal[soft].float()
+    return F.binary_cross_entropy_with_logits(binary, target.to(binary.dtype))
 
 
 def _balanced_rule_shift(config: dict, class_weights, class_prior, tau: float) -> torch.Tensor | None:
@@ -45,6 +60,14 @@ def _balanced_rule_shift(config: dict, class_weights, class_prior, tau: float) -
         prior = prior * np.asarray(class_weights, dtype=np.float64)
     bias = decision_bias((1.0 - tau) * np.log(prior / prior.sum()), c.get("decision", "balanced"))
     return None if bias is None or np.allclose(bias, 0.0) else torch.tensor(bias, dtype=torch.float32)
+
+
+def _malignant_weight(loss: dict) -> float:
+    """`loss.malignant_weight` as a float >= 0 (0, or absent in an older run's config: off)."""
+    value = loss.get("malignant_weight", 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise LesionPLError(f"loss.malignant_weight must be a number >= 0, got {value!r}")
+    return float(value)
 
 
 class LesionClassifier(pl.LightningModule):
@@ -68,6 +91,7 @@ class LesionClassifier(pl.LightningModule):
         self.register_buffer("class_weights", weights, persistent=False)
         self.set_class_prior(class_prior)
         self.mix = _batch_mixer(config["data"].get("augment", {}))
+        self.malignant_weight = _malignant_weight(config["loss"])
         self.train_metrics = metric_collection(auroc=False).clone(prefix="train/")
         self.val_metrics = metric_collection(per_class=True).clone(prefix="val/")
         self.test_metrics = metric_collection(per_class=True).clone(prefix="test/")
@@ -116,6 +140,8 @@ class LesionClassifier(pl.LightningModule):
         shifted = self._shifted(logits, "logit_shift") if stage == "train" else logits.float()
         loss = F.cross_entropy(shifted, soft, weight=self.class_weights,
                                label_smoothing=float(self.config["loss"]["label_smoothing"]))
+        if self.malignant_weight:
+            loss = loss + self.malignant_weight * malignant_loss(shifted, soft)
         metrics = getattr(self, f"{stage}_metrics")
         scored = self._shifted(logits, "eval_shift") if stage != "train" else logits.float()
         metrics.update(scored.softmax(dim=1), target)
