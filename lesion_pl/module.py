@@ -12,8 +12,8 @@ from torchvision.transforms import v2
 
 from .calibration import decision_bias
 from .classes import MALIGNANT_INDICES, NUM_CLASSES
-from .errors import LesionPLError
 from .config import duration_seconds
+from .errors import LesionPLError
 from .evaluate.metrics import metric_collection
 from .models.factory import Normalize, build_network
 
