@@ -1,6 +1,8 @@
 """Metrics against values computed by hand on a small example."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -77,6 +79,24 @@ def test_collection_per_class_keys(example):
     assert out["val/recall_nv"] == pytest.approx(2 / 3)
     assert out["val/accuracy"] == pytest.approx(0.5)
     assert {f"val/auroc_{c}" for c in CLASSES} <= set(out)
+
+
+def test_collection_second_epoch_is_right_and_quiet(example):
+    # each epoch updates, computes and resets; the second epoch must score its own batches, and
+    # without torchmetrics' "compute before update" warning (once per epoch in every fit's log)
+    probs, target = example
+    coll = metric_collection(per_class=True).clone(prefix="val/")
+    coll.update(probs, target)
+    coll.compute()
+    coll.reset()
+    first_four = target[:4]  # nv, nv, nv, mel: recall_nv 2/3, recall_mel 1
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*called before the ``update``")
+        coll.update(probs[:4], first_four)
+        out = coll.compute()
+    assert out["val/recall_nv"] == pytest.approx(2 / 3)
+    assert out["val/recall_mel"] == pytest.approx(1.0)
+    assert out["val/balanced_accuracy"] == pytest.approx(balanced_accuracy_score(first_four, probs[:4].argmax(1)))
 
 
 def test_rank_auroc_and_lesion_bootstrap_intervals(example):
