@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 from .config import duration_seconds, save_config
@@ -37,6 +38,10 @@ def build_trainer(cfg: dict, run: RunDir, progress: bool = True, started: float 
 
     from .callbacks import ElapsedTime
 
+    # Lightning 2.6 still builds torch's deprecated LeafSpec on every batch: a FutureWarning in every log
+    # that no user can act on
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)
     t = cfg["trainer"]
     monitor = "val/balanced_accuracy"
     callbacks = [
