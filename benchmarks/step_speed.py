@@ -4,7 +4,8 @@
 
 Forward, backward and AdamW step on an in-memory batch, so it measures the network and the
 hardware path alone: fp32 NCHW (the plain way), channels_last, channels_last with a fused AdamW,
-with torch.compile (after two warm-up steps, so compile time is not counted), and with bf16 autocast.
+with torch.compile (after two warm-up steps, so compile time is not counted), with bf16 autocast,
+and with both.
 """
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def cpu_name() -> str:
+    """The CPU's vector capability as torch sees it, and whether it has bf16 dot products."""
+    bf16 = "with" if torch.cpu._is_avx512_bf16_supported() else "without"
+    return f"CPU {torch.backends.cpu.get_cpu_capability()} {bf16} AVX-512 bf16"
 
 
 def images_per_s(net, x, y, channels_last: bool, bf16: bool, steps: int, fused: bool = False,
@@ -62,14 +69,15 @@ def main() -> None:
     x = torch.randn(args.batch, 3, size, size, device=device)
     y = torch.randint(0, 7, (args.batch,), device=device)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.cuda.get_device_name() if device == 'cuda' else 'CPU ' + torch.backends.cpu.get_cpu_capability()}; "
+          f"{torch.cuda.get_device_name() if device == 'cuda' else cpu_name()}; "
           f"model {cfg['model']['name']}, {size} px, batch {args.batch}")
     base = None
     for name, cl, bf16, fused, comp in (("fp32 NCHW", False, False, False, False),
                                         ("fp32 channels_last", True, False, False, False),
                                         ("+ fused AdamW", True, False, True, False),
                                         ("+ torch.compile", True, False, False, True),
-                                        ("bf16 channels_last", True, True, False, False)):
+                                        ("bf16 channels_last", True, True, False, False),
+                                        ("bf16 + torch.compile", True, True, False, True)):
         rate = images_per_s(build_network(cfg["model"]).to(device).train(), x, y, cl, bf16, args.steps, fused, comp)
         base = base or rate
         print(f"{name:<20} {rate:8.1f} images/s  x{rate / base:.2f}", flush=True)
