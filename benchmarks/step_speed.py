@@ -77,6 +77,7 @@ def main() -> None:
                                         ("+ fused AdamW", True, False, True, False),
                                         ("+ torch.compile", True, False, False, True),
                                         ("bf16 channels_last", True, True, False, False),
+                                        ("bf16 + fused AdamW", True, True, True, False),
                                         ("bf16 + torch.compile", True, True, False, True)):
         rate = images_per_s(build_network(cfg["model"]).to(device).train(), x, y, cl, bf16, args.steps, fused, comp)
         base = base or rate
