@@ -10,12 +10,11 @@ for NLL, class by the balanced rule); and the same probabilities with the accura
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from machine import describe  # noqa: E402  (the script's own folder is on sys.path)
 
 
 def limited_prior_weight(logits, labels, log_prior, max_drop: float = 0.01) -> tuple[float, float]:
@@ -78,7 +77,7 @@ def main() -> None:
         f"prior weight {fitted['prior_weight']:.2f} (NLL), accuracy rule": (
             fitted["temperature"], fitted["class_bias"], None),
     }
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
+    print(f"{describe()}; "
           f"run {args.run} ({cfg['model']['name']}, {cfg['data']['image_size']} px, sampler {cfg['data']['sampler']}); "
           f"every scheme fitted on val ({len(data['val'][1])} images), scored on val and test ({len(data['test'][1])})")
     print(f"{'scheme':<48} {'val bal':>7} {'val mal':>7} | {'bal acc':>7} {'acc':>6} {'AUROC':>6} {'mal AUROC':>9} "

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -19,6 +17,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from machine import describe  # noqa: E402  (the script's own folder is on sys.path)
 
 
 def timed(fn, batches, repeats: int) -> list[float]:
@@ -84,7 +83,7 @@ def main() -> None:
                       "p95_ms": float(np.percentile(lat, 95)), "accuracy": float((pred == labels).mean()),
                       "balanced_accuracy": float(balanced_accuracy_score(labels, pred))}
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
+    print(f"{describe()} "
           f"({torch.get_num_threads()} threads); run {run} ({cfg['model']['name']}, {cfg['data']['image_size']} px); "
           f"{len(sub)} test images for throughput, {args.latency_images} for latency, {len(images)} for accuracy")
     base = rows["pytorch eager"]

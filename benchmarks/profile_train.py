@@ -8,12 +8,11 @@ pooling, the optimiser, the batched augmentation, the loader's copies) for the d
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from machine import describe  # noqa: E402  (the script's own folder is on sys.path)
 
 
 def main() -> None:
@@ -24,7 +23,6 @@ def main() -> None:
     args = ap.parse_args()
 
     import pytorch_lightning as pl
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     from lesion_pl.config import load_config
@@ -41,8 +39,7 @@ def main() -> None:
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         trainer.fit(model, datamodule=dm)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"CPU {torch.backends.cpu.get_cpu_capability()}; config: configs/ham10000.yaml "
+    print(f"{describe()}; config: configs/ham10000.yaml "
           f"{' '.join('--set ' + o for o in args.overrides)}; {args.steps} training steps")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
 

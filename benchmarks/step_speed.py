@@ -10,8 +10,6 @@ and with both.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -19,12 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-
-def cpu_name() -> str:
-    """The CPU's vector capability as torch sees it, and whether it has bf16 dot products."""
-    bf16 = "with" if torch.cpu._is_avx512_bf16_supported() else "without"
-    return f"CPU {torch.backends.cpu.get_cpu_capability()} {bf16} AVX-512 bf16"
+from machine import describe  # noqa: E402  (the script's own folder is on sys.path)
 
 
 def images_per_s(net, x, y, channels_last: bool, bf16: bool, steps: int, fused: bool = False,
@@ -68,8 +61,7 @@ def main() -> None:
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, size, size, device=device)
     y = torch.randint(0, 7, (args.batch,), device=device)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.cuda.get_device_name() if device == 'cuda' else cpu_name()}; "
+    print(f"{describe()}; "
           f"model {cfg['model']['name']}, {size} px, batch {args.batch}")
     base = None
     for name, cl, bf16, fused, comp in (("fp32 NCHW", False, False, False, False),

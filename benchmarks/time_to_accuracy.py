@@ -9,8 +9,6 @@ caching included). Also prints the peak memory (PSS) of the fit process tree.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import sys
 from pathlib import Path
@@ -19,6 +17,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from machine import describe  # noqa: E402
 from memory import run_measured  # noqa: E402
 
 
@@ -45,9 +44,7 @@ def main() -> None:
     log = pd.read_csv(args.out / "logs" / "metrics.csv")
     val = log[log["val/balanced_accuracy"].notna()][["epoch", "time/elapsed_s", "val/balanced_accuracy",
                                                       "val/auroc_malignant"]]
-    import torch
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"CPU {torch.backends.cpu.get_cpu_capability()}")
+    print(describe())
     print(f"config: configs/ham10000.yaml {' '.join('--set ' + o for o in args.overrides)}")
     print(val.to_string(index=False))
     hit = val[val["val/balanced_accuracy"] >= args.target]

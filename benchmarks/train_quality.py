@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from machine import describe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,9 +37,7 @@ def main() -> None:
 
     summary = json.loads((args.out / "summary.json").read_text())
     metrics = json.loads((args.out / "test" / "metrics.json").read_text())
-    import torch
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, {'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}")
+    print(f"\n{describe()}")
     print(f"config: configs/ham10000.yaml {' '.join(args.extra)} (model {summary['model']}, "
           f"{summary['image_size']} px), training budget {budget}")
     for i, m in enumerate(summary.get("members", [])):

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -182,12 +181,13 @@ def main() -> None:
         return child(args)
 
     from lesion_pl.config import load_config
+    from lesion_pl.training import precision_for
     from memory import run_measured
+    from machine import describe
 
     cfg = load_config(None, args.overrides)
     ham = Path(os.environ.get("LESION_PL_DATA", ROOT.parent / "shared" / "data")) / "ham10000"
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"CPU {torch.backends.cpu.get_cpu_capability()}")
+    print(f"{describe()}; lesion-pl's precision: {precision_for(cfg)}")
     print(f"config: configs/ham10000.yaml {' '.join('--set ' + o for o in args.overrides)} "
           f"(model {cfg['model']['name']}, {cfg['data']['image_size']} px, batch {cfg['data']['batch_size']}); "
           f"{args.steps} timed steps after {args.warmup}")

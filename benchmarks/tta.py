@@ -11,8 +11,6 @@ The runs themselves are not changed.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -22,6 +20,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from machine import describe  # noqa: E402  (the script's own folder is on sys.path)
 
 
 def copy_with_tta(run: Path, dest: Path, tta: bool) -> Path:
@@ -42,12 +41,11 @@ def main() -> None:
     ap.add_argument("--run", type=Path, action="append", required=True, help="a run folder (repeatable)")
     args = ap.parse_args()
 
-    import torch
 
     from lesion_pl.evaluate.calibrate import calibrate_run
     from lesion_pl.evaluate.run_test import test_run
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
+    print(f"{describe()}; "
           "fused = image + age, sex, site (the default); image = the image alone")
     print(f"{'run':<28} {'views':<6} {'val NLL':>8} {'val bal':>8} {'val mal':>8} | {'test bal':>17} "
           f"{'test mal AUROC':>20} {'macro':>7} {'img mal':>8} {'test s':>7}")
