@@ -61,8 +61,7 @@ def main() -> None:
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, size, size, device=device)
     y = torch.randint(0, 7, (args.batch,), device=device)
-    print(f"{describe()}; "
-          f"model {cfg['model']['name']}, {size} px, batch {args.batch}")
+    print(f"{describe()}; model {cfg['model']['name']}, {size} px, batch {args.batch}")
     base = None
     for name, cl, bf16, fused, comp in (("fp32 NCHW", False, False, False, False),
                                         ("fp32 channels_last", True, False, False, False),

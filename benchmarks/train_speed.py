@@ -182,8 +182,8 @@ def main() -> None:
 
     from lesion_pl.config import load_config
     from lesion_pl.training import precision_for
-    from memory import run_measured
     from machine import describe
+    from memory import run_measured
 
     cfg = load_config(None, args.overrides)
     ham = Path(os.environ.get("LESION_PL_DATA", ROOT.parent / "shared" / "data")) / "ham10000"
