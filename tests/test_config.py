@@ -44,3 +44,32 @@ def test_cli_and_package_import_without_torch():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     proc = subprocess.run([sys.executable, "cli.py", "--help"], capture_output=True, text=True, cwd=PROJECT)
     assert proc.returncode == 0 and "fit" in proc.stdout and "export" in proc.stdout
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, "bf16-mixed"), (False, True, "bf16-mixed"),
+                                                       (False, False, "32-true")])
+def test_auto_precision_on_the_cpu_follows_its_bf16_support(monkeypatch, avx512_bf16, amx, expected):
+    import torch
+
+    from lesion_pl.training import precision_for
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    cfg = load_config(None, [])
+    assert cfg["trainer"]["precision"] == "auto"
+    assert precision_for(cfg) == expected
+    # a precision set by hand is kept, whatever the CPU
+    assert precision_for(load_config(None, ["trainer.precision=32-true"])) == "32-true"
+
+
+def test_auto_precision_without_torchs_cpu_checks(monkeypatch):
+    # the checks are private torch API: a torch without them trains in fp32 rather than failing
+    import torch
+
+    from lesion_pl.training import precision_for
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert precision_for(load_config(None, [])) == "32-true"

@@ -23,7 +23,9 @@ def test_fit_on_two_processes_matches_one_process_evaluation(small_ham, tmp_path
 
     out = tmp_path / "ddp"
     cmd = [sys.executable, str(PROJECT / "cli.py"), "fit", "--data-root", str(small_ham), "--out", str(out),
-           "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--max-epochs", "1", *FAST]
+           "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--max-epochs", "1", *FAST,
+           # fp32, as the one-process evaluation below: on a CPU with bf16 "auto" validates in bf16
+           "--set", "trainer.precision=32-true"]
     r = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True, timeout=600,
                        env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stderr[-3000:]
