@@ -41,7 +41,6 @@ def main() -> None:
     ap.add_argument("--run", type=Path, action="append", required=True, help="a run folder (repeatable)")
     args = ap.parse_args()
 
-
     from lesion_pl.evaluate.calibrate import calibrate_run
     from lesion_pl.evaluate.run_test import test_run
 

@@ -17,7 +17,7 @@ def precision_for(cfg: dict) -> str:
     """Lightning's precision for `trainer.precision`.
 
     "auto": bf16-mixed on CUDA and on CPUs that multiply bf16 in hardware (AVX-512 bf16, AMX), where
-    it trains 1.5x faster at no cost on validation (README: "bf16 on a CPU that has it"); 32-true on
+    an epoch takes 1.6x less time at no cost on validation (README: "bf16 on a CPU that has it"); 32-true on
     other CPUs, where bf16 autocast is ~12x slower (benchmarks/step_speed.py).
     """
     import torch
