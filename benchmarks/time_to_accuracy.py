@@ -9,6 +9,7 @@ caching included). Also prints the peak memory (PSS) of the fit process tree.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -45,7 +46,9 @@ def main() -> None:
     val = log[log["val/balanced_accuracy"].notna()][["epoch", "time/elapsed_s", "val/balanced_accuracy",
                                                       "val/auroc_malignant"]]
     print(describe())
-    print(f"config: configs/ham10000.yaml {' '.join('--set ' + o for o in args.overrides)}")
+    summary = json.loads((args.out / "summary.json").read_text())
+    print(f"config: configs/ham10000.yaml {' '.join('--set ' + o for o in args.overrides)} "
+          f"(model {summary['model']}, {summary['image_size']} px, {summary['precision']})")
     print(val.to_string(index=False))
     hit = val[val["val/balanced_accuracy"] >= args.target]
     if hit.empty:

@@ -9,33 +9,9 @@ from pathlib import Path
 
 from .config import duration_seconds, save_config
 from .errors import LesionPLError
+from .hardware import precision_for, resolve_auto_size
 from .io import atomic_path, atomic_write_json
 from .run import RunDir
-
-
-def precision_for(cfg: dict) -> str:
-    """Lightning's precision for `trainer.precision`.
-
-    "auto": bf16-mixed on CUDA and on CPUs that multiply bf16 in hardware (AVX-512 bf16, AMX), where
-    an epoch takes 1.6x less time at no cost on validation (README: "bf16 on a CPU that has it"); 32-true on
-    other CPUs, where bf16 autocast is ~12x slower (benchmarks/step_speed.py).
-    """
-    import torch
-
-    p = cfg["trainer"]["precision"]
-    if p != "auto":
-        return str(p)
-    if torch.cuda.is_available() and cfg["trainer"]["accelerator"] != "cpu":
-        return "bf16-mixed"
-    return "bf16-mixed" if cpu_has_bf16() else "32-true"
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (torch's own checks: private API, so guarded)."""
-    import torch
-
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def _max_time(value):
@@ -91,6 +67,8 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
     """
     started = time.time()  # elapsed times in the log count from here, imports and data checks included
     import pytorch_lightning as pl
+
+    cfg = resolve_auto_size(cfg)  # the saved config names the size trained on, whatever machine reads it
 
     from .data.datamodule import LesionDataModule
 
@@ -189,7 +167,7 @@ def _train_members(cfg: dict, run: RunDir, dm, members: int, progress: bool, sta
     epochs = sum(d["epochs"] for d in done)
     fit_seconds = round(sum(d["fit_seconds"] for d in done), 1)
     return {
-        **{k: first[k] for k in ("data_root", "images", "left_out", "skipped_bad_images", "model", "image_size")},
+        **{k: first[k] for k in ("data_root", "images", "left_out", "skipped_bad_images", "model", "image_size", "precision")},
         "members": [{"run": str(Path("members") / str(i)), "seed": int(cfg["seed"]) + i,
                      **{k: d[k] for k in ("epochs", "best_epoch", "best_val_balanced_accuracy", "fit_seconds",
                                           "seconds_per_epoch")}} for i, d in enumerate(done)],
@@ -233,6 +211,7 @@ def _train(cfg: dict, run: RunDir, dm, resume: bool, progress: bool, started: fl
         "skipped_bad_images": dm.skipped,
         "model": cfg["model"]["name"],
         "image_size": int(cfg["data"]["image_size"]),
+        "precision": precision_for(cfg),  # what "auto" meant on the machine that trained
         "epochs": int(trainer.current_epoch),
         "best_epoch": _best_epoch(run),
         "best_val_balanced_accuracy": float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None else None,

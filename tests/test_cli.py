@@ -57,6 +57,27 @@ def test_fit_writes_a_complete_run_folder(fitted, small_ham):
         assert "normalize.mean" in ckpt["state_dict"]
 
 
+def test_fit_records_the_size_auto_chose(small_ham, tmp_path, monkeypatch):
+    # a run folder is read on other machines (test, export): it must name the size, not "auto"
+    from lesion_pl import hardware
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)  # fp32 here: auto means 64 px
+    out = tmp_path / "auto"
+    r = invoke("fit", "--data-root", small_ham, "--out", out, "--max-epochs", 1, *FAST,
+               "--set", "data.image_size=auto", "--set", "trainer.limit_train_batches=1")
+    assert r.exit_code == 0, r.output
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["image_size"] == 64
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["image_size"], summary["precision"]) == (64, "32-true")
+    r = invoke("export", "--run", out)
+    assert r.exit_code == 0, r.output
+    import onnx
+
+    shape = onnx.load(out / "export" / "model.onnx").graph.input[0].type.tensor_type.shape
+    assert [d.dim_value for d in shape.dim][1:] == [64, 64, 3]
+
+
 def test_test_writes_metrics_predictions_and_plots(fitted):
     r = invoke("test", "--run", fitted, "--quiet")
     assert r.exit_code == 0, r.output

@@ -26,7 +26,7 @@ def test_unknown_key_is_an_error():
 def test_user_file_over_defaults_and_roundtrip(tmp_path):
     (tmp_path / "c.yaml").write_text("data:\n  batch_size: 8\n")
     cfg = load_config(tmp_path / "c.yaml")
-    assert cfg["data"]["batch_size"] == 8 and cfg["data"]["image_size"] > 0
+    assert cfg["data"]["batch_size"] == 8 and cfg["data"]["image_size"] == "auto"
     save_config(cfg, tmp_path / "out.yaml")
     assert read_yaml(tmp_path / "out.yaml") == cfg
 
@@ -51,7 +51,7 @@ def test_cli_and_package_import_without_torch():
 def test_auto_precision_on_the_cpu_follows_its_bf16_support(monkeypatch, avx512_bf16, amx, expected):
     import torch
 
-    from lesion_pl.training import precision_for
+    from lesion_pl.hardware import precision_for
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
@@ -67,9 +67,35 @@ def test_auto_precision_without_torchs_cpu_checks(monkeypatch):
     # the checks are private torch API: a torch without them trains in fp32 rather than failing
     import torch
 
-    from lesion_pl.training import precision_for
+    from lesion_pl.hardware import precision_for
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
     assert precision_for(load_config(None, [])) == "32-true"
+
+
+@pytest.mark.parametrize("bf16_cpu, cuda, precision, expected", [
+    (True, False, "auto", 128), (False, False, "auto", 64), (False, True, "auto", 128),
+    (True, False, "32-true", 64), (False, False, "bf16-mixed", 128)])
+def test_auto_image_size_follows_the_training_precision(monkeypatch, bf16_cpu, cuda, precision, expected):
+    import torch
+
+    from lesion_pl import hardware
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: bf16_cpu)
+    cfg = load_config(None, [f"trainer.precision={precision}"])
+    assert hardware.image_size_for(cfg) == expected
+    resolved = hardware.resolve_auto_size(cfg)
+    assert resolved["data"]["image_size"] == expected and cfg["data"]["image_size"] == "auto"
+    # a size set by hand is kept, whatever the hardware
+    assert hardware.image_size_for(load_config(None, ["data.image_size=96", f"trainer.precision={precision}"])) == 96
+
+
+@pytest.mark.parametrize("size", ["big", 0, 12.5, "128px"])
+def test_a_bad_image_size_is_named(size):
+    from lesion_pl.hardware import image_size_for
+
+    with pytest.raises(LesionPLError, match=f"data.image_size must be auto or a whole number.*{size!r}"):
+        image_size_for(load_config(None, [f"data.image_size={size}"]))

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from ..classes import NUM_CLASSES
 from ..config import resolve_data_root
 from ..errors import LesionPLError
+from ..hardware import image_size_for
 from .cache import build_cache, default_cache_dir
 from .check import bad_images_cached
 from .dataset import CachedImages
@@ -105,7 +106,7 @@ class LesionDataModule(pl.LightningDataModule):
             for name in SPLITS:
                 if not (split == name).any():
                     raise LesionPLError(f"the {name} split is empty ({len(table)} images, fractions {d['splits']})")
-        self.cache = build_cache(table["path"].tolist(), int(d["image_size"]), d.get("cache_dir"),
+        self.cache = build_cache(table["path"].tolist(), image_size_for(self.cfg), d.get("cache_dir"),
                                  progress=self.progress, in_memory_max_gb=float(d.get("cache_in_memory_max_gb", 0)))
         self.table, self.split = table, split
         return self

@@ -1,0 +1,54 @@
+"""What `auto` means on this machine: the training precision and the input size."""
+from __future__ import annotations
+
+import copy
+
+from .errors import LesionPLError
+
+# data.image_size: auto: the larger input where an epoch is cheap enough to afford it in the hour
+# (README: "Should the default follow the hardware?")
+AUTO_IMAGE_SIZE = {"bf16": 128, "fp32": 64}
+
+
+def precision_for(cfg: dict) -> str:
+    """Lightning's precision for `trainer.precision`.
+
+    "auto": bf16-mixed on CUDA and on CPUs that multiply bf16 in hardware (AVX-512 bf16, AMX), where
+    an epoch takes 1.6x less time at no cost on validation (README: "bf16 on a CPU that has it"); 32-true on
+    other CPUs, where bf16 autocast is ~12x slower (benchmarks/step_speed.py).
+    """
+    import torch
+
+    p = cfg["trainer"]["precision"]
+    if p != "auto":
+        return str(p)
+    if torch.cuda.is_available() and cfg["trainer"]["accelerator"] != "cpu":
+        return "bf16-mixed"
+    return "bf16-mixed" if cpu_has_bf16() else "32-true"
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (torch's own checks: private API, so guarded)."""
+    import torch
+
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def image_size_for(cfg: dict) -> int:
+    """`data.image_size` in pixels; "auto": 128 where training runs in bf16, else 64."""
+    size = cfg["data"]["image_size"]
+    if size == "auto":
+        return AUTO_IMAGE_SIZE["bf16" if precision_for(cfg).startswith("bf16") else "fp32"]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+        raise LesionPLError(f"data.image_size must be auto or a whole number of pixels (at least 8), not {size!r}")
+    return size
+
+
+def resolve_auto_size(cfg: dict) -> dict:
+    """A copy of `cfg` with `data.image_size` as pixels, so that a saved run names the size it used."""
+    if cfg["data"]["image_size"] != "auto":
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    cfg["data"]["image_size"] = image_size_for(cfg)
+    return cfg
