@@ -68,6 +68,8 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
     started = time.time()  # elapsed times in the log count from here, imports and data checks included
     import pytorch_lightning as pl
 
+    chosen = [k for k, v in (("data.image_size", cfg["data"]["image_size"]),
+                             ("trainer.precision", cfg["trainer"]["precision"])) if v == "auto"]
     cfg = resolve_auto_size(cfg)  # the saved config names the size trained on, whatever machine reads it
 
     from .data.datamodule import LesionDataModule
@@ -89,6 +91,10 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
     pl.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
     dm = LesionDataModule(cfg, splits_file=run.splits if run.splits.exists() else None, progress=progress)
     dm.build()  # every data check happens here, before the run folder is written
+    if progress:
+        note = f" ({' and '.join(chosen)}: auto, this machine's choice)" if chosen else ""
+        print(f"training {cfg['model']['name']} at {cfg['data']['image_size']} px in {precision_for(cfg)}{note}",
+              flush=True)
 
     from .data.splits import write_splits
     run.path.mkdir(parents=True, exist_ok=True)

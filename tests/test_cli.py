@@ -64,9 +64,11 @@ def test_fit_records_the_size_auto_chose(small_ham, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: False)  # fp32 here: auto means 64 px
     out = tmp_path / "auto"
-    r = invoke("fit", "--data-root", small_ham, "--out", out, "--max-epochs", 1, *FAST,
+    loud = [a for a in FAST if a != "--quiet"]
+    r = invoke("fit", "--data-root", small_ham, "--out", out, "--max-epochs", 1, *loud,
                "--set", "data.image_size=auto", "--set", "trainer.limit_train_batches=1")
     assert r.exit_code == 0, r.output
+    assert "at 64 px in 32-true (data.image_size and trainer.precision: auto" in r.output
     assert yaml.safe_load((out / "config.yaml").read_text())["data"]["image_size"] == 64
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["image_size"], summary["precision"]) == (64, "32-true")
