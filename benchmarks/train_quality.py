@@ -39,7 +39,8 @@ def main() -> None:
     metrics = json.loads((args.out / "test" / "metrics.json").read_text())
     print(f"\n{describe()}")
     print(f"config: configs/ham10000.yaml {' '.join(args.extra)} (model {summary['model']}, "
-          f"{summary['image_size']} px, {summary.get('precision', 'precision not recorded')}), training budget {budget}")
+          f"{summary['image_size']} px, {summary.get('precision', 'precision not recorded')}), "
+          f"training budget {budget}")
     for i, m in enumerate(summary.get("members", [])):
         print(f"member {i} (seed {m['seed']}): {m['epochs']} epochs at {m['seconds_per_epoch']} s, best epoch "
               f"{m['best_epoch']}, val balanced accuracy {m['best_val_balanced_accuracy']:.4f}")

@@ -173,7 +173,8 @@ def _train_members(cfg: dict, run: RunDir, dm, members: int, progress: bool, sta
     epochs = sum(d["epochs"] for d in done)
     fit_seconds = round(sum(d["fit_seconds"] for d in done), 1)
     return {
-        **{k: first[k] for k in ("data_root", "images", "left_out", "skipped_bad_images", "model", "image_size", "precision")},
+        **{k: first[k] for k in ("data_root", "images", "left_out", "skipped_bad_images", "model", "image_size",
+                                 "precision")},
         "members": [{"run": str(Path("members") / str(i)), "seed": int(cfg["seed"]) + i,
                      **{k: d[k] for k in ("epochs", "best_epoch", "best_val_balanced_accuracy", "fit_seconds",
                                           "seconds_per_epoch")}} for i, d in enumerate(done)],
