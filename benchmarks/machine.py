@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
+from pathlib import Path
 
-
-def _has(check: str) -> bool:
-    import torch
-
-    return bool(getattr(torch.cpu, check, lambda: False)())  # private torch checks: absent means unknown
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project root, for lesion_pl
+from lesion_pl.hardware import cpu_supports  # noqa: E402
 
 
 def cpu_features() -> str:
@@ -18,7 +17,7 @@ def cpu_features() -> str:
     import torch
 
     found = [name for name, check in (("bf16", "_is_avx512_bf16_supported"), ("VNNI", "_is_vnni_supported"),
-                                       ("AMX", "_is_amx_tile_supported")) if _has(check)]
+                                       ("AMX", "_is_amx_tile_supported")) if cpu_supports(check)]
     return f"CPU {torch.backends.cpu.get_cpu_capability()} " + (
         f"with {', '.join(found)}" if found else "without bf16, VNNI")
 
