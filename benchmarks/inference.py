@@ -3,14 +3,18 @@
     python benchmarks/inference.py --run runs/NAME      (after `cli.py export --run runs/NAME --int8`)
 
 On the same real test images in one process: throughput at batch 32 and latency (p50, p95) at
-batch 1, with ratios, plus test accuracy and balanced accuracy of each.
+batch 1, with ratios, plus test accuracy and balanced accuracy of each. `--profile` adds where each
+onnxruntime model spends its time at batch 32 (onnxruntime's own profiler, share of node time per
+operator type).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +35,32 @@ def timed(fn, batches, repeats: int) -> list[float]:
     return out
 
 
+def op_shares(model: Path, batch: np.ndarray, runs: int = 20) -> list[tuple[str, float]]:
+    """Share of onnxruntime's node time per operator type over `runs` calls, largest first."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        for _ in range(runs):
+            session.run(["probabilities"], {"images": batch})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    per_op = Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_op[e["args"]["op_name"]] += e["dur"]
+    total = sum(per_op.values())
+    return [(op, t / total) for op, t in per_op.most_common()]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--images", type=int, default=512, help="test images to time on")
     ap.add_argument("--latency-images", type=int, default=200)
+    ap.add_argument("--profile", action="store_true", help="also print onnxruntime's time per operator type")
     args = ap.parse_args()
 
     from export.onnx_export import OnnxWrapper
@@ -60,12 +85,13 @@ def main() -> None:
     def torch_fn(b):
         return torch_model(torch.from_numpy(b))[0].numpy()
 
-    engines = {"pytorch eager": torch_fn}
+    engines, files = {"pytorch eager": torch_fn}, {}
     for name, file in (("onnxruntime fp32", "model.onnx"), ("onnxruntime int8", "model.int8.onnx")):
         path = run / "export" / file
         if path.exists():
             clf = LesionOnnxClassifier(path)
             engines[name] = lambda b, clf=clf: clf.predict_arrays(b, tta=False).probabilities  # as eager: one view
+            files[name] = path
 
     from sklearn.metrics import balanced_accuracy_score
 
@@ -97,6 +123,10 @@ def main() -> None:
         f, q = rows["onnxruntime fp32"], rows["onnxruntime int8"]
         print(f"int8 vs fp32: throughput x{q['images_per_s_b32'] / f['images_per_s_b32']:.2f}, "
               f"balanced accuracy {100 * (q['balanced_accuracy'] - f['balanced_accuracy']):+.2f} points")
+    if args.profile:
+        for name, path in files.items():
+            shares = op_shares(path, np.ascontiguousarray(sub[:32]))
+            print(f"{name}, batch 32, time per operator: " + ", ".join(f"{op} {100 * f:.1f}%" for op, f in shares[:8]))
     print(json.dumps(rows))
 
 

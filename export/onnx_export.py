@@ -39,7 +39,8 @@ class OnnxWrapper(nn.Module):
         self.register_buffer("class_bias", torch.tensor(bias, dtype=torch.float32))
 
     def forward(self, images: torch.Tensor):
-        logits = self.classifier(images.permute(0, 3, 1, 2))
+        # normalised before the transpose, where onnxruntime's int8 graph does it anyway (Normalize.nhwc)
+        logits = self.classifier.forward_normalized(self.classifier.normalize.nhwc(images).permute(0, 3, 1, 2))
         return (logits / self.temperature + self.class_bias).softmax(dim=1), logits
 
 

@@ -33,5 +33,12 @@ class Ensemble(nn.Module):
         for m in self.members:
             m.channels_last = value
 
+    @property
+    def normalize(self) -> nn.Module:
+        return self.members[0].normalize
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.stack([m(images).float().log_softmax(dim=1) for m in self.members]).mean(dim=0)
+        return self.forward_normalized(self.normalize(images))
+
+    def forward_normalized(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m.forward_normalized(x).float().log_softmax(dim=1) for m in self.members]).mean(dim=0)

@@ -124,7 +124,11 @@ class LesionClassifier(pl.LightningModule):
             self.set_class_prior(dm.sampled_class_prior(self.current_epoch))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(self._prepare(self.normalize(images)))
+        return self.forward_normalized(self.normalize(images))
+
+    def forward_normalized(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised float NCHW images -> logits."""
+        return self.net(self._prepare(x))
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -134,7 +138,7 @@ class LesionClassifier(pl.LightningModule):
         if stage == "train" and self.mix is not None:
             # the loss sees the mixed soft targets, the training metrics the original labels
             x, soft = self.mix(self.normalize(images), target)
-            logits = self.net(self._prepare(x))
+            logits = self.forward_normalized(x)
         else:
             logits, soft = self(images), target
         shifted = self._shifted(logits, "logit_shift") if stage == "train" else logits.float()

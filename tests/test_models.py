@@ -49,6 +49,17 @@ def test_module_normalises_uint8_with_train_stats():
     assert m(torch.zeros(2, 3, 64, 64, dtype=torch.uint8)).shape == (2, 7)
 
 
+def test_normalising_nhwc_images_equals_normalising_nchw_ones():
+    """The ONNX graph normalises before its transpose (Normalize.nhwc); the logits must not change."""
+    cfg = load_config(None, ["model.widths=[8,16,32,64]"])
+    m = LesionClassifier(cfg, mean=[0.6, 0.5, 0.4], std=[0.2, 0.25, 0.3]).eval()
+    nhwc = torch.randint(0, 256, (2, 40, 24, 3), dtype=torch.uint8)  # not square: rows are W wide
+    nchw = nhwc.permute(0, 3, 1, 2)
+    assert torch.equal(m.normalize.nhwc(nhwc).permute(0, 3, 1, 2), m.normalize(nchw))
+    with torch.no_grad():
+        assert torch.equal(m.forward_normalized(m.normalize.nhwc(nhwc).permute(0, 3, 1, 2)), m(nchw))
+
+
 @pytest.mark.parametrize("mix", [["data.augment.mixup=0.4"], ["data.augment.cutmix=1.0"],
                                  ["data.augment.mixup=0.4", "data.augment.cutmix=1.0"]])
 def test_mixup_cutmix_train_on_soft_targets(mix):
