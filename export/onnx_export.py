@@ -2,7 +2,6 @@
 graph, metadata that makes the file self-describing, and a parity check against PyTorch."""
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from torch import nn
 from lesion_pl import __version__
 from lesion_pl.classes import CLASSES, DISPLAY_NAMES, MALIGNANT, NUM_CLASSES
 from lesion_pl.errors import LesionPLError
-from lesion_pl.io import atomic_path
+from lesion_pl.io import atomic_path, to_json
 from lesion_pl.preprocess import RESIZE_POLICY
 
 from .metadata import PREFIX
@@ -53,29 +52,29 @@ def _operating_points(points: dict | None) -> dict:
 
 def metadata(run_summary: dict, image_size: int, mean: list, std: list, calibration: dict) -> dict[str, str]:
     meta = {
-        "classes": json.dumps(list(CLASSES)),
-        "display_names": json.dumps([DISPLAY_NAMES[c] for c in CLASSES]),
-        "malignant": json.dumps(list(MALIGNANT)),
+        "classes": to_json(list(CLASSES)),
+        "display_names": to_json([DISPLAY_NAMES[c] for c in CLASSES]),
+        "malignant": to_json(list(MALIGNANT)),
         "input_height": str(image_size),
         "input_width": str(image_size),
         "input_layout": "NHWC",
         "input_dtype": "uint8 RGB 0..255 (normalisation is inside the graph)",
         "resize_policy": RESIZE_POLICY.replace("SIZE", str(image_size)),
-        "normalization": json.dumps({"mean": mean, "std": std, "scale": "0..1"}),
+        "normalization": to_json({"mean": mean, "std": std, "scale": "0..1"}),
         "version": __version__,
         "model": str(run_summary.get("model", "")),
         "members": str(len(run_summary.get("members", [])) or 1),  # >1: one graph averaging an ensemble
-        "val_metrics": json.dumps(run_summary.get("best_val_metrics", {})),
+        "val_metrics": to_json(run_summary.get("best_val_metrics", {})),
         "temperature": repr(float(calibration["temperature"])),
-        "class_bias": json.dumps(calibration.get("class_bias") or [0.0] * NUM_CLASSES),
+        "class_bias": to_json(calibration.get("class_bias") or [0.0] * NUM_CLASSES),
         "decision_rule": calibration.get("decision", "accuracy"),
-        "decision_bias": json.dumps(calibration.get("decision_bias") or [0.0] * NUM_CLASSES),
+        "decision_bias": to_json(calibration.get("decision_bias") or [0.0] * NUM_CLASSES),
         # the thresholds and metadata weight were fitted on 8-view TTA scores: the runtime's default
-        "tta": json.dumps(bool(calibration.get("tta", False))),
-        "clinical": json.dumps(calibration.get("clinical")),  # metadata model (lesion_pl.clinical) or null
-        "operating_points": json.dumps(_operating_points(calibration["operating_points"])),
+        "tta": to_json(bool(calibration.get("tta", False))),
+        "clinical": to_json(calibration.get("clinical")),  # metadata model (lesion_pl.clinical) or null
+        "operating_points": to_json(_operating_points(calibration["operating_points"])),
         # thresholds for images predicted without metadata, where the run fused it
-        "operating_points_image_only": json.dumps(_operating_points(calibration.get("operating_points_image_only"))),
+        "operating_points_image_only": to_json(_operating_points(calibration.get("operating_points_image_only"))),
     }
     return {PREFIX + k: v for k, v in meta.items()}
 

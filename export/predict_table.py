@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 import typer
@@ -12,7 +11,7 @@ import typer
 from lesion_pl import clinical
 from lesion_pl.calibration import views_note
 from lesion_pl.errors import LesionPLError
-from lesion_pl.io import atomic_write_text
+from lesion_pl.io import atomic_write_json, atomic_write_text
 
 from .runtime import LesionOnnxClassifier
 
@@ -105,9 +104,8 @@ def predict_table(model: Path, files: list[Path], out: Path | None, batch_size: 
         typer.secho(f"failed: {reason}", fg="red", err=True)
     if out is not None:
         if out.suffix.lower() == ".json":
-            atomic_write_text(out, json.dumps({"model": str(model), "predictions": rows,
-                                               "failed": [{"file": str(p), "error": e} for p, e in errors]},
-                                              indent=2) + "\n")
+            atomic_write_json(out, {"model": str(model), "predictions": rows,
+                                    "failed": [{"file": str(p), "error": e} for p, e in errors]})
         else:
             buf = io.StringIO()
             fields = ["file", "top_class", "probability", "malignancy", "referral"]

@@ -1,9 +1,10 @@
-"""Atomic file writes (temp file + rename), so an interrupted run never leaves half a file, and a
-lock file, so processes started together (DDP under SLURM) build a shared file once."""
+"""Atomic file writes (temp file + rename), so an interrupted run never leaves half a file; strict
+JSON; and a lock file, so processes started together (DDP under SLURM) build a shared file once."""
 from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -37,8 +38,24 @@ def atomic_write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def _finite(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def to_json(data, **kwargs) -> str:
+    """json.dumps, with null where a float has no value (NaN, infinity), e.g. the AUROC of a class the
+    data lacks: Python writes those as NaN, which browsers, jq and most JSON parsers refuse."""
+    return json.dumps(_finite(data), allow_nan=False, **kwargs)
+
+
 def atomic_write_json(path: Path, data) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    atomic_write_text(path, to_json(data, indent=2) + "\n")
 
 
 @contextmanager

@@ -110,3 +110,17 @@ def test_test_on_another_source_with_some_classes(trained_run, ham_root, ham_met
     assert m["n_images"] == len(meta) and m["classes_present"] == ["mel", "nv"]
     recalls = [m["per_class"][c]["recall"] for c in ("mel", "nv")]
     assert m["balanced_accuracy"] == pytest.approx(sum(recalls) / 2)
+    # what has no value on this source (AUROC of an absent class, specificity without negatives...) is
+    # null, not NaN: metrics.json stays JSON that strict parsers (browsers, jq, serde) read
+    def no_constants(name):
+        raise AssertionError(f"metrics.json holds {name}")
+    json.loads((copy / "test" / "metrics.json").read_text(), parse_constant=no_constants)
+    assert m["per_class"]["df"]["auroc"] is None and m["per_class"]["df"]["recall"] is None
+    # the report describes the images this test scored, and says "n/a" where a figure has no value
+    r = invoke("report", "--run", copy, "--data-root", folder, "--quiet")
+    assert r.exit_code == 0, r.output
+    page = (copy / "report" / "index.html").read_text()
+    assert f"All figures are on all {len(meta)} images of {folder}" in page
+    undefined = [k for op in m["operating_points"].values() for k in ("sensitivity", "specificity", "ppv", "npv")
+                 if op[k] is None]  # e.g. the NPV of a threshold that flags every image
+    assert page.count("n/a [n/a, n/a]") == len(undefined)

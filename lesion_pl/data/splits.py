@@ -109,10 +109,11 @@ def read_splits(table: pd.DataFrame, path: Path) -> pd.Series:
 
 
 def summarize(table: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
-    """Images per class and split, plus image and lesion totals, as a printable table."""
-    counts = pd.crosstab(table["dx"], split).reindex(columns=list(SPLITS), fill_value=0)
+    """Images per class and split, plus image and lesion totals, as a printable table (the 'all'
+    column alone for data evaluated whole, as one split)."""
+    columns = list(SPLITS) if split.isin(SPLITS).any() else []
+    counts = pd.crosstab(table["dx"], split).reindex(columns=columns, fill_value=0)
+    counts["all"] = table["dx"].value_counts()
     counts.loc["images"] = counts.sum()
-    counts.loc["lesions"] = [table["group"][split == s].nunique() for s in counts.columns]
-    counts["all"] = counts.sum(axis=1)
-    counts.loc["lesions", "all"] = table["group"].nunique()
+    counts.loc["lesions"] = [table["group"][split == s].nunique() for s in columns] + [table["group"].nunique()]
     return counts

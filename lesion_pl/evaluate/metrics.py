@@ -63,7 +63,8 @@ def metrics_report(probs: torch.Tensor, target: torch.Tensor, pred: torch.Tensor
     the AUROCs score the probabilities.
 
     Macro averages are over the classes present in `target` (`classes_present`), so data with only
-    some of the classes (another source, a subset) is not scored on classes it cannot have.
+    some of the classes (another source, a subset) is not scored on classes it cannot have; an
+    absent class's own figures are NaN (null in metrics.json).
     """
     pred = probs.argmax(1) if pred is None else pred
     per = {
@@ -86,10 +87,17 @@ def metrics_report(probs: torch.Tensor, target: torch.Tensor, pred: torch.Tensor
         "auroc_macro": float(per["auroc"][present].mean()) if present.sum() > 1 else float("nan"),
         "auroc_malignant": float(BinaryAUROC()(malignancy(probs), mal)) if 0 < mal.sum() < len(mal) else float("nan"),
     }
-    out["per_class"] = {
-        code: {**{k: float(v[i]) for k, v in per.items()}, "support": int(support[i])}
-        for i, code in enumerate(CLASSES)
-    }
+    predicted = torch.bincount(pred, minlength=NUM_CLASSES) > 0
+
+    def value(name: str, i: int) -> float:
+        # a class the data lacks has no recall, F1 or AUROC (torchmetrics says 0), and no precision
+        # unless it was named
+        if not present[i] and (name != "precision" or not predicted[i]):
+            return float("nan")
+        return float(per[name][i])
+
+    out["per_class"] = {code: {**{k: value(k, i) for k in per}, "support": int(support[i])}
+                        for i, code in enumerate(CLASSES)}
     return out
 
 

@@ -75,13 +75,17 @@ def build_report(run_path: Path, data_root: Path | None = None, progress: bool =
     test_cmd = f"python cli.py test --run {run.path}"
     metrics = json.loads(run.require(run.test / "metrics.json", test_cmd).read_text())
     preds = pd.read_csv(run.require(run.test / "predictions.csv", test_cmd))
+    if "per_class" not in metrics:
+        raise LesionPLError(f"the report covers a test on the seven classes, and the last `test` of {run.path} "
+                            f"scored melanoma vs the rest; rerun `{test_cmd}` on seven-class data")
     summary = json.loads(run.summary.read_text()) if run.summary.exists() else {}
-    cfg = run.load_config(data_root)
+    # the images the last `test` scored: the run's split, or (--split all) every image of its data
+    cfg = run.load_config(data_root, metrics.get("data_format"), bool(metrics.get("skipped_bad_images")))
     try:
-        dm = run.datamodule(cfg, progress)
+        dm = run.datamodule(cfg, progress, whole=metrics.get("split") == "all")
     except LesionPLError as e:
         raise LesionPLError(f"{e} (the run's images are read from {cfg['data']['root'] or 'the default data root'}; "
-                            "if they moved, pass --data-root DIR)") from None
+                            f"the last `test` read {metrics.get('data_root')}: pass --data-root DIR)") from None
 
     row_of = pd.Series(np.arange(len(dm.table)), index=dm.table["image_id"])
     missing = preds["image_id"][~preds["image_id"].isin(row_of.index)]
@@ -168,6 +172,19 @@ def build_report(run_path: Path, data_root: Path | None = None, progress: bool =
     return index
 
 
+def _scored(metrics: dict) -> str:
+    """What the last `test` scored, in words."""
+    split = metrics.get("split", "test")
+    if split == "all":
+        return f"all {metrics['n_images']} images of {metrics.get('data_root')} (test --split all)"
+    return "the held-out test split" if split == "test" else f"the {split} split"
+
+
+def _num(value, spec: str = ".3f") -> str:
+    """A figure that may have no value on some data (null in metrics.json): "n/a" then."""
+    return "n/a" if value is None else format(value, spec)
+
+
 def _findings(metrics, frame, confusions, tables, overall_error, cam_stats) -> list[str]:
     out = []
     support = frame["dx"].value_counts()
@@ -187,10 +204,10 @@ def _findings(metrics, frame, confusions, tables, overall_error, cam_stats) -> l
                        f"{overall_error:.3f} overall.")
     op = metrics.get("operating_points", {}).get("malignant")
     if op:
+        sens, spec = (f"{_num(op[k])} (95% CI {'-'.join(map(_num, op['ci95'][k]))})"
+                      for k in ("sensitivity", "specificity"))
         out.append(f"At the referral threshold chosen on validation ({op['threshold']:.3f}, validation sensitivity "
-                   f"{op['val_sensitivity']:.3f}), test sensitivity is {op['sensitivity']:.3f} "
-                   f"(95% CI {op['ci95']['sensitivity'][0]:.3f}-{op['ci95']['sensitivity'][1]:.3f}) and specificity "
-                   f"{op['specificity']:.3f} ({op['ci95']['specificity'][0]:.3f}-{op['ci95']['specificity'][1]:.3f}).")
+                   f"{op['val_sensitivity']:.3f}), test sensitivity is {sens} and specificity is {spec}.")
     cal = metrics.get("calibration")
     if cal:
         out.append(f"Calibration on validation (T = {cal['temperature']:.3f}, class-prior weight "
@@ -205,8 +222,8 @@ def _findings(metrics, frame, confusions, tables, overall_error, cam_stats) -> l
         out.append(f"The probabilities fuse the image with {', '.join(cl['fields'])} (weight {cl['weight']:.2f}, "
                    f"fitted on validation; {cl['images_with_metadata']} of {metrics['n_images']} test images have "
                    f"metadata). The image alone: balanced accuracy {alone['balanced_accuracy']:.3f} (fused "
-                   f"{metrics['balanced_accuracy']:.3f}), malignant AUROC {alone['auroc_malignant']:.3f} (fused "
-                   f"{metrics['auroc_malignant']:.3f}).")
+                   f"{metrics['balanced_accuracy']:.3f}), malignant AUROC {_num(alone['auroc_malignant'])} (fused "
+                   f"{_num(metrics['auroc_malignant'])}).")
     if cam_stats:
         out.append(f"On average {cam_stats['overall']:.1%} of the Grad-CAM mass lies inside the lesion mask "
                    f"(the lesion covers {cam_stats['lesion_area']:.1%} of the image): {cam_stats['correct']:.1%} for "
@@ -238,7 +255,7 @@ def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_st
     per_class.insert(0, "diagnosis", [DISPLAY_NAMES[c] for c in per_class.index])
     per_class["support"] = per_class["support"].astype(int)
     members = len(summary.get("members", []))
-    facts = {"data": summary.get("data_root", str(cfg["data"]["root"])),
+    facts = {"trained on": summary.get("data_root", str(cfg["data"]["root"])), "tested on": _scored(metrics),
              "model": cfg["model"]["name"] + (f", an ensemble of {members}" if members else ""),
              "input size": f"{cfg['data']['image_size']} px", "epochs run": summary.get("epochs"),
              "best epoch (validation)": summary.get("best_epoch"),
@@ -247,8 +264,9 @@ def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_st
     s = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>lesion-pl report: {html.escape(run.path.name)}"
          f"</title><style>{CSS}</style></head><body>",
          f"<h1>lesion-pl report: {html.escape(run.path.name)}</h1>",
-         f"<p class='note'>lesion-pl {__version__}. A research tool, not a diagnostic device. All figures are on the "
-         "held-out test split unless marked; thresholds and calibration were chosen on the validation split.</p>",
+         f"<p class='note'>lesion-pl {__version__}. A research tool, not a diagnostic device. All figures are on "
+         f"{html.escape(_scored(metrics))} unless marked; thresholds and calibration were chosen on the validation "
+         "split.</p>",
          "<h2>Findings</h2><ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in findings) + "</ul>",
          "<h2>Run</h2><div class='grid'>",
          _table(pd.DataFrame({"": list(map(str, facts.values()))}, index=list(facts))),
@@ -266,7 +284,7 @@ def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_st
     ops = metrics.get("operating_points", {})
     if ops:
         rows = {name: {"threshold": op["threshold"], "val sensitivity": op["val_sensitivity"],
-                       **{f"test {k}": f"{op[k]:.3f} [{op['ci95'][k][0]:.3f}, {op['ci95'][k][1]:.3f}]"
+                       **{f"test {k}": f"{_num(op[k])} [{', '.join(map(_num, op['ci95'][k]))}]"
                           for k in ("sensitivity", "specificity", "ppv", "npv")}} for name, op in ops.items()}
         s += ["<h3>Referral operating points (95% CI: bootstrap over lesions)</h3>", _table(pd.DataFrame(rows).T)]
     cal = metrics.get("calibration")

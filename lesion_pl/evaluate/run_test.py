@@ -73,7 +73,7 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     target = np.asarray(ds.labels)
     t_target = torch.from_numpy(target)
     report = metrics_report(torch.from_numpy(probs).float(), t_target, torch.from_numpy(pred))
-    report = {"split": split, "data_root": str(dm.root), **_checkpoints(run), "tta": tta,
+    report = {"split": split, "data_root": str(dm.root), "data_format": data_format, **_checkpoints(run), "tta": tta,
               "tta_calibrated": bool(cal.get("tta", False)), "skipped_bad_images": dm.skipped, **report}
     report["ci95"] = headline_ci(probs, target, rows["group"].to_numpy(), int(cfg["calibration"]["bootstrap"]),
                                  int(cfg["seed"]), pred)
