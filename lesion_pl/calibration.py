@@ -153,7 +153,12 @@ def lesion_bootstrap(groups: np.ndarray, statistic, n_boot: int = 1000, seed: in
         for k, v in statistic(pick).items():
             draws.setdefault(k, []).append(v)
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-    return {k: [float(np.nanpercentile(v, lo)), float(np.nanpercentile(v, hi))] for k, v in draws.items()}
+    out = {}
+    for k, v in draws.items():
+        v = np.asarray(v, dtype=float)
+        v = v[~np.isnan(v)]  # resamples on which the value is undefined (e.g. no positive drawn)
+        out[k] = [float(np.percentile(v, lo)), float(np.percentile(v, hi))] if len(v) else [float("nan")] * 2
+    return out
 
 
 def bootstrap_ci(scores: np.ndarray, positive: np.ndarray, groups: np.ndarray, threshold: float,

@@ -6,6 +6,8 @@ probability is the sum of the malignant classes' probabilities.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torchmetrics import MetricCollection
@@ -67,12 +69,14 @@ def metrics_report(probs: torch.Tensor, target: torch.Tensor, pred: torch.Tensor
     absent class's own figures are NaN (null in metrics.json).
     """
     pred = probs.argmax(1) if pred is None else pred
-    per = {
-        "precision": MulticlassPrecision(NUM_CLASSES, average=None)(pred, target),
-        "recall": MulticlassRecall(NUM_CLASSES, average=None)(pred, target),
-        "f1": MulticlassF1Score(NUM_CLASSES, average=None)(pred, target),
-        "auroc": MulticlassAUROC(NUM_CLASSES, average=None)(probs, target),
-    }
+    with warnings.catch_warnings():  # torchmetrics warns of each absent class, which is NaN below
+        warnings.filterwarnings("ignore", message="No positive samples in targets")
+        per = {
+            "precision": MulticlassPrecision(NUM_CLASSES, average=None)(pred, target),
+            "recall": MulticlassRecall(NUM_CLASSES, average=None)(pred, target),
+            "f1": MulticlassF1Score(NUM_CLASSES, average=None)(pred, target),
+            "auroc": MulticlassAUROC(NUM_CLASSES, average=None)(probs, target),
+        }
     support = torch.bincount(target, minlength=NUM_CLASSES)
     present = support > 0
     mal = is_malignant(target)
@@ -99,6 +103,11 @@ def metrics_report(probs: torch.Tensor, target: torch.Tensor, pred: torch.Tensor
     out["per_class"] = {code: {**{k: value(k, i) for k in per}, "support": int(support[i])}
                         for i, code in enumerate(CLASSES)}
     return out
+
+
+def metric_text(value: float | None, spec: str = ".3f") -> str:
+    """A metric as text: "n/a" where it has no value on these images (NaN; null in metrics.json)."""
+    return "n/a" if value is None or value != value else format(value, spec)
 
 
 def binary_auroc(scores: np.ndarray, positive: np.ndarray) -> float:

@@ -16,6 +16,7 @@ from ..errors import LesionPLError
 from ..io import atomic_path, atomic_write_text
 from ..run import RunDir
 from . import report_figures as figs
+from .metrics import metric_text
 
 AGE_BANDS = [(0, 30, "<30"), (30, 45, "30-44"), (45, 60, "45-59"), (60, 75, "60-74"), (75, 200, "75+")]
 MIN_SUBGROUP = 20  # findings only name subgroups with at least this many test images
@@ -180,11 +181,6 @@ def _scored(metrics: dict) -> str:
     return "the held-out test split" if split == "test" else f"the {split} split"
 
 
-def _num(value, spec: str = ".3f") -> str:
-    """A figure that may have no value on some data (null in metrics.json): "n/a" then."""
-    return "n/a" if value is None else format(value, spec)
-
-
 def _findings(metrics, frame, confusions, tables, overall_error, cam_stats) -> list[str]:
     out = []
     support = frame["dx"].value_counts()
@@ -204,7 +200,7 @@ def _findings(metrics, frame, confusions, tables, overall_error, cam_stats) -> l
                        f"{overall_error:.3f} overall.")
     op = metrics.get("operating_points", {}).get("malignant")
     if op:
-        sens, spec = (f"{_num(op[k])} (95% CI {'-'.join(map(_num, op['ci95'][k]))})"
+        sens, spec = (f"{metric_text(op[k])} (95% CI {'-'.join(map(metric_text, op['ci95'][k]))})"
                       for k in ("sensitivity", "specificity"))
         out.append(f"At the referral threshold chosen on validation ({op['threshold']:.3f}, validation sensitivity "
                    f"{op['val_sensitivity']:.3f}), test sensitivity is {sens} and specificity is {spec}.")
@@ -222,8 +218,8 @@ def _findings(metrics, frame, confusions, tables, overall_error, cam_stats) -> l
         out.append(f"The probabilities fuse the image with {', '.join(cl['fields'])} (weight {cl['weight']:.2f}, "
                    f"fitted on validation; {cl['images_with_metadata']} of {metrics['n_images']} test images have "
                    f"metadata). The image alone: balanced accuracy {alone['balanced_accuracy']:.3f} (fused "
-                   f"{metrics['balanced_accuracy']:.3f}), malignant AUROC {_num(alone['auroc_malignant'])} (fused "
-                   f"{_num(metrics['auroc_malignant'])}).")
+                   f"{metrics['balanced_accuracy']:.3f}), malignant AUROC {metric_text(alone['auroc_malignant'])} "
+                   f"(fused {metric_text(metrics['auroc_malignant'])}).")
     if cam_stats:
         out.append(f"On average {cam_stats['overall']:.1%} of the Grad-CAM mass lies inside the lesion mask "
                    f"(the lesion covers {cam_stats['lesion_area']:.1%} of the image): {cam_stats['correct']:.1%} for "
@@ -284,7 +280,7 @@ def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_st
     ops = metrics.get("operating_points", {})
     if ops:
         rows = {name: {"threshold": op["threshold"], "val sensitivity": op["val_sensitivity"],
-                       **{f"test {k}": f"{_num(op[k])} [{', '.join(map(_num, op['ci95'][k]))}]"
+                       **{f"test {k}": f"{metric_text(op[k])} [{', '.join(map(metric_text, op['ci95'][k]))}]"
                           for k in ("sensitivity", "specificity", "ppv", "npv")}} for name, op in ops.items()}
         s += ["<h3>Referral operating points (95% CI: bootstrap over lesions)</h3>", _table(pd.DataFrame(rows).T)]
     cal = metrics.get("calibration")

@@ -146,14 +146,16 @@ def _binary_test(run: RunDir, cfg: dict, cal: dict, probs: np.ndarray, pred: np.
 
 def format_report(report: dict) -> str:
     """The metrics as a plain-text table for the terminal."""
+    from .metrics import metric_text
+
     if report.get("binary_target"):
         lines = [f"{report['n_images']} images ({report['positives']} melanoma) from {report['data_root']}: "
                  "melanoma/benign labels only",
-                 f"  AUROC of the melanoma probability   {report['auroc_melanoma_vs_target']:.4f}",
-                 f"  AUROC of the malignancy probability {report['auroc_malignant_vs_target']:.4f}"]
+                 f"  AUROC of the melanoma probability   {metric_text(report['auroc_melanoma_vs_target'], '.4f')}",
+                 f"  AUROC of the malignancy probability {metric_text(report['auroc_malignant_vs_target'], '.4f')}"]
         for name, op in report["operating_points"].items():
-            lines.append(f"  {name} referral at p >= {op['threshold']:.3f}: sensitivity {op['sensitivity']:.3f}, "
-                         f"specificity {op['specificity']:.3f}")
+            lines.append(f"  {name} referral at p >= {op['threshold']:.3f}: sensitivity "
+                         f"{metric_text(op['sensitivity'])}, specificity {metric_text(op['specificity'])}")
         return "\n".join(lines)
     views = "the mean of 8 flips/rotations per image" if report["tta"] else "one view per image"
     lines = [f"{report['n_images']} images ({report['split']} split of {report['data_root']}), {views}"]
@@ -169,17 +171,17 @@ def format_report(report: dict) -> str:
     cis = report.get("ci95", {})
     image_only = report.get("clinical", {}).get("image_only", {})
     for key in HEADLINE:
-        ci = f"  (95% CI {cis[key][0]:.3f}-{cis[key][1]:.3f}, lesions resampled)" if key in cis else ""
-        alone = f"  [image alone {image_only[key]:.4f}]" if key in image_only else ""
-        lines.append(f"  {key:<20} {report[key]:.4f}{ci}{alone}")
+        ci = f"  (95% CI {'-'.join(map(metric_text, cis[key]))}, lesions resampled)" if key in cis else ""
+        alone = f"  [image alone {metric_text(image_only[key], '.4f')}]" if key in image_only else ""
+        lines.append(f"  {key:<20} {metric_text(report[key], '.4f')}{ci}{alone}")
     if image_only:
         cl = report["clinical"]
         lines.append(f"  (image fused with {', '.join(cl['fields'])}, weight {cl['weight']:.2f}; "
                      f"{cl['images_with_metadata']} of {report['n_images']} images have metadata)")
     lines += ["", f"  {'class':<6} {'precision':>9} {'recall':>7} {'f1':>6} {'auroc':>6} {'support':>8}"]
     for code, m in report["per_class"].items():
-        lines.append(f"  {code:<6} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} "
-                     f"{m['auroc']:>6.3f} {m['support']:>8d}")
+        lines.append(f"  {code:<6} {metric_text(m['precision']):>9} {metric_text(m['recall']):>7} "
+                     f"{metric_text(m['f1']):>6} {metric_text(m['auroc']):>6} {m['support']:>8d}")
     c = report["calibration"]
     lines += ["", f"  calibration (T = {c['temperature']:.3f}, class-prior weight {c['prior_weight']:.2f}): "
                   f"ECE {c['ece_15_before']:.4f} -> {c['ece_15_after']:.4f}, "
@@ -189,6 +191,6 @@ def format_report(report: dict) -> str:
     for name, op in report["operating_points"].items():
         ci = op["ci95"]
         lines.append(f"  {name} referral at p >= {op['threshold']:.3f} (val sensitivity {op['val_sensitivity']:.3f}): "
-                     + ", ".join(f"{k} {op[k]:.3f} [{ci[k][0]:.3f}, {ci[k][1]:.3f}]"
+                     + ", ".join(f"{k} {metric_text(op[k])} [{', '.join(map(metric_text, ci[k]))}]"
                                  for k in ("sensitivity", "specificity", "ppv", "npv")))
     return "\n".join(lines)
