@@ -230,10 +230,13 @@ def predict(
 @friendly_errors
 def report(
     run: Path = typer.Option(..., "--run", "-r", help="Run folder made by `fit` and `test`."),
-    data_root: Optional[Path] = DATA_ROOT_OPT,
+    data_root: Optional[Path] = typer.Option(
+        None, "--data-root", "-d", help="Where the tested images are now (default: where the last `test` read them "
+        "for --split all, else the run's data root)."),
     quiet: bool = QUIET_OPT,
 ):
-    """Write RUN/report/index.html: one self-contained page of metrics, curves, galleries and error analysis."""
+    """Write RUN/report/index.html: one self-contained page of metrics, curves, galleries and error analysis
+    of the images the last `test` scored."""
     from lesion_pl.evaluate.report import build_report
 
     typer.echo(f"wrote {build_report(run, data_root, progress=not quiet)}")

@@ -80,10 +80,13 @@ def build_report(run_path: Path, data_root: Path | None = None, progress: bool =
         raise LesionPLError(f"the report covers a test on the seven classes, and the last `test` of {run.path} "
                             f"scored melanoma vs the rest; rerun `{test_cmd}` on seven-class data")
     summary = json.loads(run.summary.read_text()) if run.summary.exists() else {}
-    # the images the last `test` scored: the run's split, or (--split all) every image of its data
+    # the images the last `test` scored: the run's split, or (--split all) every image of the data it read
+    whole = metrics.get("split") == "all"
+    if whole and data_root is None:
+        data_root = Path(metrics["data_root"])
     cfg = run.load_config(data_root, metrics.get("data_format"), bool(metrics.get("skipped_bad_images")))
     try:
-        dm = run.datamodule(cfg, progress, whole=metrics.get("split") == "all")
+        dm = run.datamodule(cfg, progress, whole=whole)
     except LesionPLError as e:
         raise LesionPLError(f"{e} (the run's images are read from {cfg['data']['root'] or 'the default data root'}; "
                             f"the last `test` read {metrics.get('data_root')}: pass --data-root DIR)") from None
