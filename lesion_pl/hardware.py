@@ -5,12 +5,13 @@ import copy
 
 from .errors import LesionPLError
 
+
 def precision_for(cfg: dict) -> str:
     """Lightning's precision for `trainer.precision`.
 
     "auto": bf16-mixed on CUDA and on CPUs that multiply bf16 in hardware (AVX-512 bf16, AMX), where
-    an epoch takes 1.6x less time at no cost on validation (README: "bf16 on a CPU that has it"); 32-true on
-    other CPUs, where bf16 autocast is ~12x slower (benchmarks/step_speed.py).
+    an epoch takes 1.6x less time at no cost on validation (benchmarks/RESULTS.md: "bf16 on a CPU that
+    has it"); 32-true on other CPUs, where bf16 autocast is ~12x slower (benchmarks/step_speed.py).
     """
     import torch
 
@@ -38,7 +39,7 @@ def image_size_for(cfg: dict) -> int:
     """`data.image_size` in pixels; "auto": 128 where training runs in bf16, else 64.
 
     bf16 makes 128 px affordable in the hour, and 128 px scored higher on validation over three seeds
-    (README: "Should the default follow the hardware?").
+    (benchmarks/RESULTS.md: "Should the default follow the hardware?").
     """
     size = cfg["data"]["image_size"]
     if size == "auto":
