@@ -1,4 +1,5 @@
-"""Configs: the default YAML, user YAML merged over it, `key=value` overrides, and saving the result."""
+"""Configs: the default YAML, user YAML merged over it, `key=value` overrides, checking the values,
+and saving the result."""
 from __future__ import annotations
 
 import copy
@@ -72,7 +73,74 @@ def load_config(path: Path | None = None, overrides: list[str] = ()) -> dict:
         cfg = merge(cfg, read_yaml(path))
     for item in overrides:
         cfg = merge(cfg, parse_override(item))
+    check(cfg)
     return cfg
+
+
+def _whole(low: int):
+    return f"a whole number >= {low}", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _number(low: float, high: float | None = None, low_open: bool = False, nullable: bool = False):
+    text = f"a number {'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+
+    def ok(v) -> bool:
+        if v is None:
+            return nullable
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return False
+        return (v > low if low_open else v >= low) and (high is None or v <= high)
+    return text + (", or null" if nullable else ""), ok
+
+
+def _one_of(*choices):
+    return "one of " + ", ".join(dict.fromkeys(map(str, choices))), lambda v: v in choices
+
+
+# The values that would otherwise fail deep inside torch or Lightning, with a traceback that names
+# neither the key nor the file. Keys with their own checks (image_size, sampler, splits, max_time,
+# the data columns) are checked where they are read.
+CHECKS = {
+    "seed": _whole(0),
+    "data.batch_size": _whole(1),
+    "data.num_workers": _whole(0),
+    "data.cache_in_memory_max_gb": _number(0),
+    "data.augment.rotation": _number(0, 180),
+    "data.augment.mixup": _number(0),
+    "data.augment.cutmix": _number(0),
+    "model.dropout": _number(0, 1),
+    "loss.label_smoothing": _number(0, 1),
+    "loss.logit_adjustment": _number(0),
+    "loss.malignant_weight": _number(0),
+    "optim.lr": _number(0, low_open=True),
+    "optim.weight_decay": _number(0),
+    "optim.warmup_epochs": _number(0),
+    "calibration.malignant_sensitivity": _number(0, 1, low_open=True),
+    "calibration.melanoma_sensitivity": _number(0, 1, low_open=True),
+    "calibration.bootstrap": _whole(1),
+    "trainer.max_epochs": ("a whole number >= 1, or -1 (no limit)",
+                           lambda v: isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1)),
+    "trainer.members": _whole(1),
+    "trainer.patience": _whole(1),
+    "trainer.stop_at": _number(0, 1, nullable=True),
+    "trainer.ema_decay": _number(0, 1, nullable=True),
+    "trainer.num_nodes": _whole(1),
+    "trainer.accelerator": _one_of("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
+    "trainer.precision": _one_of("auto", "32-true", "32", 32, "bf16-mixed", "16-mixed", "bf16-true", "16-true",
+                                 "64-true", "64", 64),
+    "trainer.limit_train_batches": _number(0, low_open=True),
+    "trainer.limit_val_batches": _number(0),
+}
+
+
+def check(cfg: dict) -> None:
+    """A one-line error naming the key, what it takes and the value given, for the first bad value."""
+    for key, (takes, ok) in CHECKS.items():
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        if not ok(node):
+            raise LesionPLError(f"{key} must be {takes}, got {node!r}")
 
 
 def default_data_root() -> Path:

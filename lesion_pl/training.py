@@ -127,11 +127,7 @@ def member_count(cfg: dict, run: RunDir, resume: bool) -> int:
     the default (runs made before `trainer.members` existed have no such key)."""
     if resume and run.last.exists():
         return 1
-    n = cfg["trainer"].get("members")
-    n = 1 if n is None else n
-    if isinstance(n, bool) or not isinstance(n, (int, float)) or int(n) != n or n < 1:
-        raise LesionPLError(f"trainer.members must be a whole number >= 1, got {n}")
-    return int(n)
+    return int(cfg["trainer"].get("members") or 1)  # checked with the rest of the config (config.check)
 
 
 def _member_config(cfg: dict, i: int, budget_left: float | None, members_left: int) -> dict:

@@ -23,6 +23,29 @@ def test_unknown_key_is_an_error():
         load_config(None, ["data.image_size"])
 
 
+@pytest.mark.parametrize("override, message", [
+    ("data.batch_size=0", "data.batch_size must be a whole number >= 1, got 0"),
+    ("optim.lr=abc", "optim.lr must be a number > 0, got 'abc'"),
+    ("trainer.precision=fp8", "trainer.precision must be one of auto, 32-true, .*got 'fp8'"),
+    ("trainer.max_epochs=0", "trainer.max_epochs must be a whole number >= 1, or -1"),
+    ("model.dropout=1.5", "model.dropout must be a number >= 0 and <= 1, got 1.5"),
+    ("trainer.ema_decay=yes", "trainer.ema_decay must be .*or null, got True"),
+])
+def test_a_bad_value_is_named_with_what_the_key_takes(override, message):
+    """Values that torch or Lightning would refuse deep inside `fit`, with a traceback."""
+    with pytest.raises(LesionPLError, match=message):
+        load_config(None, [override])
+
+
+def test_a_bad_value_in_a_config_file_is_refused_before_anything_runs(tmp_path):
+    from .conftest import invoke
+
+    (tmp_path / "c.yaml").write_text("optim:\n  weight_decay: -1\n")
+    r = invoke("fit", "--config", tmp_path / "c.yaml", "--out", tmp_path / "run")
+    assert r.exit_code == 2 and "optim.weight_decay must be a number >= 0, got -1" in r.output, r.output
+    assert not (tmp_path / "run").exists()
+
+
 def test_user_file_over_defaults_and_roundtrip(tmp_path):
     (tmp_path / "c.yaml").write_text("data:\n  batch_size: 8\n")
     cfg = load_config(tmp_path / "c.yaml")
