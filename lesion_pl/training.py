@@ -22,7 +22,6 @@ def _max_time(value):
 
 
 def build_trainer(cfg: dict, run: RunDir, progress: bool = True, started: float | None = None):
-    import pytorch_lightning as pl
     from pytorch_lightning.callbacks import EarlyStopping, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
 
@@ -45,15 +44,28 @@ def build_trainer(cfg: dict, run: RunDir, progress: bool = True, started: float 
     if t.get("ema_decay"):
         # validation, checkpoints and everything after them use the averaged weights
         callbacks.append(EMAWeightAveraging(decay=float(t["ema_decay"])))
-    return pl.Trainer(
-        max_epochs=int(t["max_epochs"]), max_time=_max_time(t.get("max_time")),
-        accelerator=t["accelerator"], devices=t["devices"], num_nodes=int(t.get("num_nodes") or 1),
-        strategy=t.get("strategy") or "auto", precision=precision_for(cfg),
+    return _trainer(
+        cfg, max_epochs=int(t["max_epochs"]), max_time=_max_time(t.get("max_time")),
         callbacks=callbacks, logger=CSVLogger(run.path, name="logs", version=""),
         limit_train_batches=t["limit_train_batches"], limit_val_batches=t["limit_val_batches"],
         enable_progress_bar=progress, enable_model_summary=progress, log_every_n_steps=10,
         num_sanity_val_steps=0, deterministic=False,
     )
+
+
+def _trainer(cfg: dict, **kwargs):
+    """A Lightning Trainer on the config's hardware; a one-line error where Lightning refuses it (a strategy
+    it does not have, a GPU the machine does not have)."""
+    import pytorch_lightning as pl
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    t = cfg["trainer"]
+    try:
+        return pl.Trainer(accelerator=t["accelerator"], devices=t["devices"], num_nodes=int(t.get("num_nodes") or 1),
+                          strategy=t.get("strategy") or "auto", precision=precision_for(cfg), **kwargs)
+    except (ValueError, TypeError, ImportError, MisconfigurationException) as e:
+        raise LesionPLError(f"Lightning refused trainer.accelerator={t['accelerator']}, devices={t['devices']}, "
+                            f"strategy={t.get('strategy')}: {str(e).splitlines()[0]}") from None
 
 
 def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> dict | None:
@@ -96,6 +108,7 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
         print(f"training {cfg['model']['name']} at {cfg['data']['image_size']} px in {precision_for(cfg)}{note}",
               flush=True)
 
+    _trainer(cfg, logger=False, enable_checkpointing=False, enable_progress_bar=False)  # refused before writing
     from .data.splits import write_splits
     run.path.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run.config)

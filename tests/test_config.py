@@ -30,6 +30,10 @@ def test_unknown_key_is_an_error():
     ("trainer.max_epochs=0", "trainer.max_epochs must be a whole number >= 1, or -1"),
     ("model.dropout=1.5", "model.dropout must be a number >= 0 and <= 1, got 1.5"),
     ("trainer.ema_decay=yes", "trainer.ema_decay must be .*or null, got True"),
+    ("data.augment.scale=[2, 1]", r"data.augment.scale must be a pair \[min, max\] .*got \[2, 1\]"),
+    ("loss.class_weights=weird", "loss.class_weights must be one of none, shuffle, sqrt, balanced or a power"),
+    ("calibration.decision=foo", "calibration.decision must be one of balanced, accuracy, got 'foo'"),
+    ("trainer.devices=abc", "trainer.devices must be a number of devices.*got 'abc'"),
 ])
 def test_a_bad_value_is_named_with_what_the_key_takes(override, message):
     """Values that torch or Lightning would refuse deep inside `fit`, with a traceback."""
@@ -44,6 +48,16 @@ def test_a_bad_value_in_a_config_file_is_refused_before_anything_runs(tmp_path):
     r = invoke("fit", "--config", tmp_path / "c.yaml", "--out", tmp_path / "run")
     assert r.exit_code == 2 and "optim.weight_decay must be a number >= 0, got -1" in r.output, r.output
     assert not (tmp_path / "run").exists()
+
+
+def test_settings_lightning_refuses_are_one_line_before_anything_is_written(small_ham, tmp_path):
+    from .conftest import invoke
+
+    for setting, said in (("trainer.strategy=no_such_strategy", "invalid strategy name"),
+                          ("trainer.accelerator=tpu", "trainer.accelerator=tpu")):
+        r = invoke("fit", "--data-root", small_ham, "--out", tmp_path / "run", "--quiet", "--set", setting)
+        assert r.exit_code == 2 and "Lightning refused" in r.output and said in r.output, r.output
+        assert not (tmp_path / "run").exists()
 
 
 def test_user_file_over_defaults_and_roundtrip(tmp_path):

@@ -31,10 +31,11 @@ def test_training_batches_follow_the_sampled_class_prior(small_ham, sampler, pow
 
 
 @pytest.mark.parametrize("sets, message", [
-    (["data.sampler=1.5"], r"data.sampler must be one of .* or a power in \[0, 1\], got '1.5'"),
-    (["data.sampler_start=uniform"], r"data.sampler_start must be one of .* or a power in \[0, 1\], got 'uniform'"),
+    (["data.sampler=1.5"], r"data.sampler must be one of .* or a power in \[0, 1\], got 1.5"),
+    (["data.sampler_start=uniform"],
+     r"data.sampler_start must be one of .* or a power in \[0, 1\], or null, got 'uniform'"),
     (["data.sampler_start=balanced", "data.sampler_ramp_epochs=0"],
-     r"data.sampler_ramp_epochs must be a whole number of epochs >= 1, got '0'"),
+     r"data.sampler_ramp_epochs must be a whole number >= 1, got 0"),
 ])
 def test_bad_sampler_settings_are_refused(small_ham, sets, message):
     from lesion_pl.errors import LesionPLError

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from ..classes import NUM_CLASSES
-from ..config import resolve_data_root
+from ..config import balance_power, resolve_data_root
 from ..errors import LesionPLError
 from ..hardware import image_size_for
 from .cache import build_cache, default_cache_dir
@@ -26,18 +26,6 @@ from .dataset import CachedImages
 from .sources import read_source
 from .splits import SPLITS, check_no_leak, make_splits, read_splits
 from .transforms import augment_batch
-
-BALANCE_POWER = {"none": 0.0, "shuffle": 0.0, "sqrt": 0.5, "balanced": 1.0}
-
-
-def balance_power(name: str | float, key: str) -> float:
-    """The power p of count^-p that a name stands for; a number in [0, 1] is the power itself."""
-    if isinstance(name, (int, float)) and not isinstance(name, bool) and 0 <= name <= 1:
-        return float(name)
-    if name not in BALANCE_POWER:
-        raise LesionPLError(f"{key} must be one of {', '.join(BALANCE_POWER)} or a power in [0, 1], got '{name}'")
-    return BALANCE_POWER[name]
-
 
 class EpochWeightedSampler(WeightedRandomSampler):
     """Draws with replacement with per-image weights that may change with the epoch: Lightning calls
@@ -144,9 +132,7 @@ class LesionDataModule(pl.LightningDataModule):
         if d.get("sampler_start") is None:
             return end
         start = balance_power(d["sampler_start"], "data.sampler_start")
-        ramp = d.get("sampler_ramp_epochs")
-        if isinstance(ramp, bool) or not isinstance(ramp, int) or ramp < 1:
-            raise LesionPLError(f"data.sampler_ramp_epochs must be a whole number of epochs >= 1, got '{ramp}'")
+        ramp = d["sampler_ramp_epochs"]
         return end if epoch is None else start + (end - start) * min(1.0, epoch / ramp)
 
     def _sampler_weights(self, epoch: int | None = None) -> np.ndarray:
