@@ -28,6 +28,23 @@ def test_unknown_model_name():
         build_network(load_config(None, ["model.name=no_such_net"])["model"])
 
 
+def test_pretrained_weights_out_of_reach_say_what_to_do(monkeypatch):
+    """Without internet, timm cannot download the weights: one line naming the model and the way out."""
+    import timm
+
+    def offline(*args, pretrained=False, **kwargs):
+        if pretrained:
+            raise FileNotFoundError("cannot find the requested files in the local cache")
+        return create(*args, **kwargs)
+
+    create = timm.create_model
+    monkeypatch.setattr(timm, "create_model", offline)
+    cfg = load_config(None, ["model.name=resnet18", "model.pretrained=true"])["model"]
+    with pytest.raises(LesionPLError, match="pretrained weights of resnet18 .*pass model.weights=FILE"):
+        build_network(cfg)
+    assert build_network(dict(cfg, pretrained=False)).eval()(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+
+
 def test_local_weights_file(tmp_path):
     cfg = load_config(None, ["model.widths=[8,16,32,64]"])["model"]
     src = build_network(cfg)

@@ -57,8 +57,13 @@ def build_network(model_cfg: dict, num_classes: int = NUM_CLASSES) -> nn.Module:
         import timm
         if not timm.is_model(name):
             raise LesionPLError(f"unknown model '{name}': not lesion_cnn and not a timm model name")
-        net = timm.create_model(name, pretrained=bool(model_cfg["pretrained"]), num_classes=num_classes,
-                                drop_rate=float(model_cfg["dropout"]))
+        try:
+            net = timm.create_model(name, pretrained=bool(model_cfg["pretrained"]), num_classes=num_classes,
+                                    drop_rate=float(model_cfg["dropout"]))
+        except OSError as e:  # the weights are downloaded (Hugging Face Hub): no network, no cached copy
+            raise LesionPLError(f"could not get the pretrained weights of {name} ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:160]}); without internet, download them elsewhere and "
+                                "pass model.weights=FILE, or set model.pretrained=false") from None
     if model_cfg.get("weights"):
         _load_weights(net, model_cfg["weights"])
     return net
