@@ -1,5 +1,5 @@
-"""Configs: the default YAML, user YAML merged over it, `key=value` overrides, checking the values,
-and saving the result."""
+"""Configs: the default YAML, user YAML merged over it, `key=value` overrides (each value checked,
+config_rules.py), and saving the result."""
 from __future__ import annotations
 
 import copy
@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from .config_rules import check
 from .errors import LesionPLError
 from .io import atomic_write_text
 
@@ -75,130 +76,6 @@ def load_config(path: Path | None = None, overrides: list[str] = ()) -> dict:
         cfg = merge(cfg, parse_override(item))
     check(cfg)
     return cfg
-
-
-BALANCE_POWER = {"none": 0.0, "shuffle": 0.0, "sqrt": 0.5, "balanced": 1.0}
-
-
-def balance_power(name: str | float, key: str) -> float:
-    """The power p of count^-p that a sampler or class-weight name stands for; a number in [0, 1] is
-    the power itself."""
-    if isinstance(name, (int, float)) and not isinstance(name, bool) and 0 <= name <= 1:
-        return float(name)
-    if name not in BALANCE_POWER:
-        raise LesionPLError(f"{key} must be one of {', '.join(BALANCE_POWER)} or a power in [0, 1], got '{name}'")
-    return BALANCE_POWER[name]
-
-
-def _whole(low: int):
-    return f"a whole number >= {low}", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
-
-
-def _number(low: float, high: float | None = None, low_open: bool = False, nullable: bool = False):
-    text = f"a number {'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
-
-    def ok(v) -> bool:
-        if v is None:
-            return nullable
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            return False
-        return (v > low if low_open else v >= low) and (high is None or v <= high)
-    return text + (", or null" if nullable else ""), ok
-
-
-def _one_of(*choices):
-    return "one of " + ", ".join(dict.fromkeys(map(str, choices))), lambda v: v in choices
-
-
-def _range(low: float, high: float):
-    """A [min, max] pair within [low, high]."""
-    def ok(v) -> bool:
-        return (isinstance(v, list) and len(v) == 2 and all(_number(low, high)[1](x) for x in v)
-                and v[0] <= v[1] and v[1] > 0)
-    return f"a pair [min, max] with {low} <= min <= max <= {high}", ok
-
-
-def _devices():
-    """Lightning's `devices`: a count, -1 (all), "auto", a list of indices or a string of them ("0,1")."""
-    def ok(v) -> bool:
-        if isinstance(v, bool):
-            return False
-        if isinstance(v, int):
-            return v >= 1 or v == -1
-        if isinstance(v, list):
-            return bool(v) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)
-        return isinstance(v, str) and (v == "auto" or all(p.strip().lstrip("-").isdigit() for p in v.split(",")))
-    return 'a number of devices, -1 (all), "auto", or their indices ([0, 1] or "0,1")', ok
-
-
-def _balance(nullable: bool = False):
-    def ok(v) -> bool:
-        if v is None:
-            return nullable
-        try:
-            balance_power(v, "")
-        except LesionPLError:
-            return False
-        return True
-    return f"one of {', '.join(BALANCE_POWER)} or a power in [0, 1]" + (", or null" if nullable else ""), ok
-
-
-# The values that would otherwise fail deep inside torch or Lightning, with a traceback that names
-# neither the key nor the file. Keys with their own checks (image_size, sampler, splits, max_time,
-# the data columns) are checked where they are read.
-CHECKS = {
-    "seed": _whole(0),
-    "data.batch_size": _whole(1),
-    "data.num_workers": _whole(0),
-    "data.cache_in_memory_max_gb": _number(0),
-    "data.sampler": _balance(),
-    "data.sampler_start": _balance(nullable=True),
-    "data.sampler_ramp_epochs": _whole(1),
-    "data.augment.scale": _range(0, 1),
-    "data.augment.ratio": _range(0, 100),
-    "data.augment.rotation": _number(0, 180),
-    "data.augment.color_jitter.brightness": _number(0),
-    "data.augment.color_jitter.contrast": _number(0),
-    "data.augment.color_jitter.saturation": _number(0),
-    "data.augment.color_jitter.hue": _number(0, 0.5),
-    "data.augment.mixup": _number(0),
-    "data.augment.cutmix": _number(0),
-    "model.dropout": _number(0, 1),
-    "loss.class_weights": _balance(),
-    "loss.label_smoothing": _number(0, 1),
-    "loss.logit_adjustment": _number(0),
-    "loss.malignant_weight": _number(0),
-    "optim.lr": _number(0, low_open=True),
-    "optim.weight_decay": _number(0),
-    "optim.warmup_epochs": _number(0),
-    "calibration.decision": _one_of("balanced", "accuracy"),
-    "calibration.malignant_sensitivity": _number(0, 1, low_open=True),
-    "calibration.melanoma_sensitivity": _number(0, 1, low_open=True),
-    "calibration.bootstrap": _whole(1),
-    "trainer.max_epochs": ("a whole number >= 1, or -1 (no limit)",
-                           lambda v: isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1)),
-    "trainer.members": _whole(1),
-    "trainer.patience": _whole(1),
-    "trainer.stop_at": _number(0, 1, nullable=True),
-    "trainer.ema_decay": _number(0, 1, nullable=True),
-    "trainer.num_nodes": _whole(1),
-    "trainer.devices": _devices(),
-    "trainer.accelerator": _one_of("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
-    "trainer.precision": _one_of("auto", "32-true", "32", 32, "bf16-mixed", "16-mixed", "bf16-true", "16-true",
-                                 "64-true", "64", 64),
-    "trainer.limit_train_batches": _number(0, low_open=True),
-    "trainer.limit_val_batches": _number(0),
-}
-
-
-def check(cfg: dict) -> None:
-    """A one-line error naming the key, what it takes and the value given, for the first bad value."""
-    for key, (takes, ok) in CHECKS.items():
-        node = cfg
-        for part in key.split("."):
-            node = node[part]
-        if not ok(node):
-            raise LesionPLError(f"{key} must be {takes}, got {node!r}")
 
 
 def default_data_root() -> Path:

@@ -31,6 +31,7 @@ def test_unknown_key_is_an_error():
     ("model.dropout=1.5", "model.dropout must be a number >= 0 and <= 1, got 1.5"),
     ("trainer.ema_decay=yes", "trainer.ema_decay must be .*or null, got True"),
     ("data.augment.scale=[2, 1]", r"data.augment.scale must be a pair \[min, max\] .*got \[2, 1\]"),
+    ("data.augment.ratio=[0, 1]", r"data.augment.ratio must be a pair \[min, max\] with 0 < min <= max"),
     ("loss.class_weights=weird", "loss.class_weights must be one of none, shuffle, sqrt, balanced or a power"),
     ("calibration.decision=foo", "calibration.decision must be one of balanced, accuracy, got 'foo'"),
     ("trainer.devices=abc", "trainer.devices must be a number of devices.*got 'abc'"),

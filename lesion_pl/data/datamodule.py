@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from ..classes import NUM_CLASSES
-from ..config import balance_power, resolve_data_root
+from ..config import resolve_data_root
+from ..config_rules import balance_power
 from ..errors import LesionPLError
 from ..hardware import image_size_for
 from .cache import build_cache, default_cache_dir
