@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -167,6 +168,12 @@ def test_predict_command_over_a_folder_with_a_bad_file(exported, small_ham, tmp_
     table = pd.read_csv(tmp_path / "p.csv")
     assert len(table) == 3 and set(table["top_class"]) <= set(CLASSES)
     assert table["file"].str.endswith(".jpg").all()
+    # the same as JSON: the predictions and, beside them, the file that failed and why
+    subprocess.run([sys.executable, "cli.py", "predict", str(folder), "--model", str(exported),
+                    "--out", str(tmp_path / "p.json")], capture_output=True, text=True, cwd=PROJECT)
+    out = json.loads((tmp_path / "p.json").read_text())
+    assert [r["top_class"] for r in out["predictions"]] == table["top_class"].tolist()
+    assert [Path(f["file"]).name for f in out["failed"]] == ["broken.jpg"] and out["failed"][0]["error"]
 
 
 def test_bad_model_files(exported, tmp_path):
