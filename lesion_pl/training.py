@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 import warnings
@@ -53,12 +54,25 @@ def build_trainer(cfg: dict, run: RunDir, progress: bool = True, started: float 
     )
 
 
-def _trainer(cfg: dict, **kwargs):
+class _NoTips(logging.Filter):
+    """Drops the advertisement for Lightning's cloud logger that every Trainer prints."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def _trainer(cfg: dict, quiet: bool = False, **kwargs):
     """A Lightning Trainer on the config's hardware; a one-line error where Lightning refuses it (a strategy
-    it does not have, a GPU the machine does not have)."""
+    it does not have, a GPU the machine does not have). `quiet`: without Lightning's notes on the hardware."""
     import pytorch_lightning as pl
     from lightning_fabric.utilities.exceptions import MisconfigurationException
 
+    notes = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(isinstance(f, _NoTips) for f in notes.filters):
+        notes.addFilter(_NoTips())
+    level = notes.level
+    if quiet:
+        notes.setLevel(logging.WARNING)
     t = cfg["trainer"]
     try:
         return pl.Trainer(accelerator=t["accelerator"], devices=t["devices"], num_nodes=int(t.get("num_nodes") or 1),
@@ -66,6 +80,8 @@ def _trainer(cfg: dict, **kwargs):
     except (ValueError, TypeError, ImportError, MisconfigurationException) as e:
         raise LesionPLError(f"Lightning refused trainer.accelerator={t['accelerator']}, devices={t['devices']}, "
                             f"strategy={t.get('strategy')}: {str(e).splitlines()[0]}") from None
+    finally:
+        notes.setLevel(level)
 
 
 def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> dict | None:
@@ -108,7 +124,8 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
         print(f"training {cfg['model']['name']} at {cfg['data']['image_size']} px in {precision_for(cfg)}{note}",
               flush=True)
 
-    _trainer(cfg, logger=False, enable_checkpointing=False, enable_progress_bar=False)  # refused before writing
+    # a trainer Lightning refuses is refused before the run folder is written
+    _trainer(cfg, quiet=True, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     from .data.splits import write_splits
     run.path.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run.config)

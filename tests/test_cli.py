@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import warnings
@@ -21,16 +22,22 @@ from .conftest import FAST, PROJECT, invoke, make_dataset, sample_meta
 def fitted(small_ham, tmp_path_factory):
     """A run of its own: these tests resume it."""
     out = tmp_path_factory.mktemp("runs") / "e2e"
+    notes = logging.getLogger("pytorch_lightning.utilities.rank_zero")  # Lightning's notes to the user
+    handler = logging.Handler()
+    handler.emit = lambda record: FIT_NOTES.append(record.getMessage())
+    notes.addHandler(handler)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         r = invoke("fit", "--data-root", small_ham, "--out", out, "--max-epochs", 2, *FAST)
         warnings.warn("probe: the recording still works after fit")
+    notes.removeHandler(handler)
     assert r.exit_code == 0, r.output
     FIT_WARNINGS[:] = [str(w.message) for w in caught]
     return out
 
 
 FIT_WARNINGS: list[str] = []
+FIT_NOTES: list[str] = []
 
 
 def test_fit_log_has_no_warnings_nobody_can_act_on(fitted):
@@ -38,6 +45,12 @@ def test_fit_log_has_no_warnings_nobody_can_act_on(fitted):
     noise = ("called before the ``update`` method", "isinstance(treespec, LeafSpec)")
     assert any(w.startswith("probe") for w in FIT_WARNINGS), "the recording is broken"
     assert not [w for w in FIT_WARNINGS if any(n in w for n in noise)]
+
+
+def test_fit_notes_the_hardware_once_and_no_advertisement(fitted):
+    """fit checks its trainer settings before writing the run folder: that trainer says nothing."""
+    assert sum(n.startswith("GPU available") for n in FIT_NOTES) == 1, FIT_NOTES
+    assert not [n for n in FIT_NOTES if "Tip" in n]
 
 
 def test_fit_writes_a_complete_run_folder(fitted, small_ham):
