@@ -32,6 +32,8 @@ def build_trainer(cfg: dict, run: RunDir, progress: bool = True, started: float 
     # that no user can act on
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             category=FutureWarning)
+    # and its model summary cannot size a bf16 model: a warning, with a file path, in every bf16 fit
+    warnings.filterwarnings("ignore", message="Precision bf16-mixed is not supported by the model summary")
     t = cfg["trainer"]
     monitor = "val/balanced_accuracy"
     callbacks = [
@@ -54,11 +56,14 @@ def build_trainer(cfg: dict, run: RunDir, progress: bool = True, started: float 
     )
 
 
-class _NoTips(logging.Filter):
-    """Drops the advertisement for Lightning's cloud logger that every Trainer prints."""
+class _NoNoise(logging.Filter):
+    """Drops Lightning's notes that tell a lesion-pl user nothing: an advertisement for its cloud logger,
+    that 100% of the batches will be used, that it loads the training data to count the steps."""
+
+    NOISE = ("💡 Tip", "was configured so 100% of the batches", "Loading `train_dataloader` to estimate")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("💡 Tip")
+        return not any(n in str(record.msg) for n in self.NOISE)
 
 
 def _trainer(cfg: dict, quiet: bool = False, **kwargs):
@@ -68,8 +73,8 @@ def _trainer(cfg: dict, quiet: bool = False, **kwargs):
     from lightning_fabric.utilities.exceptions import MisconfigurationException
 
     notes = logging.getLogger("pytorch_lightning.utilities.rank_zero")
-    if not any(isinstance(f, _NoTips) for f in notes.filters):
-        notes.addFilter(_NoTips())
+    if not any(isinstance(f, _NoNoise) for f in notes.filters):
+        notes.addFilter(_NoNoise())
     level = notes.level
     if quiet:
         notes.setLevel(logging.WARNING)

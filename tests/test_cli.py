@@ -47,10 +47,12 @@ def test_fit_log_has_no_warnings_nobody_can_act_on(fitted):
     assert not [w for w in FIT_WARNINGS if any(n in w for n in noise)]
 
 
-def test_fit_notes_the_hardware_once_and_no_advertisement(fitted):
-    """fit checks its trainer settings before writing the run folder: that trainer says nothing."""
+def test_fit_notes_the_hardware_once_and_no_noise(fitted):
+    """fit checks its trainer settings before writing the run folder: that trainer says nothing; and
+    Lightning's notes that tell a user nothing are dropped."""
     assert sum(n.startswith("GPU available") for n in FIT_NOTES) == 1, FIT_NOTES
-    assert not [n for n in FIT_NOTES if "Tip" in n]
+    noise = ("Tip", "100% of the batches", "to estimate number of stepping batches")
+    assert not [n for n in FIT_NOTES if any(x in n for x in noise)]
 
 
 def test_fit_writes_a_complete_run_folder(fitted, small_ham):
