@@ -235,8 +235,8 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:12
 color:#222;line-height:1.45}
 h1{margin-bottom:.2em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
 img{max-width:100%;height:auto;display:block;margin:1em 0}
-table.t{border-collapse:collapse;font-size:.9em;margin:.5em 0;display:block;overflow-x:auto;max-width:100%} table.t td,table.t th{padding:.25em .7em;
-border-bottom:1px solid #e3e3e3;text-align:right} table.t th{background:#f4f4f4}
+table.t{border-collapse:collapse;font-size:.9em;margin:.5em 0;display:block;overflow-x:auto;max-width:100%}
+table.t td,table.t th{padding:.25em .7em;border-bottom:1px solid #e3e3e3;text-align:right} table.t th{background:#f4f4f4}
 .note{color:#666;font-size:.9em} pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:.8em}
 .grid{display:flex;flex-wrap:wrap;gap:2em} li{margin:.3em 0}
 """
