@@ -1,0 +1,40 @@
+"""The benchmark scripts whose figures the README cites still run: small settings, real images."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import PROJECT, invoke
+
+
+def run_script(*args) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=PROJECT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def test_inference_benchmark_times_three_engines_and_profiles_onnxruntime(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("export", "report"))
+    r = invoke("export", "--run", run, "--int8", "--quiet")
+    assert r.exit_code == 0, r.output
+    lines = run_script("benchmarks/inference.py", "--run", run, "--images", 32, "--latency-images", 4,
+                       "--profile").stdout.strip().splitlines()
+    rows = json.loads(lines[-1])
+    assert set(rows) == {"pytorch eager", "onnxruntime fp32", "onnxruntime int8"}
+    assert all(r["images_per_s_b32"] > 0 and r["p95_ms"] >= r["p50_ms"] > 0 for r in rows.values())
+    # the same graph in PyTorch and in onnxruntime fp32 names the same classes
+    assert rows["onnxruntime fp32"]["balanced_accuracy"] == pytest.approx(rows["pytorch eager"]["balanced_accuracy"])
+    profile = {line.split(",")[0]: line for line in lines if "time per operator" in line}
+    assert "Conv " in profile["onnxruntime fp32"] and "QLinearConv " in profile["onnxruntime int8"]
+
+
+def test_gpu_speed_script_runs_as_a_cpu_smoke_run(small_ham):
+    """The script a GPU session runs first: it must not fail on its first line there."""
+    out = run_script("benchmarks/gpu_speed.py", "--model", "lesion_cnn", "--size", 32, "--batch", 8, "--steps", 2,
+                     "--warmup", 1, "--set", f"data.root={small_ham}").stdout
+    assert "lesion_cnn   32 px, batch 8" in out and "images/s" in out
