@@ -71,10 +71,12 @@ def _balance(nullable: bool = False):
 
 
 # What each key takes; a bad value would otherwise fail deep inside torch or Lightning (with a traceback
-# that names neither the key nor the file), or not at all. Keys with their own checks (image_size,
-# splits, max_time, the data columns) are checked where they are read.
+# that names neither the key nor the file), or not at all. Keys with their own checks (splits,
+# max_time, the data columns) are checked where they are read.
 CHECKS = {
     "seed": _whole(0),
+    "data.image_size": ("auto or a whole number of pixels (at least 8)",
+                        lambda v: v == "auto" or _whole(8)[1](v)),
     "data.batch_size": _whole(1),
     "data.num_workers": _whole(0),
     "data.cache_in_memory_max_gb": _number(0),
