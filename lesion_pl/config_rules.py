@@ -58,6 +58,13 @@ def _devices():
     return 'a number of devices, -1 (all), "auto", or their indices ([0, 1] or "0,1")', ok
 
 
+def _stats(v) -> bool:
+    """{mean: [3 numbers], std: [3 numbers > 0]}."""
+    def three(x, low_open):
+        return isinstance(x, list) and len(x) == 3 and all(_number(0, low_open=low_open)[1](n) for n in x)
+    return isinstance(v, dict) and set(v) == {"mean", "std"} and three(v["mean"], False) and three(v["std"], True)
+
+
 def _balance(nullable: bool = False):
     def ok(v) -> bool:
         if v is None:
@@ -93,6 +100,9 @@ CHECKS = {
     "data.augment.mixup": _number(0),
     "data.augment.cutmix": _number(0),
     "model.dropout": _number(0, 1),
+    "model.pretrained": ("true or false", lambda v: isinstance(v, bool)),
+    "model.normalization": ("auto, dataset, or {mean: [r, g, b], std: [r, g, b]} (0..1 scale, std > 0)",
+                            lambda v: v in ("auto", "dataset") or _stats(v)),
     "loss.class_weights": _balance(),
     "loss.label_smoothing": _number(0, 1),
     "loss.logit_adjustment": _number(0),
@@ -100,6 +110,7 @@ CHECKS = {
     "optim.lr": _number(0, low_open=True),
     "optim.weight_decay": _number(0),
     "optim.warmup_epochs": _number(0),
+    "optim.backbone_lr_scale": _number(0, 1, low_open=True),
     "calibration.decision": _one_of("balanced", "accuracy"),
     "calibration.malignant_sensitivity": _number(0, 1, low_open=True),
     "calibration.melanoma_sensitivity": _number(0, 1, low_open=True),

@@ -15,7 +15,8 @@ from .classes import MALIGNANT_INDICES, NUM_CLASSES
 from .config import duration_seconds
 from .errors import LesionPLError
 from .evaluate.metrics import metric_collection
-from .models.factory import Normalize, build_network
+from .models.factory import Normalize, build_network, uses_weights
+from .models.weights import head_prefix
 
 
 def _batch_mixer(augment: dict):
@@ -70,20 +71,41 @@ def _malignant_weight(loss: dict) -> float:
     return float(value)
 
 
+def parameter_groups(net, optim: dict, pretrained: bool) -> list[dict]:
+    """AdamW's groups: no weight decay on norms and biases (1-D tensors); a network that starts from weights
+    trains its backbone at `optim.backbone_lr_scale` times the learning rate of its new head."""
+    head = head_prefix(net) + "."
+    scale = float(optim.get("backbone_lr_scale", 1.0)) if pretrained else 1.0
+    lr, decay = float(optim["lr"]), float(optim["weight_decay"])
+    groups: dict[tuple, list] = {}
+    for name, p in net.named_parameters():
+        groups.setdefault((name.startswith(head), p.ndim > 1), []).append(p)
+    return [{"params": params, "lr": lr * (1.0 if is_head else scale), "weight_decay": decay if decayed else 0.0}
+            for (is_head, decayed), params in groups.items()]
+
+
 class LesionClassifier(pl.LightningModule):
     """Takes uint8 NCHW images (0..255), returns logits over the label space.
 
-    `mean`/`std` are the training split's channel statistics (0..1 scale); they are buffers of the
-    network, so they travel in every checkpoint and into the ONNX graph.
+    `mean`/`std` are the channel statistics the inputs are normalised with (0..1 scale): the training
+    split's, or None for the pretrained weights' own (`models.normalization_stats`). They are buffers of
+    the model and hyperparameters of the checkpoint, so they travel into test, export and the ONNX graph.
     """
 
-    def __init__(self, config: dict, mean: list, std: list, class_weights: list | None = None,
+    def __init__(self, config: dict, mean: list | None, std: list | None, class_weights: list | None = None,
                  class_prior: list | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.config = config
-        self.normalize = Normalize(mean, std)
         self.net = build_network(config["model"])
+        if mean is None:  # the weights' own preprocessing, recorded so that a reloaded model needs no weights
+            loaded = self.net.loaded_weights
+            if loaded is None or loaded.mean is None:
+                raise LesionPLError("model.normalization: auto needs weights that name their mean and std; "
+                                    "give model.normalization={mean: [...], std: [...]} or dataset")
+            mean, std = list(loaded.mean), list(loaded.std)
+            self.hparams.update(mean=mean, std=std)
+        self.normalize = Normalize(mean, std)
         self.channels_last = bool(config["trainer"].get("channels_last", False))
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -181,11 +203,7 @@ class LesionClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         o = self.config["optim"]
-        decay, no_decay = [], []
-        for p in self.net.parameters():
-            (decay if p.ndim > 1 else no_decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": float(o["weight_decay"])},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=float(o["lr"]))
+        opt = torch.optim.AdamW(parameter_groups(self.net, o, uses_weights(self.config["model"])), lr=float(o["lr"]))
         estimated = self.trainer.estimated_stepping_batches  # also sizes num_training_batches
         per_epoch = self.trainer.num_training_batches
         steps_per_epoch = max(1, int(per_epoch) if math.isfinite(per_epoch) else 1)

@@ -222,10 +222,15 @@ def _train_members(cfg: dict, run: RunDir, dm, members: int, progress: bool, sta
 
 def _train(cfg: dict, run: RunDir, dm, resume: bool, progress: bool, started: float) -> dict | None:
     """One model trained into `run` (checkpoints, logs, summary.json); its summary (None off rank 0)."""
+    from .models.factory import normalization_stats
     from .module import LesionClassifier
 
-    mean, std = dm.train_stats()
-    model = LesionClassifier(cfg, mean, std, dm.class_weights(), dm.sampled_class_prior())
+    model = LesionClassifier(cfg, *normalization_stats(cfg["model"], dm.train_stats), dm.class_weights(),
+                             dm.sampled_class_prior())
+    mean, std = model.hparams["mean"], model.hparams["std"]
+    loaded = model.net.loaded_weights
+    if progress and loaded is not None:
+        print(loaded.describe(), flush=True)
     trainer = build_trainer(cfg, run, progress, started)
     log = run.path / "logs" / "metrics.csv"
     backup = log.with_name("metrics.before-resume.csv")
@@ -256,8 +261,9 @@ def _train(cfg: dict, run: RunDir, dm, resume: bool, progress: bool, started: fl
         "best_val_metrics": _val_metrics_at(run, _best_epoch(run)),
         "fit_seconds": round(wall + previous.get("fit_seconds", 0.0), 1),
         "seconds_per_epoch": round(wall / max(1, trainer.current_epoch - previous.get("epochs", 0)), 1),
-        "train_mean": mean,
+        "train_mean": mean,  # the statistics the inputs were normalised with (the weights' own, if pretrained)
         "train_std": std,
+        "weights": loaded.source if loaded is not None else None,
     }
     atomic_write_json(run.summary, summary)
     return summary

