@@ -114,17 +114,24 @@ def test(
         "was calibrated, calibration.tta)."),
     data_format: Optional[str] = FORMAT_OPT,
     skip_bad_images: bool = SKIP_BAD_OPT,
+    name: Optional[str] = typer.Option(
+        None, "--name", help="Name of this evaluation: RUN/evaluations/NAME (default: the split on the run's own "
+        "data, else the data root's folder name and format)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write this evaluation into DIR instead."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an evaluation folder of the same name."),
     quiet: bool = QUIET_OPT,
 ):
-    """Evaluate the run's best checkpoint (calibrated); writes RUN/test/metrics.json, predictions.csv, plots.
+    """Evaluate the run's best checkpoint (calibrated): metrics.json, predictions.csv and plots.
 
-    On another dataset: --data-root DIR [--format F] --split all."""
+    The run's own test split writes RUN/test/; any other split or source (--data-root DIR [--format F]
+    --split all) writes RUN/evaluations/NAME/, so no evaluation replaces another."""
     from lesion_pl.evaluate.run_test import format_report, test_run
 
     report = test_run(run, data_root, split, tta=tta, progress=not quiet, data_format=data_format,
-                      skip_bad_images=skip_bad_images)
+                      skip_bad_images=skip_bad_images, name=name, out=out, overwrite=overwrite)
     typer.echo(format_report(report))
-    typer.echo(f"\nwrote {run / 'test'}/metrics.json, predictions.csv, confusion_matrix.png, roc.png, reliability.png")
+    typer.echo(f"\nwrote {report['out']}/metrics.json, predictions.csv"
+               + ("" if report.get("binary_target") else ", confusion_matrix.png, roc.png, reliability.png"))
 
 
 @app.command()
@@ -233,13 +240,15 @@ def report(
     data_root: Optional[Path] = typer.Option(
         None, "--data-root", "-d", help="Where the tested images are now (default: where the last `test` read them "
         "for --split all, else the run's data root)."),
+    evaluation: Optional[str] = typer.Option(
+        None, "--evaluation", "-e", help="Report on RUN/evaluations/NAME (default: the run's own test split)."),
     quiet: bool = QUIET_OPT,
 ):
-    """Write RUN/report/index.html: one self-contained page of metrics, curves, galleries and error analysis
-    of the images the last `test` scored."""
+    """Write one self-contained page of metrics, curves, galleries and error analysis: RUN/report/index.html
+    for the run's own test split, RUN/evaluations/NAME/report/index.html for --evaluation NAME."""
     from lesion_pl.evaluate.report import build_report
 
-    typer.echo(f"wrote {build_report(run, data_root, progress=not quiet)}")
+    typer.echo(f"wrote {build_report(run, data_root, progress=not quiet, evaluation=evaluation)}")
 
 
 @app.command()

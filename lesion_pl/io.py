@@ -1,4 +1,4 @@
-"""Atomic file writes (temp file + rename), so an interrupted run never leaves half a file; strict
+"""Atomic file and folder writes (temp + rename), so an interrupted run never leaves half a file; strict
 JSON; and a lock file, so processes started together (DDP under SLURM) build a shared file once."""
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import fcntl
 import json
 import math
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,25 @@ def atomic_path(path: Path):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def atomic_dir(path: Path):
+    """Yield a temp folder beside `path`; it replaces `path` (and everything it held) only if the block
+    finishes, so a failed or interrupted command leaves the old folder, or none, never half of a new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        old = path.with_name(f"{tmp.name}.old")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

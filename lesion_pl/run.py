@@ -1,7 +1,8 @@
 """The run folder: where `fit` writes and every later command reads.
 
 runs/NAME/config.yaml, splits.csv, summary.json, checkpoints/{best,last}.ckpt, logs/metrics.csv,
-test/{metrics.json, predictions.csv, confusion_matrix.png, roc.png}. An ensemble (trainer.members > 1)
+test/{metrics.json, predictions.csv, confusion_matrix.png, roc.png} (the run's own test split),
+evaluations/NAME/ (the same for another source or split, one folder each). An ensemble (trainer.members > 1)
 keeps each member as a run folder of its own, members/0, members/1, ..., in place of checkpoints/ and
 logs/; the calibration, test and export of the ensemble live at the top.
 """
@@ -11,6 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import LesionPLError
+
+
+def check_evaluation_name(name: str) -> None:
+    """An evaluation's name is one plain folder name: never a path that leaves evaluations/."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
+        raise LesionPLError(f"evaluation name '{name}' must be a plain folder name (no '/', not starting with '.')")
 
 
 @dataclass(frozen=True)
@@ -57,7 +64,27 @@ class RunDir:
 
     @property
     def test(self) -> Path:
+        """The run's own held-out test split's evaluation (metrics.json, predictions.csv, plots)."""
         return self.path / "test"
+
+    @property
+    def evaluations(self) -> Path:
+        """Every other evaluation (another source, another split) in a folder of its own: evaluations/NAME."""
+        return self.path / "evaluations"
+
+    def evaluation(self, name: str | None) -> Path:
+        """The folder of evaluation `name` (None: the run's own test split)."""
+        if name is None:
+            return self.test
+        check_evaluation_name(name)
+        return self.evaluations / name
+
+    def evaluation_names(self) -> list[str]:
+        """The evaluations that hold results, in name order."""
+        folder = self.evaluations
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if (p / "metrics.json").is_file())
 
     def require(self, what: Path, made_by: str) -> Path:
         if not what.exists():

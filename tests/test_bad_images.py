@@ -111,7 +111,9 @@ def test_test_on_another_source_with_some_classes(trained_run, ham_root, ham_met
     assert r.exit_code == 0, r.output
     assert "metrics are over the 2 classes present: mel, nv" in r.output
     assert "  df           n/a     n/a    n/a    n/a        0" in r.output  # said, not NaN or a made-up 0
-    m = json.loads((copy / "test" / "metrics.json").read_text())
+    evaluation = copy / "evaluations" / "external-folder"  # the data root's name and its format
+    assert not (copy / "test").exists()  # the run's own test results are never this evaluation's
+    m = json.loads((evaluation / "metrics.json").read_text())
     assert m["n_images"] == len(meta) and m["classes_present"] == ["mel", "nv"]
     recalls = [m["per_class"][c]["recall"] for c in ("mel", "nv")]
     assert m["balanced_accuracy"] == pytest.approx(sum(recalls) / 2)
@@ -119,12 +121,12 @@ def test_test_on_another_source_with_some_classes(trained_run, ham_root, ham_met
     # null, not NaN: metrics.json stays JSON that strict parsers (browsers, jq, serde) read
     def no_constants(name):
         raise AssertionError(f"metrics.json holds {name}")
-    json.loads((copy / "test" / "metrics.json").read_text(), parse_constant=no_constants)
+    json.loads((evaluation / "metrics.json").read_text(), parse_constant=no_constants)
     assert m["per_class"]["df"]["auroc"] is None and m["per_class"]["df"]["recall"] is None
     # the report describes the images this test scored, and says "n/a" where a figure has no value
-    r = invoke("report", "--run", copy, "--quiet")  # on the images that test read, without being told
+    r = invoke("report", "--run", copy, "--evaluation", "external-folder", "--quiet")  # reads where test read
     assert r.exit_code == 0, r.output
-    page = (copy / "report" / "index.html").read_text()
+    page = (evaluation / "report" / "index.html").read_text()
     assert f"All figures are on all {len(meta)} images of {folder}" in page
     undefined = [k for op in m["operating_points"].values() for k in ("sensitivity", "specificity", "ppv", "npv")
                  if op[k] is None]  # e.g. the NPV of a threshold that flags every image

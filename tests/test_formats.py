@@ -145,11 +145,11 @@ def test_isic2020_evaluates_melanoma_and_malignancy_outputs(trained_run, ham_roo
     assert r.exit_code == 0, r.output
     assert "melanoma/benign labels only" in r.output
     import json
-    m = json.loads((copy / "test" / "metrics.json").read_text())
+    m = json.loads((copy / "evaluations" / "isic2020-isic2020" / "metrics.json").read_text())
     assert m["n_images"] == len(meta) and m["positives"] == int((meta["dx"] == "mel").sum())
     assert 0 <= m["auroc_melanoma_vs_target"] <= 1
     assert set(m["operating_points"]) == {"malignant", "melanoma"}
-    r = invoke("report", "--run", copy, "--data-root", root)
+    r = invoke("report", "--run", copy, "--data-root", root, "--evaluation", "isic2020-isic2020")
     assert r.exit_code == 2 and "scored melanoma vs the rest" in r.output, r.output
     r = invoke("data", "summary", "--data-root", root)
     assert r.exit_code == 0 and "melanoma" in r.output and "benign" in r.output, r.output

@@ -66,19 +66,27 @@ def _table(df: pd.DataFrame, floats: str = "{:.3f}") -> str:
 
 
 def build_report(run_path: Path, data_root: Path | None = None, progress: bool = True,
-                 per_class: int = 4, per_confusion: int = 6) -> Path:
+                 per_class: int = 4, per_confusion: int = 6, evaluation: str | None = None) -> Path:
+    """The report of one evaluation: the run's own test split (RUN/report/index.html), or evaluation NAME
+    (RUN/evaluations/NAME/report/index.html); the page lists the run's other evaluations."""
     from ..checkpoint import load_run_model
     from ..data.splits import summarize
     from .gradcam import gradcam, mass_inside, overlay
 
     run = RunDir(Path(run_path))
     run.require_fitted()
+    source = run.evaluation(evaluation)
+    if evaluation is not None and not (source / "metrics.json").is_file():
+        known = ", ".join(run.evaluation_names()) or "none yet"
+        raise LesionPLError(f"{run.path} has no evaluation '{evaluation}' (its evaluations: {known}); "
+                            f"`python cli.py test --run {run.path} --data-root DIR --split all --name {evaluation}` "
+                            "makes one")
     test_cmd = f"python cli.py test --run {run.path}"
-    metrics = json.loads(run.require(run.test / "metrics.json", test_cmd).read_text())
-    preds = pd.read_csv(run.require(run.test / "predictions.csv", test_cmd))
+    metrics = json.loads(run.require(source / "metrics.json", test_cmd).read_text())
+    preds = pd.read_csv(run.require(source / "predictions.csv", test_cmd))
     if "per_class" not in metrics:
-        raise LesionPLError(f"the report covers a test on the seven classes, and the last `test` of {run.path} "
-                            f"scored melanoma vs the rest; rerun `{test_cmd}` on seven-class data")
+        raise LesionPLError(f"the report covers a test on the seven classes, and {source} holds a test that "
+                            f"scored melanoma vs the rest; report on a seven-class evaluation")
     summary = json.loads(run.summary.read_text()) if run.summary.exists() else {}
     # the images the last `test` scored: the run's split, or (--split all) every image of the data it read
     whole = metrics.get("split") == "all"
@@ -112,7 +120,7 @@ def build_report(run_path: Path, data_root: Path | None = None, progress: bool =
         cams.append(gradcam(model, x, target=torch.from_numpy(pred[i:i + 64]))[0].numpy())
     cams = np.concatenate(cams)
 
-    out_dir = run.path / "report"
+    out_dir = run.path / "report" if evaluation is None else source / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     pngs: dict[str, bytes] = {}
 
@@ -163,25 +171,28 @@ def build_report(run_path: Path, data_root: Path | None = None, progress: bool =
                      "lesion_area": float(np.mean([masks[i].mean() for i in preds["image_id"][have]]))}
 
     for name in ("confusion_matrix", "roc", "reliability"):  # made by `test` (ROC with the operating point)
-        pngs[name] = run.require(run.test / f"{name}.png", test_cmd).read_bytes()
+        pngs[name] = run.require(source / f"{name}.png", test_cmd).read_bytes()
     for name, png in pngs.items():
         with atomic_path(out_dir / f"{name}.png") as tmp:
             tmp.write_bytes(png)
 
     findings = _findings(metrics, frame, confusions, tables, overall_error, cam_stats)
+    others = (["the run's own test split (report --run RUN)"] if evaluation is not None else [])
+    others += [f"'{name}'" for name in run.evaluation_names() if name != evaluation]
     page = _html(run, cfg, summary, metrics, summarize(dm.table, dm.split), tables, conf_sections, cam_stats,
-                 findings, pngs)
+                 findings, pngs, others)
     index = out_dir / "index.html"
     atomic_write_text(index, page)
     return index
 
 
 def _scored(metrics: dict) -> str:
-    """What the last `test` scored, in words."""
+    """What the evaluation scored, in words."""
     split = metrics.get("split", "test")
+    named = f", evaluation '{metrics['evaluation']}'" if metrics.get("evaluation") else ""
     if split == "all":
-        return f"all {metrics['n_images']} images of {metrics.get('data_root')} (test --split all)"
-    return "the held-out test split" if split == "test" else f"the {split} split"
+        return f"all {metrics['n_images']} images of {metrics.get('data_root')} (test --split all{named})"
+    return ("the held-out test split" if split == "test" else f"the {split} split") + (f" ({named[2:]})" if named else "")
 
 
 def _findings(metrics, frame, confusions, tables, overall_error, cam_stats) -> list[str]:
@@ -242,7 +253,8 @@ table.t td,table.t th{padding:.25em .7em;border-bottom:1px solid #e3e3e3;text-al
 """
 
 
-def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_stats, findings, pngs) -> str:
+def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_stats, findings, pngs,
+          others=()) -> str:
     import yaml
 
     from .. import __version__
@@ -266,6 +278,8 @@ def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_st
          f"<p class='note'>lesion-pl {__version__}. A research tool, not a diagnostic device. All figures are on "
          f"{html.escape(_scored(metrics))} unless marked; thresholds and calibration were chosen on the validation "
          "split.</p>",
+         *([("<p class='note'>Other evaluations of this run (<code>python cli.py report --run RUN --evaluation "
+             "NAME</code> reports on one): " + ", ".join(html.escape(n) for n in others) + ".</p>")] if others else []),
          "<h2>Findings</h2><ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in findings) + "</ul>",
          "<h2>Run</h2><div class='grid'>",
          _table(pd.DataFrame({"": list(map(str, facts.values()))}, index=list(facts))),

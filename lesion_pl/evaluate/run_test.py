@@ -11,7 +11,7 @@ from .. import clinical
 from ..classes import CLASSES, MALIGNANT_INDICES
 from ..calibration import binary_stats, bootstrap_ci, brier_score, calibrated, decide, softmax, views_note
 from ..errors import LesionPLError
-from ..io import atomic_path, atomic_write_json
+from ..io import atomic_dir, atomic_write_json
 from ..run import RunDir
 from .calibrate import scores_and_positives
 
@@ -41,8 +41,37 @@ def _checkpoints(run: RunDir) -> dict:
     return {"checkpoint": str(run.path / "members"), "members": [str(p) for p in paths]}
 
 
+def evaluation_target(run: RunDir, data_root: Path | None, data_format: str | None, split: str,
+                      name: str | None = None, out: Path | None = None) -> tuple[Path, str | None]:
+    """Where an evaluation writes, and its name: RUN/test (name None) for the run's own test split, else
+    RUN/evaluations/NAME (default: the split's name on the run's own data, else the data root's folder name
+    and format, e.g. `isic2019-isic-csv`), or `out`."""
+    from ..config import resolve_data_root
+    from ..data.sources import detect_format
+
+    own_cfg = run.load_config()
+    own_root = resolve_data_root(own_cfg).resolve()
+    root = Path(data_root).expanduser().resolve() if data_root is not None else own_root
+    own = root == own_root and data_format in (None, own_cfg["data"]["format"])
+    if out is not None:
+        return Path(out), name or Path(out).name
+    if name is None:
+        if own and split == "test":
+            return run.test, None
+        if own and split != "all":
+            name = split
+        else:
+            fmt = data_format if data_format not in (None, "auto") else (detect_format(root) if root.is_dir() else "auto")
+            name = f"{root.name}-{fmt}"
+    return run.evaluation(name), name
+
+
 def test_run(run_path: Path, data_root: Path | None = None, split: str = "test", tta: bool | None = None,
-             progress: bool = True, data_format: str | None = None, skip_bad_images: bool = False) -> dict:
+             progress: bool = True, data_format: str | None = None, skip_bad_images: bool = False,
+             name: str | None = None, out: Path | None = None, overwrite: bool = False) -> dict:
+    """Evaluate the run on a split of its data or on another source. The run's own test split writes RUN/test;
+    every other evaluation its own folder (`evaluation_target`), refused if it exists unless `overwrite`.
+    Outputs are written into a temp folder that replaces the target only when all of them are done."""
     from ..checkpoint import load_run_model
     from .calibrate import load_calibration
     from .inference import predict_logits
@@ -53,6 +82,10 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     run.require_fitted()
     if split not in ("train", "val", "test", "all"):
         raise LesionPLError(f"--split must be train, val, test or all, got '{split}'")
+    dest, evaluation = evaluation_target(run, data_root, data_format, split, name, out)
+    if evaluation is not None and dest.exists() and any(dest.iterdir()) and not overwrite:
+        raise LesionPLError(f"evaluation folder {dest} already exists; pass --overwrite to replace it, or "
+                            "--name NAME for another")
     cfg = run.load_config(data_root, data_format, skip_bad_images)
     dm = run.datamodule(cfg, progress, whole=split == "all")
     ds = dm.dataset(split)
@@ -69,11 +102,12 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
                             else (image_probs, None))
     pred = decide(probs, cal)
     if "melanoma_target" in rows:
-        return _binary_test(run, cfg, cal, probs, pred, rows, split, dm, tta)
+        return _binary_test(run, cfg, cal, probs, pred, rows, split, dm, tta, dest, evaluation)
     target = np.asarray(ds.labels)
     t_target = torch.from_numpy(target)
     report = metrics_report(torch.from_numpy(probs).float(), t_target, torch.from_numpy(pred))
-    report = {"split": split, "data_root": str(dm.root), "data_format": data_format, **_checkpoints(run), "tta": tta,
+    report = {"evaluation": evaluation, "out": str(dest), "split": split, "data_root": str(dm.root),
+              "data_format": data_format, **_checkpoints(run), "tta": tta,
               "tta_calibrated": bool(cal.get("tta", False)), "skipped_bad_images": dm.skipped, **report}
     report["ci95"] = headline_ci(probs, target, rows["group"].to_numpy(), int(cfg["calibration"]["bootstrap"]),
                                  int(cfg["seed"]), pred)
@@ -101,20 +135,18 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
                           "dx": rows["dx"].to_numpy(), "pred": [CLASSES[i] for i in pred],
                           "malignant_prob": malignant_prob,
                           **{f"p_{c}": probs[:, i] for i, c in enumerate(CLASSES)}})
-    run.test.mkdir(parents=True, exist_ok=True)
-    with atomic_path(run.test / "predictions.csv") as tmp:
-        preds.to_csv(tmp, index=False, float_format="%.6f")
-    confusion_matrix_png(target, pred, run.test / "confusion_matrix.png")
-    is_mal = np.isin(target, MALIGNANT_INDICES).astype(int)
-    roc_png(target, probs, malignant_prob, is_mal, run.test / "roc.png",
-            report["operating_points"].get("malignant"))
-    reliability_png(raw, probs, target, run.test / "reliability.png")
-    atomic_write_json(run.test / "metrics.json", report)
+    with atomic_dir(dest) as folder:
+        preds.to_csv(folder / "predictions.csv", index=False, float_format="%.6f")
+        confusion_matrix_png(target, pred, folder / "confusion_matrix.png")
+        is_mal = np.isin(target, MALIGNANT_INDICES).astype(int)
+        roc_png(target, probs, malignant_prob, is_mal, folder / "roc.png", report["operating_points"].get("malignant"))
+        reliability_png(raw, probs, target, folder / "reliability.png")
+        atomic_write_json(folder / "metrics.json", report)
     return report
 
 
 def _binary_test(run: RunDir, cfg: dict, cal: dict, probs: np.ndarray, pred: np.ndarray, rows: pd.DataFrame,
-                 split: str, dm, tta: bool) -> dict:
+                 split: str, dm, tta: bool, dest: Path, evaluation: str | None) -> dict:
     """A source with only melanoma/benign labels (ISIC 2020): AUROC of the melanoma and malignancy
     outputs against them, and the run's two referral thresholds applied to them."""
     from torchmetrics.classification import BinaryAUROC
@@ -122,8 +154,8 @@ def _binary_test(run: RunDir, cfg: dict, cal: dict, probs: np.ndarray, pred: np.
     y = rows["melanoma_target"].to_numpy().astype(int)
     groups = rows["group"].to_numpy()
     scores = {"melanoma": probs[:, CLASSES.index("mel")], "malignant": probs[:, list(MALIGNANT_INDICES)].sum(1)}
-    report = {"split": split, "data_root": str(dm.root), **_checkpoints(run), "tta": tta,
-              "skipped_bad_images": dm.skipped, "binary_target": "melanoma", "n_images": int(len(y)),
+    report = {"evaluation": evaluation, "out": str(dest), "split": split, "data_root": str(dm.root),
+              **_checkpoints(run), "tta": tta, "skipped_bad_images": dm.skipped, "binary_target": "melanoma", "n_images": int(len(y)),
               "positives": int(y.sum()), "operating_points": {}}
     for name, s in scores.items():
         both = 0 < y.sum() < len(y)
@@ -137,10 +169,9 @@ def _binary_test(run: RunDir, cfg: dict, cal: dict, probs: np.ndarray, pred: np.
     preds = pd.DataFrame({"image_id": rows["image_id"].to_numpy(), "group": groups, "melanoma_target": y,
                           "pred": [CLASSES[i] for i in pred], "malignant_prob": scores["malignant"],
                           **{f"p_{c}": probs[:, i] for i, c in enumerate(CLASSES)}})
-    run.test.mkdir(parents=True, exist_ok=True)
-    with atomic_path(run.test / "predictions.csv") as tmp:
-        preds.to_csv(tmp, index=False, float_format="%.6f")
-    atomic_write_json(run.test / "metrics.json", report)
+    with atomic_dir(dest) as folder:
+        preds.to_csv(folder / "predictions.csv", index=False, float_format="%.6f")
+        atomic_write_json(folder / "metrics.json", report)
     return report
 
 
