@@ -105,11 +105,22 @@ def inside_root(root: Path, rel: str, where: str) -> Path:
     return path
 
 
+def require_inside(paths: pd.Series, root: Path) -> None:
+    """Every image file, symbolic links followed, lies inside the data root: one rule for every reader, so
+    a link in the data never makes lesion-pl read (or print the contents of) a file elsewhere."""
+    inside = Path(root).resolve()
+    outside = [p for p in paths if inside not in Path(p).resolve().parents]
+    if outside:
+        raise LesionPLError(f"{len(outside)} image(s) under {root} are symbolic links to files outside it, e.g. "
+                            f"{outside[0]}: refused (copy the files into the data root)")
+
+
 def finish(images: pd.Series, paths: pd.Series, dx: pd.Series, groups: pd.Series, meta: pd.DataFrame | None,
            where: str, root: Path, dropped: dict) -> pd.DataFrame:
     """The reader's table, with missing files reported together and dropped rows recorded in attrs."""
     keep = dx.notna()
     require_found(images[keep], paths[keep], where, root)
+    require_inside(paths[keep], root)
     dup = images[keep].duplicated()
     if dup.any():
         raise LesionPLError(f"{where}: image listed twice: {', '.join(images[keep][dup][:5])}")

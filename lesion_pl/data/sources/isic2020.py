@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 
 from ...errors import LesionPLError
-from .common import find_csv, index_images, locate_csv, read_csv, require_found, require_root
+from .common import (find_csv, index_images, locate_csv, read_csv, require_found, require_inside,
+                     require_root)
 
 REQUIRED = ("image_name", "target")
 
@@ -31,6 +32,7 @@ def read_isic2020(root: str | Path, options: dict | None = None) -> pd.DataFrame
                             f"(first at line {int(df.index[bad][0]) + 2}: {df['target'][bad].iloc[0]!r})")
     paths = df["image_name"].map(index_images(root))
     require_found(df["image_name"], paths, str(csv), root)
+    require_inside(paths, root)
     groups = df["patient_id"].fillna(df["image_name"]) if "patient_id" in df else df["image_name"]
     table = pd.DataFrame({"image_id": df["image_name"], "path": paths.map(lambda p: str(p.resolve())),
                           "dx": target.map({1: "melanoma", 0: "benign"}), "group": groups, "label": -1,
