@@ -12,6 +12,7 @@ from typing import List, Optional
 import typer
 
 from lesion_pl.errors import LesionPLError
+from lesion_pl.run import RunDir
 
 app = typer.Typer(help="Train, evaluate and export CNN classifiers for dermoscopic skin-lesion images.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -87,7 +88,8 @@ def fit(
     if resume and config is None and (out / "config.yaml").exists():
         config = out / "config.yaml"
     cfg = load_config(config, sets)
-    summary = run_fit(cfg, out, resume=resume, progress=not quiet)
+    with RunDir(out).lock("fit", create=True):
+        summary = run_fit(cfg, out, resume=resume, progress=not quiet)
     if summary is None:  # a DDP process other than the first
         return
     if summary["skipped_bad_images"]:
@@ -127,8 +129,9 @@ def test(
     --split all) writes RUN/evaluations/NAME/, so no evaluation replaces another."""
     from lesion_pl.evaluate.run_test import format_report, test_run
 
-    report = test_run(run, data_root, split, tta=tta, progress=not quiet, data_format=data_format,
-                      skip_bad_images=skip_bad_images, name=name, out=out, overwrite=overwrite)
+    with RunDir(run).lock("test"):
+        report = test_run(run, data_root, split, tta=tta, progress=not quiet, data_format=data_format,
+                          skip_bad_images=skip_bad_images, name=name, out=out, overwrite=overwrite)
     typer.echo(format_report(report))
     typer.echo(f"\nwrote {report['out']}/metrics.json, predictions.csv"
                + ("" if report.get("binary_target") else ", confusion_matrix.png, roc.png, reliability.png"))
@@ -145,7 +148,8 @@ def calibrate(
     thresholds on the validation split (fit does this too)."""
     from lesion_pl.evaluate.calibrate import calibrate_run
 
-    c = calibrate_run(run, data_root, progress=not quiet)
+    with RunDir(run).lock("calibrate"):
+        c = calibrate_run(run, data_root, progress=not quiet)
     typer.echo(f"temperature {c['temperature']:.4f}, class-prior weight {c['prior_weight']:.2f}: "
                f"validation NLL {c['val_nll_before']:.4f} -> {c['val_nll_after']:.4f}; classes named by the "
                f"'{c['decision']}' rule: validation balanced accuracy {c['val_balanced_accuracy']:.4f}")
@@ -175,7 +179,8 @@ def export(
     """Export the best checkpoint to RUN/export/model.onnx and verify it against PyTorch on real images."""
     from export.run_export import export_run
 
-    r = export_run(run, opset=opset, int8=int8, data_root=data_root, progress=not quiet)
+    with RunDir(run).lock("export"):
+        r = export_run(run, opset=opset, int8=int8, data_root=data_root, progress=not quiet)
     p = r["parity"]
     typer.echo(f"wrote {r['model']} (opset {r['opset']}, {r['size_bytes'] / 1e6:.2f} MB)")
     typer.echo(f"parity on {p['n_images']} real images: max |onnxruntime - PyTorch| probability "
@@ -248,7 +253,9 @@ def report(
     for the run's own test split, RUN/evaluations/NAME/report/index.html for --evaluation NAME."""
     from lesion_pl.evaluate.report import build_report
 
-    typer.echo(f"wrote {build_report(run, data_root, progress=not quiet, evaluation=evaluation)}")
+    with RunDir(run).lock("report"):
+        page = build_report(run, data_root, progress=not quiet, evaluation=evaluation)
+    typer.echo(f"wrote {page}")
 
 
 @app.command()

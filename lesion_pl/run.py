@@ -8,6 +8,8 @@ logs/; the calibration, test and export of the ensemble live at the top.
 """
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +113,62 @@ class RunDir:
 
         return LesionDataModule(cfg, splits_file=None if whole else self.splits, progress=progress, whole=whole).build()
 
+    @contextmanager
+    def lock(self, command: str, create: bool = False):
+        """Hold the run folder for one whole command: a second command on the same folder (a second `fit
+        --out` into it, a `test` while it trains) is refused with one line naming the process that holds it.
+
+        The lock is an flock on RUN/.lock, which holds the holder's pid and command and is removed on
+        release. `create`: make the folder (fit), removed again if the command left nothing in it; otherwise
+        a folder that does not exist is not locked (the command then says so itself). Only the first process
+        of a multi-process run takes it (the others are that command's own workers).
+        """
+        workers = any(os.environ.get(k, "0") != "0" for k in ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+        if workers or (not create and not self.path.is_dir()):
+            yield
+            return
+        import fcntl
+
+        created = not self.path.exists()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise LesionPLError(f"cannot create run folder {self.path}: {e.strerror or e}") from None
+        if not self.path.is_dir():
+            raise LesionPLError(f"run folder {self.path} is a file, not a folder")
+        path = self.path / ".lock"
+        while True:
+            try:
+                handle = open(path, "a+")
+            except OSError as e:
+                raise LesionPLError(f"cannot write in run folder {self.path}: {e.strerror or e}") from None
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                raise LesionPLError(f"run folder {self.path} is in use by {holder}; wait for it to finish, or "
+                                    "choose another folder") from None
+            try:  # the file may have been removed by the holder we waited on: lock the one on disk
+                same = os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            handle.close()
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"lesion-pl {command} (pid {os.getpid()})")
+        handle.flush()
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            handle.close()
+            if created and self.path.is_dir() and not any(self.path.iterdir()):
+                self.path.rmdir()
+
     def require_fitted(self) -> None:
         if not self.path.is_dir():
             raise LesionPLError(f"run folder {self.path} does not exist; "
@@ -118,8 +176,8 @@ class RunDir:
         made_by = f"python cli.py fit --out {self.path}"
         self.require(self.config, made_by)
         self.require(self.splits, made_by)
-        for ckpt in self.best_checkpoints:
-            self.require(ckpt, made_by)
+        for ckpt in self.best_checkpoints:  # a fit that was stopped before it finished continues with --resume
+            self.require(ckpt, made_by + (" --resume" if (ckpt.parent / "last.ckpt").exists() else ""))
         from .config import read_yaml
 
         # the saved file itself: a run older than the option has no such key, and is one model

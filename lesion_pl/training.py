@@ -129,8 +129,14 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
         print(f"training {cfg['model']['name']} at {cfg['data']['image_size']} px in {precision_for(cfg)}{note}",
               flush=True)
 
-    # a trainer Lightning refuses is refused before the run folder is written
+    # a trainer Lightning refuses, a bad time limit, an unknown network or unreadable weights: all refused
+    # before the run folder is written
     _trainer(cfg, quiet=True, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    _max_time(cfg["trainer"].get("max_time"))
+    from .models import build_network
+    build_network(cfg["model"])
+    if resume and members == 1:
+        _require_readable(run.last, out)
     from .data.splits import write_splits
     run.path.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run.config)
@@ -231,22 +237,28 @@ def _train(cfg: dict, run: RunDir, dm, resume: bool, progress: bool, started: fl
     loaded = model.net.loaded_weights
     if progress and loaded is not None:
         print(loaded.describe(), flush=True)
-    trainer = build_trainer(cfg, run, progress, started)
     log = run.path / "logs" / "metrics.csv"
     backup = log.with_name("metrics.before-resume.csv")
-    if resume and log.exists():
-        shutil.copy(log, backup)  # Lightning's CSVLogger starts metrics.csv afresh
+    before, epochs_before = 0.0, 0  # trained before this resume: the log's elapsed time and validated epochs
+    if resume:
+        if backup.exists():  # an earlier resume was killed: its epochs and those before it, as one log
+            _merge_logs(backup, log)
+        if log.exists():
+            shutil.copy(log, backup)  # Lightning's CSVLogger starts metrics.csv afresh
+            before, epochs_before = _elapsed_in(backup), _validated_epochs(backup)
+    trainer = build_trainer(cfg, run, progress, started - before)  # elapsed time runs on across resumes
     start = time.time()
-    trainer.fit(model, datamodule=dm, ckpt_path=str(run.last) if resume else None)
+    try:
+        trainer.fit(model, datamodule=dm, ckpt_path=str(run.last) if resume else None)
+    finally:  # finished or failed, the log holds every epoch once (a kill -9 is merged by the next resume)
+        if backup.exists() and trainer.is_global_zero:
+            _merge_logs(backup, log)
+            backup.unlink()
     wall = time.time() - start
     if not trainer.is_global_zero:
         return None
-    if backup.exists():
-        _merge_logs(backup, log)
-        backup.unlink()
 
     ckpt_cb = trainer.checkpoint_callback
-    previous = json.loads(run.summary.read_text()) if resume and run.summary.exists() else {}
     summary = {
         "data_root": str(dm.root),
         "images": {s: int((dm.split == s).sum()) for s in ("train", "val", "test")},
@@ -259,8 +271,8 @@ def _train(cfg: dict, run: RunDir, dm, resume: bool, progress: bool, started: fl
         "best_epoch": _best_epoch(run),
         "best_val_balanced_accuracy": float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None else None,
         "best_val_metrics": _val_metrics_at(run, _best_epoch(run)),
-        "fit_seconds": round(wall + previous.get("fit_seconds", 0.0), 1),
-        "seconds_per_epoch": round(wall / max(1, trainer.current_epoch - previous.get("epochs", 0)), 1),
+        "fit_seconds": round(wall + before, 1),  # across resumes
+        "seconds_per_epoch": round(wall / max(1, trainer.current_epoch - epochs_before), 1),
         "train_mean": mean,  # the statistics the inputs were normalised with (the weights' own, if pretrained)
         "train_std": std,
         "weights": loaded.source if loaded is not None else None,
@@ -269,14 +281,57 @@ def _train(cfg: dict, run: RunDir, dm, resume: bool, progress: bool, started: fl
     return summary
 
 
-def _merge_logs(before: Path, log: Path) -> None:
-    """The epochs logged before a resume, then everything logged since, as one metrics.csv."""
+def _read_log(path: Path):
+    """metrics.csv as a table; an empty one (a run killed before it logged) as no rows."""
     import pandas as pd
 
-    old, new = pd.read_csv(before), pd.read_csv(log)
-    merged = pd.concat([old[old["epoch"] < new["epoch"].min()], new], ignore_index=True)
+    try:
+        table = pd.read_csv(path)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return pd.DataFrame({"epoch": []})
+    return table if "epoch" in table else pd.DataFrame({"epoch": []})
+
+
+def _merge_logs(before: Path, log: Path) -> None:
+    """The epochs logged before a resume, then everything logged since, as one metrics.csv (an epoch logged
+    again after the resume replaces its earlier rows, so each epoch is there once)."""
+    import pandas as pd
+
+    old, new = _read_log(before), _read_log(log)
+    first = new["epoch"].min() if new["epoch"].notna().any() else float("inf")
+    kept = old[old["epoch"].isna() | (old["epoch"] < first)] if len(new) else old
+    merged = pd.concat([kept, new], ignore_index=True) if len(new) else kept
     with atomic_path(log) as tmp:
         merged.to_csv(tmp, index=False)
+
+
+def _elapsed_in(log: Path) -> float:
+    """The last elapsed time a log recorded (0 without one)."""
+    table = _read_log(log)
+    column = table.get("time/elapsed_s")
+    return float(column.max()) if column is not None and column.notna().any() else 0.0
+
+
+def _validated_epochs(log: Path) -> int:
+    """How many epochs the log holds a validation for."""
+    table = _read_log(log)
+    return int(table.loc[table["val/balanced_accuracy"].notna(), "epoch"].nunique()) if "val/balanced_accuracy" in table else 0
+
+
+def _require_readable(last: Path, out: Path) -> None:
+    """--resume needs a last.ckpt that loads; one line naming it otherwise (before anything is touched)."""
+    import torch
+
+    try:
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        if "weights_only" in str(e) or "Unpickl" in type(e).__name__:
+            reason = "it holds pickled Python objects, which lesion-pl never loads"
+        raise LesionPLError(f"cannot resume from {last}: {reason}; without --resume, fit into a new --out") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "epoch" not in ckpt:
+        raise LesionPLError(f"cannot resume from {last}: not a Lightning checkpoint; without --resume, fit into a "
+                            "new --out")
 
 
 def _best_epoch(run: RunDir) -> int | None:
