@@ -93,7 +93,7 @@ def fit(
     if summary is None:  # a DDP process other than the first
         return
     if summary["skipped_bad_images"]:
-        typer.secho(f"warning: skipped {len(summary['skipped_bad_images'])} unreadable image(s); "
+        typer.secho(f"warning: skipped {len(summary['skipped_bad_images'])} missing or unreadable image(s); "
                     f"listed in {out / 'summary.json'}", fg="yellow", err=True)
     for i, m in enumerate(summary.get("members", [])):
         typer.echo(f"member {i} (seed {m['seed']}): best val balanced accuracy {m['best_val_balanced_accuracy']:.4f} "
@@ -218,7 +218,7 @@ def predict(
     model: Path = typer.Option(..., "--model", "-m", help="An ONNX file made by `export`."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the predictions to a .csv or .json file."),
     batch_size: int = typer.Option(32, help="Images per onnxruntime call."),
-    limit: Optional[int] = typer.Option(None, help="Predict only the first N files found."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Predict only the first N files found."),
     tta: Optional[bool] = typer.Option(
         None, "--tta/--no-tta", help="Average the 8 flips/90-degree rotations of each image (default: as the model's "
         "run was calibrated; --no-tta is 8x faster, its thresholds fitted on other scores)."),
@@ -347,25 +347,32 @@ def data_check(
     data_format: Optional[str] = FORMAT_OPT,
     out: Path = typer.Option(Path("bad_images.csv"), "--out", "-o", help="Where to write the list of bad files."),
     config: Optional[Path] = CONFIG_OPT,
+    overrides: Optional[List[str]] = SET_OPT,
 ):
     """Open every image of a dataset in parallel; list the unreadable ones with the reason."""
     import pandas as pd
 
     from lesion_pl.config import load_config, resolve_data_root
-    from lesion_pl.data.check import find_bad_images
+    from lesion_pl.data.check import check_images
     from lesion_pl.data.sources import read_source
-    from lesion_pl.io import atomic_path
+    from lesion_pl.io import atomic_path, require_writable
 
-    sets = ([f"data.root={data_root}"] if data_root else []) + ([f"data.format={data_format}"] if data_format else [])
+    require_writable(out, "--out")
+    sets = list(overrides or []) + ([f"data.root={data_root}"] if data_root else [])
+    sets += [f"data.format={data_format}"] if data_format else []
     cfg = load_config(config, sets)
     root = resolve_data_root(cfg)
     table = read_source(cfg["data"]["format"], root, cfg["data"])
-    bad = find_bad_images(table["path"].tolist())
+    bad, flagged = check_images(table["path"].tolist())
     with atomic_path(out) as tmp:
-        pd.DataFrame({"path": list(bad), "reason": list(bad.values())}).to_csv(tmp, index=False)
-    typer.echo(f"{len(table)} images checked, {len(bad)} bad; list written to {out}")
+        pd.DataFrame({"path": list(bad) + list(flagged), "kind": ["bad"] * len(bad) + ["warning"] * len(flagged),
+                      "reason": list(bad.values()) + list(flagged.values())}).to_csv(tmp, index=False)
+    typer.echo(f"{len(table)} images checked, {len(bad)} bad, {len(flagged)} readable but tiny or blank; "
+               f"list written to {out}")
     for path, reason in list(bad.items())[:10]:
         typer.secho(f"  {reason}", fg="red", err=True)
+    for path, why in list(flagged.items())[:10]:
+        typer.secho(f"  warning: {path}: {why}", fg="yellow", err=True)
     if bad:
         raise typer.Exit(1)
 

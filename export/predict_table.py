@@ -11,7 +11,7 @@ import typer
 from lesion_pl import clinical
 from lesion_pl.calibration import views_note
 from lesion_pl.errors import LesionPLError
-from lesion_pl.io import atomic_write_json, atomic_write_text
+from lesion_pl.io import atomic_write_json, atomic_write_text, require_writable
 
 from .runtime import LesionOnnxClassifier
 
@@ -24,7 +24,14 @@ def read_metadata_csv(path: Path, files: list[Path], clf: LesionOnnxClassifier) 
     """One dict of the CSV's row per file (matched on the file name without its suffix), or None."""
     if not path.is_file():
         raise LesionPLError(f"metadata file {path} does not exist")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise LesionPLError(f"{path}, line {line}: not UTF-8 text (byte {raw[e.start]:#04x}); save the CSV as "
+                            "UTF-8") from None
+    with io.StringIO(text, newline="") as fh:
         reader = csv.DictReader(fh)
         columns = reader.fieldnames or []
         key = next((c for c in KEY_COLUMNS if c in columns), None)
@@ -46,6 +53,10 @@ def _echo_metadata_use(metadata: list[dict | None], source: Path, clf: LesionOnn
                f"usable {'/'.join(clf.clinical_fields)} (fused with weight {clf.clinical['weight']:.2f}; "
                "the others: image only)")
     for field, values in clinical.unrecognised(records, clf.clinical).items():
+        if field == "age":
+            typer.secho(f"{source}: age value(s) {', '.join(values)} are not a number of years, read as unknown",
+                        fg="yellow", err=True)
+            continue
         known = clf.clinical["sexes" if field == "sex" else "sites"]
         typer.secho(f"{source}: {field} value(s) {', '.join(values)} not seen in training, read as unknown "
                     f"(known: {', '.join(known)})", fg="yellow", err=True)
@@ -56,6 +67,8 @@ def predict_table(model: Path, files: list[Path], out: Path | None, batch_size: 
     """Returns the number of files that could not be predicted."""
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         raise LesionPLError(f"--out must end in .csv or .json, got {out}")
+    if out is not None:
+        require_writable(out, "--out")  # found now, not after every image is predicted
     clf = LesionOnnxClassifier(model)
     metadata = None
     if metadata_csv is not None and not clf.clinical:
@@ -74,7 +87,8 @@ def predict_table(model: Path, files: list[Path], out: Path | None, batch_size: 
         rows.append({"file": str(path), "top_class": top, "probability": round(float(p), 6),
                      "malignancy": round(float(mal), 6), "referral": "" if r is None else (REFER if r else NO_REFER),
                      **({} if u is None else {"metadata": "yes" if u else "no"}),
-                     **{f"p_{c}": round(float(v), 6) for c, v in zip(clf.classes, probs)}})
+                     **{f"p_{c}": round(float(v), 6) for c, v in zip(clf.classes, probs)},
+                     "warning": clf.warnings.get(path, "")})
     points = {"": clf.operating_points_image_only}
     if metadata is not None and any(preds.with_metadata):
         points = {" (with metadata)": clf.operating_points}
@@ -100,6 +114,8 @@ def predict_table(model: Path, files: list[Path], out: Path | None, batch_size: 
     for r in rows:
         typer.echo(f"{r['file']:<{width}}  {r['top_class']:<9} {r['probability']:>6.3f} {r['malignancy']:>10.3f}  "
                    + (f"{r['metadata']:<8}  " if meta_col else "") + r["referral"])
+    for path, why in clf.warnings.items():
+        typer.secho(f"warning: {path}: {why}; do not trust its prediction", fg="yellow", err=True)
     for path, reason in errors:
         typer.secho(f"failed: {reason}", fg="red", err=True)
     if out is not None:
@@ -110,11 +126,14 @@ def predict_table(model: Path, files: list[Path], out: Path | None, batch_size: 
             buf = io.StringIO()
             fields = ["file", "top_class", "probability", "malignancy", "referral"]
             fields += (["metadata"] if metadata is not None else []) + [f"p_{c}" for c in clf.classes]
+            fields += ["warning", "error"]
             writer = csv.DictWriter(buf, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
+            writer.writerows({"file": str(p), "error": e} for p, e in errors)  # the failed files too, with why
             atomic_write_text(out, buf.getvalue())
-        typer.echo(f"wrote {len(rows)} predictions to {out}")
+        typer.echo(f"wrote {len(rows)} predictions to {out}" + (f", and the {len(errors)} failed file(s) with "
+                                                               "their reason" if errors else ""))
     if errors:
         typer.secho(f"{len(errors)} of {len(files)} file(s) could not be predicted", fg="red", err=True)
     return len(errors)

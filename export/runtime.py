@@ -33,7 +33,7 @@ from PIL import Image
 from lesion_pl import clinical
 from lesion_pl.calibration import decide
 from lesion_pl.errors import LesionPLError
-from lesion_pl.preprocess import ImageReadError, load_rgb, resize_center_crop, to_rgb
+from lesion_pl.preprocess import ImageReadError, image_warning, load_rgb, resize_center_crop, to_rgb
 
 from .metadata import PREFIX, REQUIRED
 
@@ -74,9 +74,14 @@ class Predictions:
 
 
 def _array_to_image(arr: np.ndarray) -> Image.Image:
-    if arr.dtype != np.uint8:  # 16-bit or float images: scale to 0..255
-        arr = arr.astype(np.float64)
-        arr = (arr / max(float(arr.max()), 1e-12) * 255.0).clip(0, 255).astype(np.uint8)
+    if arr.dtype != np.uint8:  # by the bit depth, not the image's own maximum: a dark image stays dark
+        if np.issubdtype(arr.dtype, np.integer):
+            scale = 255.0 / np.iinfo(arr.dtype).max
+        elif np.issubdtype(arr.dtype, np.floating):
+            scale = 255.0  # float images in 0..1
+        else:
+            raise LesionPLError(f"an image array must be integers or floats in 0..1, got {arr.dtype}")
+        arr = (arr.astype(np.float64) * scale).round().clip(0, 255).astype(np.uint8)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
@@ -105,6 +110,17 @@ class LesionOnnxClassifier:
             raise LesionPLError(f"{self.path} has no lesion-pl metadata ({', '.join(PREFIX + k for k in missing)}); "
                                 "export it with `python cli.py export`")
         self.metadata = {k[len(PREFIX):]: v for k, v in meta.items() if k.startswith(PREFIX)}
+        try:
+            self._read_metadata()
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # json's errors are ValueErrors
+            raise LesionPLError(f"{self.path} has malformed lesion-pl metadata ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:120]}); export it again with `python cli.py export`") from None
+        height = self.session.get_inputs()[0].shape[1]
+        if isinstance(height, int) and height != self.size:
+            raise LesionPLError(f"{self.path}: its metadata says input size {self.size} px but the graph takes "
+                                f"{height} px; export it again with `python cli.py export`")
+
+    def _read_metadata(self) -> None:
         self.classes = tuple(json.loads(self.metadata["classes"]))
         self.display_names = tuple(json.loads(self.metadata["display_names"]))
         malignant = set(json.loads(self.metadata["malignant"]))
@@ -136,6 +152,9 @@ class LesionOnnxClassifier:
 
     def preprocess(self, image: ImageLike) -> np.ndarray:
         """One image -> uint8 [size, size, 3], exactly as training saw it."""
+        return resize_center_crop(self._rgb(image), self.size)
+
+    def _rgb(self, image: ImageLike) -> Image.Image:
         if isinstance(image, (str, os.PathLike)):
             img = load_rgb(image)
         elif isinstance(image, Image.Image):
@@ -144,7 +163,7 @@ class LesionOnnxClassifier:
             img = to_rgb(_array_to_image(image))
         else:
             raise LesionPLError(f"cannot predict on a {type(image).__name__}: give a path, a PIL image or an array")
-        return resize_center_crop(img, self.size)
+        return img
 
     def _result(self, probs: np.ndarray, metadata: Sequence[Metadata] | None = None) -> Predictions:
         used, threshold = None, self.referral_threshold_image_only
@@ -189,11 +208,13 @@ class LesionOnnxClassifier:
     def predict_files(self, paths: Iterable[str | os.PathLike], batch_size: int = 32, tta: bool | None = None,
                       progress: bool = False, metadata: Sequence[Metadata] | None = None):
         """Predict every readable file (`metadata`: one entry per path, or None); returns (paths
-        predicted, Predictions, [(path, error), ...])."""
+        predicted, Predictions, [(path, error), ...]). `self.warnings` then holds {path: why} for the images
+        predicted that should not be trusted (`image_warning`: tiny, or blank)."""
         from tqdm.auto import tqdm
 
         paths = list(paths)
         done, done_meta, probs, errors = [], [], [], []
+        self.warnings = {}
         batch, batch_paths = [], []
 
         def flush():
@@ -205,8 +226,12 @@ class LesionOnnxClassifier:
 
         for i, p in enumerate(tqdm(paths, desc="predicting", unit="img", disable=not progress)):
             try:
-                batch.append(self.preprocess(p))
+                img = self._rgb(p)
+                batch.append(resize_center_crop(img, self.size))
                 batch_paths.append(p)
+                warning = image_warning(img, self.size)
+                if warning:
+                    self.warnings[p] = warning
                 done_meta.append(None if metadata is None else metadata[i])
             except (ImageReadError, LesionPLError) as e:
                 errors.append((p, str(e)))

@@ -73,8 +73,14 @@ def encode(records: Mapping[str, Sequence], model: dict) -> tuple[np.ndarray, np
 
 
 def unrecognised(records: Mapping[str, Sequence], model: dict) -> dict[str, list[str]]:
-    """Sex and site values that training never saw (they count as unknown), per field."""
+    """Values read as unknown though given, per field: an age that is not a number >= 0, a sex or site
+    that training never saw."""
     out = {}
+    name = model["columns"].get("age")
+    if name in records:
+        bad = {str(v).strip() for v in records[name] if _text(v) is not None and _age(v) is None}
+        if bad:
+            out["age"] = sorted(bad)
     for field, known in (("sex", model["sexes"]), ("site", model["sites"])):
         name = model["columns"].get(field)
         if name in records:

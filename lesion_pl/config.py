@@ -38,6 +38,9 @@ def merge(base: dict, update: dict, where: str = "") -> dict:
             raise LesionPLError(f"unknown config key '{name}' (known: {', '.join(sorted(base))})")
         if isinstance(base[key], dict) and isinstance(value, dict):
             out[key] = merge(base[key], value, name + ".")
+        elif isinstance(base[key], dict) and base[key]:  # `data: 5`, `optim: null`
+            raise LesionPLError(f"config key '{name}' is a section of keys ({', '.join(base[key])}), "
+                                f"not {value!r}")
         else:
             out[key] = copy.deepcopy(value)
     return out

@@ -53,6 +53,27 @@ def atomic_dir(path: Path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def require_writable(path: Path, what: str) -> Path:
+    """`path` can be written as a file: its folder exists (or can be made) and takes files, and nothing that is
+    not a file stands in its place; a one-line error naming it otherwise."""
+    from .errors import LesionPLError
+
+    path = Path(path)
+    if path.is_dir():
+        raise LesionPLError(f"{what} {path} is a folder; give a file name")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LesionPLError(f"{what} {path}: cannot make its folder {parent} ({e.strerror or e})") from None
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise LesionPLError(f"{what} {path}: cannot write in {parent} ({e.strerror or e})") from None
+    return path
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -23,9 +23,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        arr = arr / max(arr.max(), 1.0) * 255.0
-        return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
+        # scaled by the bit depth (16 bits: Pillow reads 16-bit PNGs as I;16 or I), not by the image's own
+        # maximum, so the 8-bit and 16-bit versions of one image are the same pixels
+        arr = np.asarray(img, dtype=np.float64) * (255.0 / 65535.0)
+        return Image.fromarray(arr.round().clip(0, 255).astype(np.uint8)).convert("RGB")
     if img.mode in ("RGBA", "LA", "P", "PA"):
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
@@ -45,6 +46,23 @@ def load_rgb(path: str | Path) -> Image.Image:
     except Exception as e:  # Pillow raises many types for bad files
         reason = str(e) or type(e).__name__
         raise ImageReadError(f"cannot read image {path}: {reason}") from None
+
+
+MIN_SIDE = 32  # px: below this an image has too little detail to say anything about, whatever the model
+
+
+def image_warning(img: Image.Image, size: int | None = None) -> str | None:
+    """Why a readable image should not be trusted to a diagnosis, or None: far smaller than the model's input
+    (it is upscaled from a few pixels) or no content at all (one colour: blank, a failed capture)."""
+    w, h = img.size
+    floor = max(MIN_SIDE, (size or 0) // 2)
+    if min(w, h) < floor:
+        model = f", far below the model's {size} px input" if size else ""
+        return f"only {w}x{h} px{model}"
+    small = np.asarray(img.convert("RGB").resize((min(w, 64), min(h, 64))), dtype=np.float32)
+    if float(small.std(axis=(0, 1)).max()) < 1.0:
+        return "no content: the image is a single colour"
+    return None
 
 
 def resize_center_crop(img: Image.Image, size: int) -> np.ndarray:

@@ -320,15 +320,13 @@ def _validated_epochs(log: Path) -> int:
 
 def _require_readable(last: Path, out: Path) -> None:
     """--resume needs a last.ckpt that loads; one line naming it otherwise (before anything is touched)."""
-    import torch
+    from .checkpoint import torch_load
 
     try:
-        ckpt = torch.load(last, map_location="cpu", weights_only=True)
-    except Exception as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        if "weights_only" in str(e) or "Unpickl" in type(e).__name__:
-            reason = "it holds pickled Python objects, which lesion-pl never loads"
-        raise LesionPLError(f"cannot resume from {last}: {reason}; without --resume, fit into a new --out") from None
+        ckpt = torch_load(last, "checkpoint")
+    except LesionPLError as e:
+        raise LesionPLError(f"cannot resume from {last}: {str(e).split(': ', 1)[-1]}; without --resume, fit into a "
+                            "new --out") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "epoch" not in ckpt:
         raise LesionPLError(f"cannot resume from {last}: not a Lightning checkpoint; without --resume, fit into a "
                             "new --out")

@@ -88,7 +88,7 @@ def test_fit_stops_on_a_bad_image_or_skips_when_asked(dataset_with_bad, tmp_path
     out = tmp_path / "skip"
     r = invoke("fit", "--data-root", root, "--out", out, "--max-epochs", 1, "--skip-bad-images", *FAST)
     assert r.exit_code == 0, r.output
-    assert "skipped 2 unreadable image(s)" in r.output
+    assert "skipped 2 missing or unreadable image(s)" in r.output
     summary = json.loads((out / "summary.json").read_text())
     assert sorted(p.split("/")[-1] for p in summary["skipped_bad_images"]) == sorted(f"{v}.jpg" for v in victims)
     splits = pd.read_csv(out / "splits.csv")

@@ -98,16 +98,22 @@ def test_a_file_with_one_wrong_shape_is_refused_and_a_full_one_loads(tmp_path):
         build_network(dict(cfg, weights=str(tmp_path / "bad.pth")))
 
 
-def test_a_pickled_weights_file_is_refused_without_running_it(tmp_path):
-    import pickle
+class Evil:
+    """Unpickling this would run code."""
 
-    class Evil:
-        def __reduce__(self):
-            return (print, ("pickled code ran",))
+    def __reduce__(self):
+        return (print, ("pickled code ran",))
 
-    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"conv_stem.weight": Evil()}))
-    with pytest.raises(LesionPLError, match="pickled Python objects, which lesion-pl never loads"):
-        build_network(dict(_model_cfg("model.name=efficientnet_lite0"), weights=str(tmp_path / "evil.pth")))
+
+def test_a_pickled_weights_file_is_refused_without_running_it(tmp_path, capsys):
+    torch.save({"conv_stem.weight": Evil()}, tmp_path / "evil.pth")
+    cfg = _model_cfg("model.name=efficientnet_lite0")
+    with pytest.raises(LesionPLError, match="evil.pth: it holds pickled Python objects, which lesion-pl never loads"):
+        build_network(dict(cfg, weights=str(tmp_path / "evil.pth")))
+    assert "pickled code ran" not in capsys.readouterr().out
+    (tmp_path / "text.pth").write_text("101")
+    with pytest.raises(LesionPLError, match="text.pth: not a PyTorch checkpoint"):
+        build_network(dict(cfg, weights=str(tmp_path / "text.pth")))
 
 
 def test_normalization_key_is_checked():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from ..errors import LesionPLError
 from ..io import atomic_path, file_lock
 from ..preprocess import ImageReadError, preprocess_file
 
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2  # 2: 16-bit images scaled by their bit depth, not their own maximum
 
 
 def default_cache_dir() -> Path:
@@ -35,9 +36,29 @@ def cache_key(paths: list[str], size: int) -> str:
     return h.hexdigest()[:16]
 
 
+def _available_memory() -> float:
+    """Bytes of memory free now (the OS's figure; inf where it gives none)."""
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return float("inf")
+
+
 def _open(target: Path, in_memory_max_gb: float) -> np.ndarray:
     arr = np.load(target, mmap_mode="r")
-    return np.array(arr) if arr.nbytes <= in_memory_max_gb * 1e9 else arr  # np.array: a copy in RAM
+    # read into RAM only what fits the limit and the memory free now; else it stays memory-mapped
+    fits = arr.nbytes <= in_memory_max_gb * 1e9 and arr.nbytes <= 0.8 * _available_memory()
+    return np.array(arr) if fits else arr  # np.array: a copy in RAM
+
+
+def _require_space(target: Path, nbytes: int, count: int, size: int) -> None:
+    """The cache is allocated only where the disk can hold it (a sparse file would fail half-way, or fill it)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(target.parent).free
+    if nbytes * 1.05 > free:
+        raise LesionPLError(f"the image cache of {count} images at {size} px needs {nbytes / 1e9:.1f} GB in "
+                            f"{target.parent}, which has {free / 1e9:.1f} GB free: choose a smaller data.image_size, "
+                            "or point data.cache_dir (or $LESION_PL_CACHE) at a larger disk")
 
 
 def build_cache(paths: list[str], size: int, cache_dir: Path | None = None,
@@ -56,6 +77,7 @@ def _build(paths: list[str], size: int, target: Path, workers: int | None, progr
     from tqdm.auto import tqdm
 
     errors: list[str] = []
+    _require_space(target, len(paths) * size * size * 3, len(paths), size)
     with atomic_path(target) as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
 

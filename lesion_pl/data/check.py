@@ -11,26 +11,34 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..io import atomic_write_json
-from ..preprocess import ImageReadError, load_rgb
+from ..preprocess import ImageReadError, image_warning, load_rgb
 from .cache import cache_key, default_cache_dir
 
 
-def _reason(path: str) -> str | None:
+def _check(path: str) -> tuple[str | None, str | None]:
+    """(why it cannot be read, why it should not be trusted), each None where it does not apply."""
     try:
-        load_rgb(path)
+        img = load_rgb(path)
     except ImageReadError as e:
-        return str(e)
-    return None
+        return str(e), None
+    return None, image_warning(img)
+
+
+def check_images(paths: list[str], workers: int | None = None, progress: bool = True):
+    """({path: reason} for the files that cannot be read as images, {path: warning} for those that can but are
+    tiny or blank)."""
+    from tqdm.auto import tqdm
+
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        results = list(tqdm(pool.map(_check, paths), total=len(paths), disable=not progress,
+                            desc="checking images", unit="img"))
+    bad = {p: r for p, (r, _) in zip(paths, results) if r is not None}
+    return bad, {p: w for p, (_, w) in zip(paths, results) if w is not None}
 
 
 def find_bad_images(paths: list[str], workers: int | None = None, progress: bool = True) -> dict[str, str]:
     """{path: reason} for every file in `paths` that cannot be read as an image."""
-    from tqdm.auto import tqdm
-
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        reasons = list(tqdm(pool.map(_reason, paths), total=len(paths), disable=not progress,
-                            desc="checking images", unit="img"))
-    return {p: r for p, r in zip(paths, reasons) if r is not None}
+    return check_images(paths, workers, progress)[0]
 
 
 def bad_images_cached(paths: list[str], cache_dir: Path | None = None, progress: bool = True) -> dict[str, str]:

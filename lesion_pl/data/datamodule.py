@@ -76,10 +76,11 @@ class LesionDataModule(pl.LightningDataModule):
         if "melanoma_target" in table and not self.whole:
             raise LesionPLError(f"{self.root} has only melanoma/benign labels (ISIC 2020): it cannot train or be "
                                 "split; evaluate a run on it with `python cli.py test --run RUN --data-root DIR --split all`")
-        self.skipped: dict[str, str] = {}
+        self.skipped: dict[str, str] = dict(table.attrs.get("missing", {}))  # listed but not on disk (skipped)
         if d.get("skip_bad_images"):
-            self.skipped = bad_images_cached(table["path"].tolist(), d.get("cache_dir"), self.progress)
-            table = table[~table["path"].isin(self.skipped)].reset_index(drop=True)
+            unreadable = bad_images_cached(table["path"].tolist(), d.get("cache_dir"), self.progress)
+            table = table[~table["path"].isin(unreadable)].reset_index(drop=True)
+            self.skipped.update(unreadable)
         if self.whole:
             split = pd.Series("all", index=table.index, name="split")
         elif self.splits_file:

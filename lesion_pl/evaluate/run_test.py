@@ -197,7 +197,7 @@ def format_report(report: dict) -> str:
         lines.append(f"metrics are over the {len(report['classes_present'])} classes present: "
                      f"{', '.join(report['classes_present'])}")
     if report.get("skipped_bad_images"):
-        lines.append(f"skipped {len(report['skipped_bad_images'])} unreadable image(s) (listed in metrics.json)")
+        lines.append(f"skipped {len(report['skipped_bad_images'])} missing or unreadable image(s) (listed in metrics.json)")
     lines.append("")
     cis = report.get("ci95", {})
     image_only = report.get("clinical", {}).get("image_only", {})

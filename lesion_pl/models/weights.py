@@ -106,19 +106,18 @@ def read_state(path: Path, what: str) -> dict:
     """A plain tensor file (.pth/.pt/.bin with weights_only, or .safetensors) -> state dict; never unpickles code."""
     import torch
 
-    if not path.is_file():
-        raise LesionPLError(f"{what} {path} does not exist" if not path.exists() else f"{what} {path} is not a file")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    from ..checkpoint import torch_load
+
+    if path.suffix != ".safetensors":
+        state = torch_load(path, what)
+    elif not path.is_file():
+        raise LesionPLError(f"{what} {path} does not exist")
+    else:
+        from safetensors.torch import load_file
+        try:
             state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unpickl" in type(e).__name__:
-            reason = "it holds pickled Python objects, which lesion-pl never loads (save a plain state_dict)"
-        raise LesionPLError(f"cannot read {what} {path}: {reason[:200]}") from None
+        except Exception as e:
+            raise LesionPLError(f"cannot read {what} {path}: {(str(e).splitlines() or [''])[0][:160]}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)

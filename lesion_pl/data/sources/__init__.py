@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from ...errors import LesionPLError
-from .common import IMAGE_SUFFIXES, index_images
+from .common import IMAGE_SUFFIXES, index_images, require_root
 from .dermamnist import available_sizes, read_dermamnist
 from .generic import read_folder, read_generic_csv
 from .ham10000 import HOW_TO_GET as HOW_TO_GET_HAM10000
@@ -25,9 +25,7 @@ READERS = {"ham10000": read_ham10000, "isic-csv": read_isic_csv, "isic2020": rea
 
 def detect_format(root: Path) -> str:
     """The format of `root` where only one fits; an error that lists the formats otherwise."""
-    root = Path(root)
-    if not root.is_dir():
-        raise LesionPLError(f"data root {root} does not exist. {HOW_TO_GET_HAM10000}")
+    root = require_root(Path(root), HOW_TO_GET_HAM10000)
     if find_metadata(root):
         return "ham10000"
     if available_sizes(root):

@@ -52,6 +52,8 @@ def require_found(images: pd.Series, paths: pd.Series, where: str, root: Path) -
 
 def require_root(root: Path, how_to_get: str = "") -> Path:
     root = Path(root).expanduser()
+    if root.exists() and not root.is_dir():
+        raise LesionPLError(f"data root {root} is a file, not a folder of images")
     if not root.is_dir():
         raise LesionPLError(f"data root {root} does not exist. {how_to_get}".strip())
     return root
@@ -115,11 +117,21 @@ def require_inside(paths: pd.Series, root: Path) -> None:
                             f"{outside[0]}: refused (copy the files into the data root)")
 
 
+def missing_files(images: pd.Series, paths: pd.Series, where: str, root: Path, skip: bool) -> dict[str, str]:
+    """Listed images with no file: an error naming them, or with `skip` (--skip-bad-images) {image: reason}
+    for the caller to leave out and list, as for the images that cannot be read."""
+    if not skip:
+        require_found(images, paths, where, root)
+        return {}
+    return {str(i): f"image not found: {i} is listed in {where} but is not under {root}" for i in images[paths.isna()]}
+
+
 def finish(images: pd.Series, paths: pd.Series, dx: pd.Series, groups: pd.Series, meta: pd.DataFrame | None,
-           where: str, root: Path, dropped: dict) -> pd.DataFrame:
-    """The reader's table, with missing files reported together and dropped rows recorded in attrs."""
-    keep = dx.notna()
-    require_found(images[keep], paths[keep], where, root)
+           where: str, root: Path, dropped: dict, skip_missing: bool = False) -> pd.DataFrame:
+    """The reader's table, with missing files reported together (or, `skip_missing`, left out and listed in
+    attrs["missing"]) and dropped rows recorded in attrs."""
+    missing = missing_files(images[dx.notna()], paths[dx.notna()], where, root, skip_missing)
+    keep = dx.notna() & paths.notna()
     require_inside(paths[keep], root)
     dup = images[keep].duplicated()
     if dup.any():
@@ -132,4 +144,5 @@ def finish(images: pd.Series, paths: pd.Series, dx: pd.Series, groups: pd.Series
     table = table[keep].reset_index(drop=True)
     table["label"] = table["dx"].map(CLASS_TO_INDEX).astype(int)
     table.attrs["dropped"] = dropped
+    table.attrs["missing"] = missing
     return table

@@ -28,7 +28,8 @@ def read_generic_csv(root: str | Path, options: dict | None = None) -> pd.DataFr
     images = df[image_col].map(lambda rel: Path(rel).stem)
     groups = df[group_col] if group_col else images
     extra = df[[col for col in df.columns if col not in (image_col, label_col, group_col)]]
-    return finish(images, paths.astype(object).where(paths.notna()), dx, groups, extra, str(csv), root, dropped)
+    return finish(images, paths.astype(object).where(paths.notna()), dx, groups, extra, str(csv), root, dropped,
+                  skip_missing=bool(options.get("skip_bad_images")))
 
 
 def read_folder(root: str | Path, options: dict | None = None) -> pd.DataFrame:
@@ -42,4 +43,5 @@ def read_folder(root: str | Path, options: dict | None = None) -> pd.DataFrame:
     raw = pd.Series([label for _, label in rows])
     dx, dropped = map_labels(raw, f"the sub-folders of {root}", options.get("label_map"), options.get("drop_labels", ()))
     images = pd.Series([str(p.relative_to(root).with_suffix("")) for p, _ in rows])
-    return finish(images, paths, dx, images, None, str(root), root, dropped)
+    return finish(images, paths, dx, images, None, str(root), root, dropped,
+                  skip_missing=bool(options.get("skip_bad_images")))

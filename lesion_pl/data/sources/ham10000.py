@@ -40,4 +40,5 @@ def read_ham10000(root: str | Path, options: dict | None = None) -> pd.DataFrame
     extra = meta[[c for c in meta.columns if c not in REQUIRED]].copy()
     if "age" in extra:
         extra["age"] = pd.to_numeric(extra["age"], errors="coerce")
-    return finish(meta["image_id"], meta["image_id"].map(images), dx, meta["lesion_id"], extra, str(csv), root, dropped)
+    return finish(meta["image_id"], meta["image_id"].map(images), dx, meta["lesion_id"], extra, str(csv), root, dropped,
+                  skip_missing=bool(options.get("skip_bad_images")))

@@ -37,4 +37,5 @@ def read_isic_csv(root: str | Path, options: dict | None = None) -> pd.DataFrame
     groups = gt["lesion_id"].fillna(gt["image"]) if "lesion_id" in gt else gt["image"]
     images = index_images(root)
     extra = gt[[c for c in gt.columns if c not in classes and c not in ("image", "lesion_id")]]
-    return finish(gt["image"], gt["image"].map(images), dx, groups, extra, str(csv), root, dropped)
+    return finish(gt["image"], gt["image"].map(images), dx, groups, extra, str(csv), root, dropped,
+                  skip_missing=bool(options.get("skip_bad_images")))

@@ -10,8 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from ...errors import LesionPLError
-from .common import (find_csv, index_images, locate_csv, read_csv, require_found, require_inside,
-                     require_root)
+from .common import find_csv, index_images, locate_csv, missing_files, read_csv, require_inside, require_root
 
 REQUIRED = ("image_name", "target")
 
@@ -31,7 +30,8 @@ def read_isic2020(root: str | Path, options: dict | None = None) -> pd.DataFrame
         raise LesionPLError(f"{csv}: 'target' must be 0 or 1; {int(bad.sum())} row(s) are not "
                             f"(first at line {int(df.index[bad][0]) + 2}: {df['target'][bad].iloc[0]!r})")
     paths = df["image_name"].map(index_images(root))
-    require_found(df["image_name"], paths, str(csv), root)
+    missing = missing_files(df["image_name"], paths, str(csv), root, bool(options.get("skip_bad_images")))
+    df, target, paths = df[paths.notna()], target[paths.notna()], paths[paths.notna()]
     require_inside(paths, root)
     groups = df["patient_id"].fillna(df["image_name"]) if "patient_id" in df else df["image_name"]
     table = pd.DataFrame({"image_id": df["image_name"], "path": paths.map(lambda p: str(p.resolve())),
@@ -41,4 +41,5 @@ def read_isic2020(root: str | Path, options: dict | None = None) -> pd.DataFrame
         if col not in REQUIRED and col not in table:
             table[col] = df[col]
     table.attrs["dropped"] = {}
+    table.attrs["missing"] = missing
     return table
