@@ -173,6 +173,8 @@ def export(
     run: Path = RUN_OPT,
     opset: int = typer.Option(18, help="ONNX opset (17 or newer)."),
     int8: bool = typer.Option(False, "--int8", help="Also write model.int8.onnx and compare it with fp32."),
+    per_channel: bool = typer.Option(False, "--per-channel", help="int8 with one weight scale per output channel "
+                                     "(for depthwise convolutions, e.g. EfficientNet-Lite)."),
     data_root: Optional[Path] = DATA_ROOT_OPT,
     quiet: bool = QUIET_OPT,
 ):
@@ -180,7 +182,7 @@ def export(
     from export.run_export import export_run
 
     with RunDir(run).lock("export"):
-        r = export_run(run, opset=opset, int8=int8, data_root=data_root, progress=not quiet)
+        r = export_run(run, opset=opset, int8=int8, data_root=data_root, progress=not quiet, per_channel=per_channel)
     p = r["parity"]
     typer.echo(f"wrote {r['model']} (opset {r['opset']}, {r['size_bytes'] / 1e6:.2f} MB)")
     typer.echo(f"parity on {p['n_images']} real images: max |onnxruntime - PyTorch| probability "

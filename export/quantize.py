@@ -19,8 +19,11 @@ class _Calibration:
         return next(self.batches, None)
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, calibration_images: np.ndarray) -> str:
-    """Write an int8 model; returns 'static' or 'dynamic' (static failed on some op)."""
+def quantize_int8(fp32_path: Path, out_path: Path, calibration_images: np.ndarray, per_channel: bool = False) -> str:
+    """Write an int8 model; returns 'static', 'static per-channel' or 'dynamic' (static failed on some op).
+
+    `per_channel`: one weight scale per output channel instead of per tensor, for networks whose
+    depthwise convolutions lose accuracy with one scale a tensor (EfficientNet-Lite; benchmarks/RESULTS.md)."""
     import onnx
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -33,9 +36,9 @@ def quantize_int8(fp32_path: Path, out_path: Path, calibration_images: np.ndarra
             # reduce_range (7-bit weights) avoids the int16 saturation of AVX2's u8 x s8 products
             # without VNNI: on the 64 px model -0.35 instead of -1.17 points, at the same speed
             quantize_static(str(prepared), str(target), _Calibration(calibration_images),
-                            quant_format=QuantFormat.QDQ, per_channel=False, reduce_range=True,
+                            quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=True,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
-            kind = "static"
+            kind = "static per-channel" if per_channel else "static"
         except Exception:
             quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8)
             kind = "dynamic"

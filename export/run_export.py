@@ -33,7 +33,7 @@ def _accuracy(clf, images: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def export_run(run_path: Path, opset: int = 18, int8: bool = False, data_root: Path | None = None,
-               progress: bool = True) -> dict:
+               progress: bool = True, per_channel: bool = False) -> dict:
     from lesion_pl.checkpoint import load_run_model
     from lesion_pl.evaluate.calibrate import load_calibration
 
@@ -72,7 +72,7 @@ def export_run(run_path: Path, opset: int = 18, int8: bool = False, data_root: P
 
         q8 = out_dir / "model.int8.onnx"
         train_idx = np.random.default_rng(0).permutation(dm.indices("train"))[:CALIBRATION_IMAGES]
-        kind = quantize_int8(fp32, q8, np.asarray(dm.cache[np.sort(train_idx)]))
+        kind = quantize_int8(fp32, q8, np.asarray(dm.cache[np.sort(train_idx)]), per_channel)
         labels = dm.table["label"].to_numpy()[test_idx]
         runtimes = {"fp32": LesionOnnxClassifier(fp32), "int8": LesionOnnxClassifier(q8)}
         bench = test_images[:256]

@@ -152,7 +152,11 @@ def test_int8_export_reports_accuracy_and_keeps_metadata(trained_run):
     for name in ("fp32", "int8"):
         assert 0 <= q[name]["balanced_accuracy"] <= 1 and q[name]["images_per_s_batch32"] > 0
     clf = LesionOnnxClassifier(trained_run / "export" / "model.int8.onnx")
-    assert clf.classes == CLASSES and clf.metadata["quantization"].startswith("int8")
+    assert clf.classes == CLASSES and clf.metadata["quantization"] == "int8 static"
+    r = invoke("export", "--run", trained_run, "--int8", "--per-channel", "--quiet")
+    assert r.exit_code == 0 and "static per-channel int8" in r.output, r.output
+    assert LesionOnnxClassifier(trained_run / "export" / "model.int8.onnx").metadata["quantization"] == \
+        "int8 static per-channel"
 
 
 def test_predict_command_over_a_folder_with_a_bad_file(exported, small_ham, tmp_path):
@@ -165,7 +169,10 @@ def test_predict_command_over_a_folder_with_a_bad_file(exported, small_ham, tmp_
                            "--out", str(tmp_path / "p.csv")], capture_output=True, text=True, cwd=PROJECT)
     assert proc.returncode == 1
     assert "broken.jpg" in proc.stderr and "1 of 4 file(s) could not be predicted" in proc.stderr
-    table = pd.read_csv(tmp_path / "p.csv")
+    listed = pd.read_csv(tmp_path / "p.csv")
+    assert len(listed) == 4 and listed["error"].notna().sum() == 1  # the failed file too, with its reason
+    assert listed.loc[listed["error"].notna(), "file"].iloc[0].endswith("broken.jpg")
+    table = listed[listed["error"].isna()]
     assert len(table) == 3 and set(table["top_class"]) <= set(CLASSES)
     assert table["file"].str.endswith(".jpg").all()
     # the same as JSON: the predictions and, beside them, the file that failed and why
