@@ -173,8 +173,9 @@ def export(
     run: Path = RUN_OPT,
     opset: int = typer.Option(18, help="ONNX opset (17 or newer)."),
     int8: bool = typer.Option(False, "--int8", help="Also write model.int8.onnx and compare it with fp32."),
-    per_channel: bool = typer.Option(False, "--per-channel", help="int8 with one weight scale per output channel "
-                                     "(for depthwise convolutions, e.g. EfficientNet-Lite)."),
+    per_channel: Optional[bool] = typer.Option(
+        None, "--per-channel/--per-tensor", help="int8 weight scales per output channel or per tensor (default: per "
+        "channel where the network has depthwise convolutions, e.g. EfficientNet-Lite, else per tensor)."),
     data_root: Optional[Path] = DATA_ROOT_OPT,
     quiet: bool = QUIET_OPT,
 ):

@@ -32,8 +32,17 @@ def _accuracy(clf, images: np.ndarray, labels: np.ndarray) -> dict:
     return {"accuracy": float((pred == labels).mean()), "balanced_accuracy": float(balanced_accuracy_score(labels, pred))}
 
 
+def has_depthwise(classifier) -> bool:
+    """Whether the network has grouped (depthwise) convolutions, whose int8 weights need a scale per channel:
+    per tensor, EfficientNet-Lite0's int8 named nearly every test image naevus (benchmarks/RESULTS.md)."""
+    import torch
+
+    return any(isinstance(m, torch.nn.Conv2d) and m.groups > 1 for m in classifier.modules())
+
+
 def export_run(run_path: Path, opset: int = 18, int8: bool = False, data_root: Path | None = None,
-               progress: bool = True, per_channel: bool = False) -> dict:
+               progress: bool = True, per_channel: bool | None = None) -> dict:
+    """`per_channel` None: per channel for a network with depthwise convolutions, per tensor otherwise."""
     from lesion_pl.checkpoint import load_run_model
     from lesion_pl.evaluate.calibrate import load_calibration
 
@@ -72,6 +81,8 @@ def export_run(run_path: Path, opset: int = 18, int8: bool = False, data_root: P
 
         q8 = out_dir / "model.int8.onnx"
         train_idx = np.random.default_rng(0).permutation(dm.indices("train"))[:CALIBRATION_IMAGES]
+        if per_channel is None:
+            per_channel = has_depthwise(classifier)
         kind = quantize_int8(fp32, q8, np.asarray(dm.cache[np.sort(train_idx)]), per_channel)
         labels = dm.table["label"].to_numpy()[test_idx]
         runtimes = {"fp32": LesionOnnxClassifier(fp32), "int8": LesionOnnxClassifier(q8)}

@@ -206,3 +206,14 @@ def test_opset_17(trained_run, tmp_path):
     assert r.exit_code == 0 and "same top class on 64/64" in r.output, r.output
     model = onnx.load(str(trained_run / "export" / "model.onnx"))
     assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [17]
+
+
+def test_int8_scales_depthwise_networks_per_channel():
+    """Per tensor, EfficientNet-Lite0's int8 named nearly every image naevus: `export --int8` quantises a
+    network with depthwise convolutions per channel unless told otherwise (--per-tensor)."""
+    from export.run_export import has_depthwise
+    from lesion_pl.config import load_config
+    from lesion_pl.models import build_network
+
+    assert not has_depthwise(build_network(load_config(None, ["model.widths=[8,16,32,64]"])["model"]))
+    assert has_depthwise(build_network(load_config(None, ["model.name=efficientnet_lite0"])["model"]))
