@@ -111,6 +111,23 @@ def test_gradcam_on_a_timm_cnn_and_mass_inside():
     assert mass_inside(cam, mask)[0] == pytest.approx(0.5)
 
 
+def test_gradcam_weighs_the_deepest_map_at_a_sixteenth_of_the_input():
+    """EfficientNet-Lite0's last map is 4x4 at 128 px; Grad-CAM uses its 8x8 one (blocks.4), LesionCNN its own
+    final map, which is at 1/16 already."""
+    from lesion_pl.evaluate.gradcam import target_layer
+
+    cfg = load_config(None, ["model.name=efficientnet_lite0"])
+    model = LesionClassifier(cfg, [0.5] * 3, [0.5] * 3).eval()
+    assert target_layer(model.net) is model.net.blocks[4]
+    seen = []
+    hook = target_layer(model.net).register_forward_hook(lambda m, a, out: seen.append(out.shape[-2:]))
+    cams, _ = gradcam(model, torch.randint(0, 255, (2, 3, 128, 128), dtype=torch.uint8))
+    hook.remove()
+    assert tuple(seen[0]) == (8, 8) and cams.shape == (2, 128, 128)
+    plain = LesionClassifier(load_config(None, ["model.widths=[8,16,32,64]"]), [0.5] * 3, [0.2] * 3)
+    assert target_layer(plain.net) is plain.net.features
+
+
 def test_report_needs_a_finished_test(trained_run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(trained_run, copy, ignore=shutil.ignore_patterns("test", "report"))
