@@ -167,3 +167,11 @@ def test_skip_bad_images_covers_an_image_listed_but_missing(ham_root, ham_meta, 
     skipped = json.loads((out / "summary.json").read_text())["skipped_bad_images"]
     assert list(skipped) == [gone] and "image not found" in skipped[gone]
     assert gone not in set(pd.read_csv(out / "splits.csv")["image_id"])
+
+
+def test_a_run_stopped_before_its_best_checkpoint_is_told_to_resume(trained_run, tmp_path):
+    copy = tmp_path / "stopped"
+    shutil.copytree(trained_run, copy, ignore=shutil.ignore_patterns("export", "report", "evaluations"))
+    (copy / "checkpoints" / "best.ckpt").unlink()
+    r = invoke("test", "--run", copy, "--quiet")
+    assert r.exit_code == 2 and f"`python cli.py fit --out {copy} --resume` makes it" in r.output, r.output
