@@ -26,7 +26,7 @@ def _text(value) -> str | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     text = str(value).strip().lower()
-    return None if text in ("", "unknown", "nan", "none") else text
+    return None if text in ("", "unknown", "nan", "none", "n/a", "na", "?") else text
 
 
 def _age(value) -> float | None:

@@ -60,7 +60,7 @@ def _imagenet_top1(name: str, photo: str) -> str:
     assert net.loaded_weights.head == "loaded"  # the package's own ImageNet head
     size = PACKAGES[name].input_size
     image = resize_center_crop(Image.fromarray(load_sample_image(photo)), size)  # lesion-pl's own preprocessing
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]
     with torch.no_grad():
         logits = net(Normalize(net.loaded_weights.mean, net.loaded_weights.std)(x))
     return ImageNetInfo().index_to_description(int(logits.argmax())).split(",")[0]
