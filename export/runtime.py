@@ -113,8 +113,9 @@ class LesionOnnxClassifier:
         try:
             self._read_metadata()
         except (ValueError, KeyError, TypeError, AttributeError) as e:  # json's errors are ValueErrors
-            raise LesionPLError(f"{self.path} has malformed lesion-pl metadata ({type(e).__name__}: "
-                                f"{str(e).splitlines()[0][:120]}); export it again with `python cli.py export`") from None
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+            raise LesionPLError(f"{self.path} has malformed lesion-pl metadata ({reason}); export it again with "
+                                "`python cli.py export`") from None
         height = self.session.get_inputs()[0].shape[1]
         if isinstance(height, int) and height != self.size:
             raise LesionPLError(f"{self.path}: its metadata says input size {self.size} px but the graph takes "

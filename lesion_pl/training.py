@@ -136,7 +136,7 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
     from .models import build_network
     build_network(cfg["model"])
     if resume and members == 1:
-        _require_readable(run.last, out)
+        _require_readable(run.last)
     from .data.splits import write_splits
     run.path.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run.config)
@@ -315,21 +315,22 @@ def _elapsed_in(log: Path) -> float:
 def _validated_epochs(log: Path) -> int:
     """How many epochs the log holds a validation for."""
     table = _read_log(log)
-    return int(table.loc[table["val/balanced_accuracy"].notna(), "epoch"].nunique()) if "val/balanced_accuracy" in table else 0
+    if "val/balanced_accuracy" not in table:
+        return 0
+    return int(table.loc[table["val/balanced_accuracy"].notna(), "epoch"].nunique())
 
 
-def _require_readable(last: Path, out: Path) -> None:
+def _require_readable(last: Path) -> None:
     """--resume needs a last.ckpt that loads; one line naming it otherwise (before anything is touched)."""
     from .checkpoint import torch_load
 
+    hint = "; without --resume, fit into a new --out"
     try:
-        ckpt = torch_load(last, "checkpoint")
+        ckpt = torch_load(last, "the checkpoint to resume from,")
     except LesionPLError as e:
-        raise LesionPLError(f"cannot resume from {last}: {str(e).split(': ', 1)[-1]}; without --resume, fit into a "
-                            "new --out") from None
+        raise LesionPLError(f"{e}{hint}") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "epoch" not in ckpt:
-        raise LesionPLError(f"cannot resume from {last}: not a Lightning checkpoint; without --resume, fit into a "
-                            "new --out")
+        raise LesionPLError(f"cannot read the checkpoint to resume from, {last}: not a Lightning checkpoint{hint}")
 
 
 def _best_epoch(run: RunDir) -> int | None:

@@ -35,7 +35,8 @@ def test_two_outside_sets_and_the_runs_own_test_all_survive(trained_run, ham_roo
     assert r.exit_code == 0, r.output
     a, b = _metrics(run / "evaluations" / "clinic-folder"), _metrics(run / "evaluations" / "kaggle-ham10000")
     assert _metrics(run / "test") == own  # the run's own figures are untouched
-    assert (a["evaluation"], a["data_root"], a["n_images"]) == ("clinic-folder", str(clinic), len(list(clinic.rglob("*.jpg"))))
+    images = len(list(clinic.rglob("*.jpg")))
+    assert (a["evaluation"], a["data_root"], a["n_images"]) == ("clinic-folder", str(clinic), images)
     assert (b["evaluation"], b["data_root"]) == ("kaggle-ham10000", str(kaggle))
     assert own["split"] == "test" and own["evaluation"] is None
 
@@ -55,7 +56,8 @@ def test_two_outside_sets_and_the_runs_own_test_all_survive(trained_run, ham_roo
     assert _metrics(run / "evaluations" / "val")["split"] == "val"
     r = invoke("test", "--run", run, "--data-root", clinic, "--split", "all", "--name", "clinic-2026", "--quiet")
     assert r.exit_code == 0 and (run / "evaluations" / "clinic-2026" / "metrics.json").is_file(), r.output
-    r = invoke("test", "--run", run, "--data-root", clinic, "--split", "all", "--out", tmp_path / "elsewhere", "--quiet")
+    r = invoke("test", "--run", run, "--data-root", clinic, "--split", "all", "--out", tmp_path / "elsewhere",
+               "--quiet")
     assert r.exit_code == 0 and _metrics(tmp_path / "elsewhere")["evaluation"] == "elsewhere", r.output
     r = invoke("test", "--run", run, "--data-root", clinic, "--split", "all", "--name", "../escape", "--quiet")
     assert r.exit_code == 2 and "must be a plain folder name" in r.output and not (run / "escape").exists()

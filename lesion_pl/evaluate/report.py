@@ -189,10 +189,12 @@ def build_report(run_path: Path, data_root: Path | None = None, progress: bool =
 def _scored(metrics: dict) -> str:
     """What the evaluation scored, in words."""
     split = metrics.get("split", "test")
-    named = f", evaluation '{metrics['evaluation']}'" if metrics.get("evaluation") else ""
+    name = metrics.get("evaluation")
     if split == "all":
+        named = f", evaluation '{name}'" if name else ""
         return f"all {metrics['n_images']} images of {metrics.get('data_root')} (test --split all{named})"
-    return ("the held-out test split" if split == "test" else f"the {split} split") + (f" ({named[2:]})" if named else "")
+    scored = "the held-out test split" if split == "test" else f"the {split} split"
+    return f"{scored} (evaluation '{name}')" if name else scored
 
 
 def _findings(metrics, frame, confusions, tables, overall_error, cam_stats) -> list[str]:

