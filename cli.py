@@ -4,6 +4,7 @@ Thin on purpose: parses arguments and calls lesion_pl; heavy imports happen insi
 """
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from pathlib import Path
@@ -21,14 +22,27 @@ data_app = typer.Typer(help="Datasets: summary (sizes, classes, splits), check (
 app.add_typer(data_app, name="data")
 
 
+# what the file system says when an output cannot be written: a full or read-only disk, no permission, a
+# file where a folder should be (or the other way round)
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EEXIST, errno.ENOTDIR,
+                errno.EISDIR}
+
+
 def friendly_errors(fn):
-    """A LesionPLError becomes one line on stderr and exit code 2, not a traceback."""
+    """A LesionPLError, or a file that cannot be written, becomes one line on stderr and exit code 2, not a
+    traceback (outputs are written to temp files and renamed, so nothing half-written is left)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except LesionPLError as e:
             typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(2)
+        except OSError as e:
+            if e.errno not in WRITE_ERRORS:
+                raise
+            where = f" {e.filename}" if e.filename else ""
+            typer.secho(f"error: cannot write{where}: {e.strerror}", fg="red", err=True)
             raise typer.Exit(2)
     return wrapper
 

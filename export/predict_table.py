@@ -11,7 +11,7 @@ import typer
 from lesion_pl import clinical
 from lesion_pl.calibration import views_note
 from lesion_pl.errors import LesionPLError
-from lesion_pl.io import atomic_write_json, atomic_write_text, require_writable
+from lesion_pl.io import atomic_write_json, atomic_write_text, read_utf8, require_writable
 
 from .runtime import LesionOnnxClassifier
 
@@ -24,14 +24,7 @@ def read_metadata_csv(path: Path, files: list[Path], clf: LesionOnnxClassifier) 
     """One dict of the CSV's row per file (matched on the file name without its suffix), or None."""
     if not path.is_file():
         raise LesionPLError(f"metadata file {path} does not exist")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise LesionPLError(f"{path}, line {line}: not UTF-8 text (byte {raw[e.start]:#04x}); save the CSV as "
-                            "UTF-8") from None
-    with io.StringIO(text, newline="") as fh:
+    with io.StringIO(read_utf8(path), newline="") as fh:
         reader = csv.DictReader(fh)
         columns = reader.fieldnames or []
         key = next((c for c in KEY_COLUMNS if c in columns), None)

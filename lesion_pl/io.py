@@ -53,6 +53,18 @@ def atomic_dir(path: Path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def read_utf8(path: Path) -> str:
+    """A text file's contents; a file that is not UTF-8 is a one-line error naming its line."""
+    from .errors import LesionPLError
+
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise LesionPLError(f"{path}, line {line}: not UTF-8 text (byte {raw[e.start]:#04x}); save it as UTF-8") from None
+
+
 def require_writable(path: Path, what: str) -> Path:
     """`path` can be written as a file: its folder exists (or can be made) and takes files, and nothing that is
     not a file stands in its place; a one-line error naming it otherwise."""

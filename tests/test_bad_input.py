@@ -176,3 +176,35 @@ def test_a_run_stopped_before_its_best_checkpoint_is_told_to_resume(trained_run,
     (copy / "checkpoints" / "best.ckpt").unlink()
     r = invoke("test", "--run", copy, "--quiet")
     assert r.exit_code == 2 and f"`python cli.py fit --out {copy} --resume` makes it" in r.output, r.output
+
+
+def test_a_data_csv_that_is_not_utf8_names_its_line(ham_root, ham_meta, tmp_path):
+    root = make_dataset(ham_root, sample_meta(ham_meta, 1, seed=9), tmp_path / "latin")
+    csv = root / "HAM10000_metadata.csv"
+    lines = csv.read_text().splitlines()
+    lines[2] = lines[2].replace(lines[2].split(",")[-1], "t\xeate")  # a Latin-1 'ê' in the site of line 3
+    csv.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    r = invoke("data", "summary", "--data-root", root)
+    assert r.exit_code == 2 and "HAM10000_metadata.csv, line 3: not UTF-8 text (byte 0xea)" in r.output, r.output
+
+
+def test_an_output_that_cannot_be_written_is_one_line(trained_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(trained_run, copy, ignore=shutil.ignore_patterns("export", "report", "evaluations"))
+    (copy / "export").write_text("a file where the export folder goes")
+    r = invoke("export", "--run", copy, "--quiet")
+    assert r.exit_code == 2 and "Traceback" not in r.output and "cannot write" in r.output, r.output
+    assert (copy / "export").read_text().startswith("a file")
+
+
+def test_data_check_takes_set_for_the_csv_format(small_ham, tmp_path):
+    images = sorted(small_ham.rglob("*.jpg"))[:4]
+    root = tmp_path / "own"
+    (root / "pics").mkdir(parents=True)
+    for p in images:
+        shutil.copy(p, root / "pics" / p.name)
+    pd.DataFrame({"file": [f"pics/{p.name}" for p in images], "dx": ["nv", "mel", "nv", "bkl"]}).to_csv(
+        root / "labels.csv", index=False)
+    r = invoke("data", "check", "--data-root", root, "--format", "csv", "--set", "data.columns={image: file, label: dx}",
+               "--out", tmp_path / "b.csv")
+    assert r.exit_code == 0 and "4 images checked, 0 bad" in r.output, r.output

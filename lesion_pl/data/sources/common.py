@@ -60,8 +60,16 @@ def require_root(root: Path, how_to_get: str = "") -> Path:
 
 
 def read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
+    import io
+
+    from ...io import read_utf8
+
     try:
-        df = pd.read_csv(path, dtype=str)
+        text = read_utf8(path)
+    except OSError as e:
+        raise LesionPLError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        df = pd.read_csv(io.StringIO(text), dtype=str)
     except Exception as e:
         raise LesionPLError(f"cannot read {path}: {e}") from None
     missing = [c for c in required if c not in df.columns]
