@@ -59,6 +59,12 @@ def test_two_outside_sets_and_the_runs_own_test_all_survive(trained_run, ham_roo
     r = invoke("test", "--run", run, "--data-root", clinic, "--split", "all", "--out", tmp_path / "elsewhere",
                "--quiet")
     assert r.exit_code == 0 and _metrics(tmp_path / "elsewhere")["evaluation"] == "elsewhere", r.output
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    r = invoke("test", "--run", run, "--data-root", clinic, "--split", "all", "--out", busy, "--overwrite")
+    assert r.exit_code == 2 and "holds files that are not an evaluation" in r.output, r.output
+    assert (busy / "notes.txt").read_text() == "mine"  # never replaced, even with --overwrite
     r = invoke("test", "--run", run, "--data-root", clinic, "--split", "all", "--name", "../escape", "--quiet")
     assert r.exit_code == 2 and "must be a plain folder name" in r.output and not (run / "escape").exists()
     assert _metrics(run / "test") == own

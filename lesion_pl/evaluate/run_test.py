@@ -84,9 +84,15 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     if split not in ("train", "val", "test", "all"):
         raise LesionPLError(f"--split must be train, val, test or all, got '{split}'")
     dest, evaluation = evaluation_target(run, data_root, data_format, split, name, out)
-    if evaluation is not None and dest.exists() and any(dest.iterdir()) and not overwrite:
-        raise LesionPLError(f"evaluation folder {dest} already exists; pass --overwrite to replace it, or "
-                            "--name NAME for another")
+    dest = dest.resolve()
+    if dest.exists() and not dest.is_dir():
+        raise LesionPLError(f"evaluation folder {dest} is a file")
+    if evaluation is not None and dest.exists() and any(dest.iterdir()):
+        if not (dest / "metrics.json").is_file():  # --overwrite replaces the whole folder: only an evaluation's
+            raise LesionPLError(f"{dest} holds files that are not an evaluation; give a new or empty folder")
+        if not overwrite:
+            raise LesionPLError(f"evaluation folder {dest} already exists; pass --overwrite to replace it, or "
+                                "--name NAME for another")
     cfg = run.load_config(data_root, data_format, skip_bad_images)
     dm = run.datamodule(cfg, progress, whole=split == "all")
     ds = dm.dataset(split)
