@@ -94,6 +94,7 @@ class LesionOnnxClassifier:
         import onnxruntime as ort
 
         self.path = Path(model_path)
+        self.warnings: dict = {}  # {path: why} of the last predict_files call: images not to trust
         if not self.path.is_file():
             raise LesionPLError(f"model file {self.path} does not exist; `python cli.py export --run RUN` makes one")
         options = ort.SessionOptions()

@@ -34,20 +34,14 @@ def cpu_supports(check: str) -> bool:
 
 
 def image_size_for(cfg: dict) -> int:
-    """`data.image_size` in pixels; "auto": 128 where training runs in bf16, else 64 for a network trained
-    from scratch and 96 for one that starts from ImageNet weights.
+    """`data.image_size` in pixels; "auto": 128 where training runs in bf16, else 64.
 
     bf16 makes 128 px affordable in the hour, and 128 px scored higher on validation over three seeds
-    (benchmarks/RESULTS.md: "Should the default follow the hardware?"); ImageNet features are learnt at
-    224 px, and fine-tuning keeps to 96-160 px, the range the pretrained runs measured.
+    (benchmarks/RESULTS.md: "Should the default follow the hardware?").
     """
-    from .models.factory import uses_weights
-
     size = cfg["data"]["image_size"]  # checked when the config loaded (config_rules)
     if size == "auto":
-        if precision_for(cfg).startswith("bf16"):
-            return 128
-        return 96 if uses_weights(cfg["model"]) else 64
+        return 128 if precision_for(cfg).startswith("bf16") else 64
     return int(size)
 
 

@@ -51,8 +51,7 @@ class LoadedWeights:
 
     def describe(self) -> str:
         stats = f"; inputs normalised with mean {_fmt(self.mean)}, std {_fmt(self.std)}" if self.mean else ""
-        return (f"weights: {self.backbone} of {self.backbone} backbone tensors from {self.source}; "
-                f"head {self.head}{stats}")
+        return f"weights: all {self.backbone} backbone tensors from {self.source}; head {self.head}{stats}"
 
 
 def _fmt(values) -> str:
@@ -152,10 +151,6 @@ def load_backbone(net, state: dict, source: str) -> LoadedWeights:
     classes = own[heads[0]].shape[0] if heads else 0
     return LoadedWeights(source, len(chosen), len(backbone), "loaded" if head_fits else f"new ({classes} classes)",
                          None, None)
-
-
-def package_for(name: str) -> WeightsPackage | None:
-    return PACKAGES.get(name)
 
 
 def load_package(net, name: str) -> LoadedWeights | None:
