@@ -160,6 +160,7 @@ def calibrate(
 ):
     """Fit temperature scaling, the class-prior correction, the clinical-metadata fusion and the referral
     thresholds on the validation split (fit does this too)."""
+    from lesion_pl.calibration import promise_text, referral_promise
     from lesion_pl.evaluate.calibrate import calibrate_run
 
     with RunDir(run).lock("calibrate"):
@@ -175,9 +176,15 @@ def calibrate(
                    f"{fit['val_auroc_malignant_image_only']:.4f} -> {fit['val_auroc_malignant_fused']:.4f}")
     elif fit:
         typer.echo(f"no clinical-metadata fusion: {fit['reason']}")
+    e = c["calibration_errors"]
+    typer.echo(f"validation ECE {e['val_before']['ece']:.4f} -> {e['val_after']['ece']:.4f}, malignancy ECE "
+               f"{e['val_before']['malignancy_ece']:.4f} -> {e['val_after']['malignancy_ece']:.4f}"
+               + (f" (temperature scaled by {e['temperature_factor']:.3f} from the NLL fit so that neither rose)"
+                  if e["temperature_factor"] != 1.0 else "")
+               + ("" if e["kept"] else "; warning: no temperature keeps both at or below the uncalibrated ones, so "
+                  "the NLL fit is kept"))
     for name, op in c["operating_points"].items():
-        typer.echo(f"{name}: refer at p >= {op['threshold']:.4f}, validation sensitivity {op['val']['sensitivity']:.3f} "
-                   f"(target {op['target_sensitivity']:.2f}), specificity {op['val']['specificity']:.3f}")
+        typer.echo(f"{name}: refer at p >= {op['threshold']:.4f}, {promise_text(referral_promise(op))}")
     typer.echo(f"wrote {run / 'calibration.json'}")
 
 

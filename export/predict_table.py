@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from lesion_pl import clinical
-from lesion_pl.calibration import views_note
+from lesion_pl.calibration import promise_text, views_note
 from lesion_pl.errors import LesionPLError
 from lesion_pl.io import atomic_write_json, atomic_write_text, read_utf8, require_writable
 
@@ -90,9 +90,7 @@ def predict_table(model: Path, files: list[Path], out: Path | None, batch_size: 
     for which, ops in points.items():
         op = ops.get("malignant")
         if op:
-            typer.echo(f"referral threshold{which}: malignancy >= {op['threshold']:.3f}, chosen on validation for "
-                       f"sensitivity >= {op['target_sensitivity']:.2f} (validation sensitivity "
-                       f"{op['val_sensitivity']:.3f}, specificity {op['val_specificity']:.3f}).")
+            typer.echo(f"referral threshold{which}: malignancy >= {op['threshold']:.3f}, {promise_text(op)}.")
     views = clf.tta if tta is None else tta
     typer.echo("Each image scored as the mean of its 8 flips/90-degree rotations." if views
                else "Each image scored on one view.")

@@ -1,6 +1,7 @@
 """Calibration and operating points, in numpy (no torch): temperature scaling with a class-prior
-correction, the rule that names a class from the probabilities, Brier score, the threshold that
-reaches a target sensitivity, and lesion-level bootstrap confidence intervals.
+correction, the rule that names a class from the probabilities, Brier score, the referral threshold
+that reaches a target sensitivity (with a stated confidence on new lesions), and lesion-level
+bootstrap confidence intervals.
 
 The torch-free ONNX runtime imports `softmax` from here, so this module must stay numpy-only.
 """
@@ -127,6 +128,88 @@ def threshold_for_sensitivity(scores: np.ndarray, positive: np.ndarray, target: 
     return float(pos[max(k, 1) - 1])
 
 
+def _lesion_members(groups: np.ndarray) -> list[np.ndarray]:
+    """The image indices of each lesion (group), in the order of np.unique(groups)."""
+    _, inverse = np.unique(groups, return_inverse=True)
+    return np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse))[:-1])
+
+
+def binomial_lower_bound(sensitivity: float, n_lesions: int, confidence: float) -> float:
+    """One-sided exact (Clopper-Pearson) lower bound of a sensitivity seen on `n_lesions` positive lesions, the
+    lesions counted as the independent units (k = sensitivity * n_lesions, fractional where a lesion's images
+    split): the bound that small samples need, where a bootstrap cannot reach below what it saw."""
+    from scipy.stats import beta
+
+    k = sensitivity * n_lesions
+    return 0.0 if k <= 0 else float(beta.ppf(1 - confidence, k, n_lesions - k + 1))
+
+
+def referral_threshold(scores: np.ndarray, positive: np.ndarray, groups: np.ndarray, target: float,
+                       confidence: float | None, n_boot: int = 1000, seed: int = 0) -> dict:
+    """The highest threshold that reaches `target` sensitivity, with `confidence` that it does on new lesions.
+
+    confidence None: the point rule, the highest threshold reaching `target` on these images (it lands below
+    the target on new lesions about half the time). Else the threshold must pass two one-sided bounds:
+    - the lesion bootstrap: resample the positive lesions (all images of a lesion together) `n_boot` times;
+      t_b is the highest threshold reaching `target` in resample b, and since sensitivity only falls as the
+      threshold rises, `scores >= t` reaches it in resample b iff t <= t_b: so t is at most the largest value
+      with t <= t_b in a `confidence` share of resamples (`bootstrap_bound`: the (1 - confidence) quantile of
+      the resampled sensitivities at t);
+    - the exact binomial bound over positive lesions (`binomial_bound`), which keeps a small split honest;
+    `lower_bound` is the smaller of the two at the threshold, >= target by construction.
+    """
+    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    point = threshold_for_sensitivity(scores, positive, target)
+    pos_scores = scores[positive]
+    members = _lesion_members(np.asarray(groups)[positive])
+    out = {"target_sensitivity": float(target), "confidence": confidence, "positive_lesions": len(members)}
+    if confidence is None:
+        return {**out, "threshold": point, "point_threshold": point, "lower_bound": None}
+    rng = np.random.default_rng(seed)
+    tb, drawn = np.empty(n_boot), []
+    for b in range(n_boot):
+        pick = pos_scores[np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])]
+        drawn.append(pick)
+        tb[b] = threshold_for_sensitivity(pick, np.ones(len(pick), bool), target)
+    k = int(np.ceil(confidence * n_boot))  # resamples that must reach the target
+    boot_t = min(float(np.sort(tb)[::-1][k - 1]), point)  # never above the point rule's
+    # the binomial bound only rises as the threshold falls: walk down the positives' scores until it holds
+    candidates = np.unique(np.r_[pos_scores[pos_scores <= boot_t], boot_t])[::-1]
+    threshold, binomial = float(candidates[-1]), 0.0
+    for t in candidates:
+        binomial = binomial_lower_bound(float((pos_scores >= t).mean()), len(members), confidence)
+        if binomial >= target:
+            threshold = float(t)
+            break
+    boot = float(np.sort([(d >= threshold).mean() for d in drawn])[n_boot - k])
+    return {**out, "threshold": threshold, "point_threshold": point, "bootstrap_bound": boot,
+            "binomial_bound": binomial, "lower_bound": min(boot, binomial)}
+
+
+def referral_promise(op: dict) -> dict:
+    """What a fitted operating point (calibrate's, with its "val" stats) promises, flat: the fields that
+    test, the report, the ONNX metadata and predict show."""
+    return {"threshold": op["threshold"], "target_sensitivity": op["target_sensitivity"],
+            "confidence": op.get("confidence"), "val_sensitivity": op["val"]["sensitivity"],
+            "val_specificity": op["val"]["specificity"], "val_lower_bound": op.get("lower_bound"),
+            "val_positive_lesions": op.get("positive_lesions")}
+
+
+def promise_text(p: dict) -> str:
+    """One sentence for a `referral_promise`: the target, how sure, and what validation showed."""
+    seen = f"validation sensitivity {p['val_sensitivity']:.3f}, specificity {p['val_specificity']:.3f}"
+    if p.get("confidence") is None:
+        return (f"chosen on validation for sensitivity >= {p['target_sensitivity']:.2f} at the point estimate "
+                f"({seen}; no confidence bound: on new lesions it falls below the target about half the time)")
+    lesions = f" over {p['val_positive_lesions']} positive lesions" if p.get("val_positive_lesions") else ""
+    bound = f"one-sided {p['confidence']:.0%} lower bound {p['val_lower_bound']:.3f}{lesions}"
+    if p["val_lower_bound"] < p["target_sensitivity"]:
+        return (f"the lowest positive score on validation: too few positive lesions there to promise sensitivity >= "
+                f"{p['target_sensitivity']:.2f} with {p['confidence']:.0%} confidence ({seen}; {bound})")
+    return (f"chosen on validation for sensitivity >= {p['target_sensitivity']:.2f} with {p['confidence']:.0%} "
+            f"confidence ({seen}; {bound})")
+
+
 def binary_stats(scores: np.ndarray, positive: np.ndarray, threshold: float) -> dict:
     flag = scores >= threshold
     pos = positive.astype(bool)
@@ -145,11 +228,10 @@ def lesion_bootstrap(groups: np.ndarray, statistic, n_boot: int = 1000, seed: in
     """Percentile CIs of each value `statistic(indices)` returns, over resamples of lesions (groups),
     not images: the images of one lesion are not independent."""
     rng = np.random.default_rng(seed)
-    uniq, inverse = np.unique(groups, return_inverse=True)
-    members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse))[:-1])
+    members = _lesion_members(groups)
     draws: dict = {}
     for _ in range(n_boot):
-        pick = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
+        pick = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
         for k, v in statistic(pick).items():
             draws.setdefault(k, []).append(v)
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100

@@ -33,6 +33,18 @@ def test_inference_benchmark_times_three_engines_and_profiles_onnxruntime(traine
     assert "Conv " in profile["onnxruntime fp32"] and "QLinearConv " in profile["onnxruntime int8"]
 
 
+def test_referral_benchmark_reproduces_the_runs_own_thresholds(trained_run):
+    out = run_script("benchmarks/referral.py", "--run", trained_run, "--splits", 3, "--boot", 50).stdout
+    rows = {(p[1], p[2]): p for p in (line.split() for line in out.splitlines()) if len(p) > 2 and p[0] == trained_run.name and p[1] in ("malignant", "melanoma")}
+    assert set(rows) == {(s, r) for s in ("malignant", "melanoma") for r in ("point", "0.90", "0.95", "0.99")}
+    cal = json.loads((trained_run / "calibration.json").read_text())
+    for name in ("malignant", "melanoma"):  # the run was calibrated at the default, 95% confidence
+        assert float(rows[name, "0.95"][3]) == pytest.approx(cal["operating_points"][name]["threshold"], abs=1e-4)
+        thresholds = [float(rows[name, r][3]) for r in ("point", "0.90", "0.95", "0.99")]
+        assert thresholds == sorted(thresholds, reverse=True)  # more confidence, lower threshold
+    assert "val ECE" in out and "test ECE" in out
+
+
 def test_gpu_speed_script_runs_as_a_cpu_smoke_run(small_ham):
     """The script a GPU session runs first: it must not fail on its first line there."""
     out = run_script("benchmarks/gpu_speed.py", "--model", "lesion_cnn", "--size", 32, "--batch", 8, "--steps", 2,

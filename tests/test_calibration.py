@@ -13,7 +13,9 @@ from sklearn.metrics import balanced_accuracy_score
 
 from export.runtime import LesionOnnxClassifier
 from lesion_pl.calibration import (binary_stats, bootstrap_ci, brier_score, decide, decision_bias,
-                                   fit_prior_correction, fit_temperature, nll, softmax, threshold_for_sensitivity)
+                                   fit_prior_correction, fit_temperature, nll, promise_text, referral_promise,
+                                   referral_threshold, softmax, threshold_for_sensitivity)
+from lesion_pl.evaluate.calibrate import calibration_errors, keep_errors_down
 from lesion_pl.classes import CLASSES
 from lesion_pl.errors import LesionPLError
 from lesion_pl.evaluate.metrics import expected_calibration_error, malignancy_calibration_error
@@ -128,6 +130,88 @@ def test_threshold_search_toy_case():
     assert threshold_for_sensitivity(scores, positive, 1.0) == pytest.approx(0.1)
 
 
+def _positive_lesions(rng, n_lesions: int):
+    """Scores of positive lesions with 1-3 images each, a lesion's images alike (its own level plus noise)."""
+    per = rng.integers(1, 4, n_lesions)
+    level = rng.beta(4, 2, n_lesions)
+    scores = np.clip(np.repeat(level, per) + rng.normal(0, 0.05, per.sum()), 0, 1)
+    return scores, np.repeat(np.arange(n_lesions), per)
+
+
+def test_referral_threshold_with_confidence_holds_on_new_lesions_where_the_point_rule_does_not():
+    rng = np.random.default_rng(0)
+    population, _ = _positive_lesions(rng, 200_000)  # the sensitivity a threshold has on all lesions to come
+    held = {None: [], 0.95: []}
+    for trial in range(40):
+        scores, groups = _positive_lesions(rng, 120)  # a validation split's positives
+        positive = np.ones(len(scores), bool)
+        point = referral_threshold(scores, positive, groups, 0.9, None)
+        sure = referral_threshold(scores, positive, groups, 0.9, 0.95, n_boot=300, seed=trial)
+        assert point["threshold"] == threshold_for_sensitivity(scores, positive, 0.9) == sure["point_threshold"]
+        assert sure["threshold"] <= point["threshold"] and sure["lower_bound"] >= 0.9
+        assert sure["positive_lesions"] == 120
+        for conf, op in ((None, point), (0.95, sure)):
+            held[conf].append((population >= op["threshold"]).mean() >= 0.9)
+    assert np.mean(held[0.95]) >= 0.85  # 95% nominal, over 40 draws
+    assert np.mean(held[None]) <= 0.75  # about half
+
+
+def test_referral_threshold_is_reproducible_and_falls_with_confidence():
+    rng = np.random.default_rng(1)
+    scores, groups = _positive_lesions(rng, 150)
+    negatives = rng.random(400) * 0.5  # ignored by the threshold: only positives set it
+    s = np.concatenate([scores, negatives])
+    pos = np.r_[np.ones(len(scores), bool), np.zeros(400, bool)]
+    g = np.r_[groups, np.arange(400) + 10_000]
+    a = referral_threshold(s, pos, g, 0.9, 0.9, n_boot=500, seed=4)
+    assert a == referral_threshold(s, pos, g, 0.9, 0.9, n_boot=500, seed=4)
+    b = referral_threshold(s, pos, g, 0.9, 0.99, n_boot=500, seed=4)
+    assert b["threshold"] <= a["threshold"] and binary_stats(s, pos, b["threshold"])["sensitivity"] > 0.9
+
+
+def test_too_few_positive_lesions_cannot_promise_the_target():
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.3, 0.2, 0.1])
+    positive = np.array([1, 1, 1, 1, 1, 0, 0, 0], bool)
+    op = referral_threshold(scores, positive, np.arange(8), 0.9, 0.95, n_boot=200)
+    assert op["bootstrap_bound"] == 1.0  # the bootstrap cannot see below what it drew
+    assert op["binomial_bound"] == pytest.approx(0.05 ** (1 / 5))  # 5 of 5 lesions, exact
+    assert op["threshold"] == 0.5 and op["lower_bound"] < 0.9
+    text = promise_text(referral_promise({**op, "val": binary_stats(scores, positive, op["threshold"])}))
+    assert "too few positive lesions" in text and "5 positive lesions" in text
+
+
+def test_calibration_never_leaves_a_reported_error_above_the_raw_softmax():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(0, 2.0, (3000, len(CLASSES)))
+    p = softmax(logits)
+    labels = np.array([rng.choice(len(CLASSES), p=row) for row in p])  # the raw softmax is calibrated
+    before = calibration_errors(p, labels)
+    result = {"temperature": 1.8}  # as if the NLL fit had gone astray: far underconfident
+    guard = keep_errors_down(result, lambda t: softmax(logits, t), labels, before)
+    assert guard["kept"] and guard["temperature_factor"] < 1.0 and guard["nll_temperature"] == 1.8
+    assert all(guard["after"][k] <= before[k] for k in before)
+    assert result["temperature"] == pytest.approx(1.8 * guard["temperature_factor"])
+    fine = {"temperature": 1.0}
+    assert keep_errors_down(fine, lambda t: softmax(logits, t), labels, before)["temperature_factor"] == 1.0
+    assert fine["temperature"] == 1.0
+
+
+def test_calibrate_writes_the_scores_its_thresholds_were_chosen_on(trained_run):
+    cal = json.loads((trained_run / "calibration.json").read_text())
+    val = pd.read_csv(trained_run / "val_predictions.csv")
+    assert len(val) == cal["n_images"]
+    errs = cal["calibration_errors"]
+    if errs["kept"]:
+        assert all(errs["val_after"][k] <= errs["val_before"][k] for k in errs["val_before"])
+    positive = val["dx"].isin(["mel", "bcc", "akiec"]).to_numpy()
+    op = cal["operating_points"]["malignant"]
+    again = referral_threshold(val["malignant_prob"].to_numpy(), positive, val["group"].to_numpy(), 0.9, 0.95,
+                               n_boot=1000, seed=42)
+    assert op["confidence"] == 0.95 and again["threshold"] == pytest.approx(op["threshold"], abs=2e-6)
+    assert op["lower_bound"] == min(op["bootstrap_bound"], op["binomial_bound"]) == again["lower_bound"]
+    assert op["val"]["sensitivity"] >= 0.9  # at or below the point rule's threshold
+
+
 def test_bootstrap_ci_resamples_lesions_reproducibly():
     rng = np.random.default_rng(1)
     groups = np.repeat(np.arange(150), 2)  # two images per lesion
@@ -148,7 +232,8 @@ def test_test_reports_calibration_and_operating_points(trained_run):
     assert 0 <= c["ece_15_after"] <= 1 and 0 <= c["brier_after"] <= 2
     for name in ("malignant", "melanoma"):
         op = m["operating_points"][name]
-        assert op["target_sensitivity"] == 0.9 and op["val_sensitivity"] >= 0.9
+        assert op["target_sensitivity"] == 0.9 and op["val_sensitivity"] >= 0.9 and op["confidence"] == 0.95
+        assert 0 < op["val_lower_bound"] <= op["val_sensitivity"] and op["val_positive_lesions"] > 0
         for k in ("sensitivity", "specificity", "ppv", "npv"):
             lo, hi = op["ci95"][k]
             assert lo <= op[k] <= hi
@@ -198,6 +283,7 @@ def test_predict_says_refer_or_not(trained_run, small_ham):
     r = invoke("predict", *files, "--model", model)
     assert r.exit_code == 0, r.output
     assert "referral threshold: malignancy >=" in r.output and "not a diagnostic device" in r.output
+    assert "with 95% confidence" in r.output and "lower bound" in r.output
     assert "mean of its 8 flips/90-degree rotations" in r.output  # as the run was calibrated
     r1 = invoke("predict", *files, "--model", model, "--no-tta")
     assert "scored on one view" in r1.output and "calibrated on 8-view scores" in r1.output

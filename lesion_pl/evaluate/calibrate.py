@@ -11,10 +11,11 @@ import numpy as np
 
 from .. import clinical
 from ..calibration import (binary_stats, calibrated, decide, decision_bias, fit_prior_correction, fit_temperature,
-                           nll, softmax, threshold_for_sensitivity)
+                           nll, referral_threshold, softmax)
 from ..classes import CLASS_TO_INDEX, MALIGNANT_INDICES, NUM_CLASSES
 from ..io import atomic_write_json
 from ..run import RunDir
+from .predictions import predictions_frame, write_predictions
 
 # Each operating point: a score (summed probabilities of these classes) and who counts as positive.
 OPERATING_POINTS = {"malignant": list(MALIGNANT_INDICES), "melanoma": [CLASS_TO_INDEX["mel"]]}
@@ -46,16 +47,52 @@ def fit_clinical(dm, val_ds, val_probs: np.ndarray, val_labels: np.ndarray, colu
                    "val_auroc_malignant_fused": binary_auroc(*scores_and_positives(fused, val_labels, "malignant"))}
 
 
-def fit_operating_points(probs: np.ndarray, labels: np.ndarray, c: dict) -> dict:
-    """Per referral score: the highest threshold that reaches the configured sensitivity on these images."""
+def fit_operating_points(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, c: dict, seed: int) -> dict:
+    """Per referral score: the highest threshold that reaches the configured sensitivity with the configured
+    confidence on new lesions (`calibration.referral_threshold`), and what it gives on these images."""
     out = {}
     for name, target in (("malignant", c["malignant_sensitivity"]), ("melanoma", c["melanoma_sensitivity"])):
         scores, positive = scores_and_positives(probs, labels, name)
         if positive.any():
-            threshold = threshold_for_sensitivity(scores, positive, float(target))
-            out[name] = {"target_sensitivity": float(target), "threshold": threshold,
-                         "val": binary_stats(scores, positive, threshold)}
+            op = referral_threshold(scores, positive, groups, float(target), c["referral_confidence"],
+                                    int(c["bootstrap"]), seed)
+            out[name] = {**op, "val": binary_stats(scores, positive, op["threshold"])}
     return out
+
+
+def calibration_errors(probs: np.ndarray, labels: np.ndarray) -> dict:
+    """The two calibration errors test reports: top-class ECE and the malignancy probability's ECE."""
+    import torch
+
+    from .metrics import expected_calibration_error, malignancy_calibration_error
+
+    return {"ece": expected_calibration_error(torch.from_numpy(probs).float(), torch.from_numpy(labels)),
+            "malignancy_ece": malignancy_calibration_error(probs, labels)}
+
+
+def keep_errors_down(result: dict, final_probs, labels: np.ndarray, before: dict,
+                     factors=np.geomspace(0.5, 2.0, 41)) -> dict:
+    """The NLL fit can leave one of the reported calibration errors above the raw softmax's (issue #27: top-class
+    ECE 0.026 -> 0.035 while the malignancy ECE fell). Where it does, the temperature is scaled by the factor in
+    `factors` with the lowest NLL among those that leave neither error above `before`. Where no factor does (the
+    class-prior correction and the metadata fusion move the probabilities too), the NLL fit stays and `kept` is
+    False, for calibrate to say so. `final_probs(temperature)`: the probabilities as reported."""
+    fitted = result["temperature"]
+
+    def score(factor: float):
+        probs = final_probs(fitted * factor)
+        errs = calibration_errors(probs, labels)
+        return max(errs[k] - before[k] for k in before), nll(probs, labels), float(factor), errs
+
+    rise, _, _, errs = score(1.0)
+    if rise <= 0:
+        return {"temperature_factor": 1.0, "kept": True, "after": errs}
+    kept = [s for s in map(score, factors) if s[0] <= 0]
+    if not kept:
+        return {"temperature_factor": 1.0, "kept": False, "after": errs}
+    best = min(kept, key=lambda s: s[1])
+    result["temperature"] = fitted * best[2]
+    return {"temperature_factor": best[2], "nll_temperature": fitted, "kept": True, "after": best[3]}
 
 
 def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool = True, dm=None) -> dict:
@@ -86,19 +123,31 @@ def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool 
     else:
         result.update(temperature=fit_temperature(logits, labels), class_bias=None, prior_weight=0.0,
                       decision="accuracy", decision_bias=None)  # no prior to divide out
+    rows = dm.table.iloc[ds.indices]
+    groups, seed = rows["group"].to_numpy(), int(cfg["seed"])
     probs = calibrated(logits, result)
+    records = None
     if c.get("clinical", False):
         result["clinical"], result["clinical_fit"] = fit_clinical(dm, ds, probs, labels, c["clinical_columns"])
-        if result["clinical"]:
-            # images that come without metadata (predict) are referred on image-only thresholds
-            result["operating_points_image_only"] = fit_operating_points(probs, labels, c)
-            result["clinical_fit"]["val_balanced_accuracy_image_only"] = balanced_accuracy(labels, decide(probs, result))
-            probs = calibrated(logits, result, dm.table.iloc[ds.indices])
+        records = rows if result["clinical"] else None
+    before = calibration_errors(softmax(logits), labels)
+    guard = keep_errors_down(result, lambda t: calibrated(logits, {**result, "temperature": t}, records), labels, before)
+    result["calibration_errors"] = {"val_before": before, "val_after": guard.pop("after"), **guard}
+    image_probs = calibrated(logits, result)
+    if records is not None:
+        # images that come without metadata (predict) are referred on image-only thresholds
+        result["operating_points_image_only"] = fit_operating_points(image_probs, labels, groups, c, seed)
+        result["clinical_fit"]["val_balanced_accuracy_image_only"] = balanced_accuracy(
+            labels, decide(image_probs, result))
+    probs = calibrated(logits, result, records)
+    pred = decide(probs, result)
     result.update(val_nll_before=nll(softmax(logits), labels), val_nll_after=nll(probs, labels),
-                  val_balanced_accuracy=balanced_accuracy(labels, decide(probs, result)),
+                  val_balanced_accuracy=balanced_accuracy(labels, pred),
                   val_balanced_accuracy_argmax_logits=balanced_accuracy(labels, softmax(logits).argmax(1)),
                   val_auroc_malignant=binary_auroc(*scores_and_positives(probs, labels, "malignant")),
-                  operating_points=fit_operating_points(probs, labels, c))
+                  operating_points=fit_operating_points(probs, labels, groups, c, seed))
+    # the scores the thresholds were chosen on, for benchmarks/referral.py and anyone re-checking them
+    write_predictions(predictions_frame(rows, probs, pred), run.path / "val_predictions.csv")
     atomic_write_json(run.path / "calibration.json", result)
     return result
 

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..calibration import promise_text
 from ..classes import CLASS_TO_INDEX, CLASSES, DISPLAY_NAMES, MALIGNANT_INDICES
 from ..errors import LesionPLError
 from ..io import atomic_path, atomic_write_text
@@ -218,8 +219,8 @@ def _findings(metrics, frame, confusions, tables, overall_error, cam_stats) -> l
     if op:
         sens, spec = (f"{metric_text(op[k])} (95% CI {'-'.join(map(metric_text, op['ci95'][k]))})"
                       for k in ("sensitivity", "specificity"))
-        out.append(f"At the referral threshold chosen on validation ({op['threshold']:.3f}, validation sensitivity "
-                   f"{op['val_sensitivity']:.3f}), test sensitivity is {sens} and specificity is {spec}.")
+        out.append(f"The malignant referral threshold, {op['threshold']:.3f}, was {promise_text(op)}. On the test "
+                   f"images its sensitivity is {sens} and its specificity {spec}.")
     cal = metrics.get("calibration")
     if cal:
         out.append(f"Calibration on validation (T = {cal['temperature']:.3f}, class-prior weight "
@@ -298,7 +299,10 @@ def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_st
           _img(pngs["precision_recall"], "precision-recall curves")]
     ops = metrics.get("operating_points", {})
     if ops:
-        rows = {name: {"threshold": op["threshold"], "val sensitivity": op["val_sensitivity"],
+        rows = {name: {"threshold": op["threshold"], "target": op["target_sensitivity"],
+                       "confidence": "point estimate" if op.get("confidence") is None else f"{op['confidence']:.0%}",
+                       "val sensitivity": op["val_sensitivity"],
+                       "val lower bound": metric_text(op.get("val_lower_bound")),
                        **{f"test {k}": f"{metric_text(op[k])} [{', '.join(map(metric_text, op['ci95'][k]))}]"
                           for k in ("sensitivity", "specificity", "ppv", "npv")}} for name, op in ops.items()}
         s += ["<h3>Referral operating points (95% CI: bootstrap over lesions)</h3>", _table(pd.DataFrame(rows).T)]

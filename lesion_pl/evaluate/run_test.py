@@ -9,11 +9,13 @@ import torch
 
 from .. import clinical
 from ..classes import CLASSES, MALIGNANT_INDICES
-from ..calibration import binary_stats, bootstrap_ci, brier_score, calibrated, decide, softmax, views_note
+from ..calibration import (binary_stats, bootstrap_ci, brier_score, calibrated, decide, promise_text, referral_promise,
+                           softmax, views_note)
 from ..errors import LesionPLError
 from ..io import atomic_dir, atomic_write_json
 from ..run import RunDir
 from .calibrate import scores_and_positives
+from .predictions import predictions_frame, write_predictions
 
 
 HEADLINE = ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro", "auroc_macro",
@@ -26,9 +28,7 @@ def operating_points(cal: dict, probs: np.ndarray, target: np.ndarray, groups: n
     out = {}
     for name, op in cal["operating_points"].items():
         scores, positive = scores_and_positives(probs, target, name)
-        out[name] = {"threshold": op["threshold"], "target_sensitivity": op["target_sensitivity"],
-                     "val_sensitivity": op["val"]["sensitivity"], "val_specificity": op["val"]["specificity"],
-                     **binary_stats(scores, positive, op["threshold"]),
+        out[name] = {**referral_promise(op), **binary_stats(scores, positive, op["threshold"]),
                      "ci95": bootstrap_ci(scores, positive, groups, op["threshold"], n_boot, seed)}
     return out
 
@@ -138,12 +138,8 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
                                                   int(cfg["calibration"]["bootstrap"]), int(cfg["seed"]))
 
     malignant_prob = probs[:, list(MALIGNANT_INDICES)].sum(1)
-    preds = pd.DataFrame({"image_id": rows["image_id"].to_numpy(), "group": rows["group"].to_numpy(),
-                          "dx": rows["dx"].to_numpy(), "pred": [CLASSES[i] for i in pred],
-                          "malignant_prob": malignant_prob,
-                          **{f"p_{c}": probs[:, i] for i, c in enumerate(CLASSES)}})
     with atomic_dir(dest) as folder:
-        preds.to_csv(folder / "predictions.csv", index=False, float_format="%.6f")
+        write_predictions(predictions_frame(rows, probs, pred), folder / "predictions.csv")
         confusion_matrix_png(target, pred, folder / "confusion_matrix.png")
         is_mal = np.isin(target, MALIGNANT_INDICES).astype(int)
         roc_png(target, probs, malignant_prob, is_mal, folder / "roc.png", report["operating_points"].get("malignant"))
@@ -171,14 +167,10 @@ def _binary_test(run: RunDir, cfg: dict, cal: dict, probs: np.ndarray, pred: np.
         op = cal["operating_points"].get(name)
         if op:
             report["operating_points"][name] = {
-                "threshold": op["threshold"], "val_sensitivity": op["val"]["sensitivity"],
-                **binary_stats(s, y, op["threshold"]),
+                **referral_promise(op), **binary_stats(s, y, op["threshold"]),
                 "ci95": bootstrap_ci(s, y, groups, op["threshold"], int(cfg["calibration"]["bootstrap"]), int(cfg["seed"]))}
-    preds = pd.DataFrame({"image_id": rows["image_id"].to_numpy(), "group": groups, "melanoma_target": y,
-                          "pred": [CLASSES[i] for i in pred], "malignant_prob": scores["malignant"],
-                          **{f"p_{c}": probs[:, i] for i, c in enumerate(CLASSES)}})
     with atomic_dir(dest) as folder:
-        preds.to_csv(folder / "predictions.csv", index=False, float_format="%.6f")
+        write_predictions(predictions_frame(rows, probs, pred, "melanoma_target"), folder / "predictions.csv")
         atomic_write_json(folder / "metrics.json", report)
     return report
 
@@ -230,7 +222,8 @@ def format_report(report: dict) -> str:
                   f"'{c.get('decision', 'accuracy')}' rule"]
     for name, op in report["operating_points"].items():
         ci = op["ci95"]
-        lines.append(f"  {name} referral at p >= {op['threshold']:.3f} (val sensitivity {op['val_sensitivity']:.3f}): "
+        lines.append(f"  {name} referral at p >= {op['threshold']:.3f}, {promise_text(op)}:")
+        lines.append(f"    on these images (95% CI, lesions resampled): "
                      + ", ".join(f"{k} {metric_text(op[k])} [{', '.join(map(metric_text, ci[k]))}]"
                                  for k in ("sensitivity", "specificity", "ppv", "npv")))
     return "\n".join(lines)
