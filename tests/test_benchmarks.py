@@ -45,6 +45,32 @@ def test_referral_benchmark_reproduces_the_runs_own_thresholds(trained_run):
     assert "val ECE" in out and "test ECE" in out
 
 
+def test_shift_benchmark_agrees_with_test_unshifted_and_feeds_the_report(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("export", "report"))
+    assert invoke("export", "--run", run, "--quiet").exit_code == 0
+    assert invoke("test", "--run", run, "--quiet").exit_code == 0  # as calibrated now (8 views, metadata fused)
+    out = run_script("benchmarks/shift.py", "--run", run, "--shift", "jpeg_30", "--shift", "vignette_0.85",
+                     "--boot", 50).stdout
+    assert "jpeg_30" in out and "vignette_0.85" in out and "squash_1.0" not in out
+    shift = json.loads((run / "shift.json").read_text())
+    metrics = json.loads((run / "test" / "metrics.json").read_text())
+    # the exported model, unshifted, scores the test split as `test` does
+    assert shift["images"] == metrics["n_images"] and shift["tta"] is True
+    assert shift["none"]["auroc_malignant"] == pytest.approx(metrics["auroc_malignant"], abs=1e-3)
+    assert shift["none"]["balanced_accuracy"] == pytest.approx(metrics["balanced_accuracy"], abs=1e-6)
+    assert shift["none"]["referral_sensitivity"] == pytest.approx(
+        metrics["operating_points"]["malignant"]["sensitivity"], abs=1e-9)
+    for name, r in shift["shifts"].items():
+        for k, drop in r["drop"].items():
+            assert drop == pytest.approx(r[k] - shift["none"][k])
+            lo, hi = r["drop_ci95"][k]
+            assert lo <= hi
+    assert invoke("report", "--run", run, "--quiet").exit_code == 0
+    page = (run / "report" / "index.html").read_text()
+    assert "Under acquisition shift" in page and "JPEG re-encoded at quality 30" in page
+
+
 def test_gpu_speed_script_runs_as_a_cpu_smoke_run(small_ham):
     """The script a GPU session runs first: it must not fail on its first line there."""
     out = run_script("benchmarks/gpu_speed.py", "--model", "lesion_cnn", "--size", 32, "--batch", 8, "--steps", 2,

@@ -177,11 +177,13 @@ def build_report(run_path: Path, data_root: Path | None = None, progress: bool =
         with atomic_path(out_dir / f"{name}.png") as tmp:
             tmp.write_bytes(png)
 
-    findings = _findings(metrics, frame, confusions, tables, overall_error, cam_stats)
+    shift_path = run.path / "shift.json"  # benchmarks/shift.py, on the run's own test split
+    shift = json.loads(shift_path.read_text()) if evaluation is None and shift_path.is_file() else None
+    findings = _findings(metrics, frame, confusions, tables, overall_error, cam_stats, shift)
     others = (["the run's own test split (report --run RUN)"] if evaluation is not None else [])
     others += [f"'{name}'" for name in run.evaluation_names() if name != evaluation]
     page = _html(run, cfg, summary, metrics, summarize(dm.table, dm.split), tables, conf_sections, cam_stats,
-                 findings, pngs, others)
+                 findings, pngs, others, shift)
     index = out_dir / "index.html"
     atomic_write_text(index, page)
     return index
@@ -198,7 +200,22 @@ def _scored(metrics: dict) -> str:
     return f"{scored} (evaluation '{name}')" if name else scored
 
 
-def _findings(metrics, frame, confusions, tables, overall_error, cam_stats) -> list[str]:
+SHIFT_FIGURES = {"auroc_malignant": "malignant AUROC", "auroc_melanoma": "melanoma AUROC",
+                 "balanced_accuracy": "balanced accuracy", "referral_sensitivity": "referral sensitivity"}
+
+
+def shift_table(shift: dict) -> pd.DataFrame:
+    """benchmarks/shift.py's figures: per shift, each figure with its drop from the unshifted and the drop's CI."""
+    rows = {"none": {"what": "the test images as they are",
+                     **{label: f"{shift['none'][k]:.3f}" for k, label in SHIFT_FIGURES.items()}}}
+    for name, r in shift["shifts"].items():
+        rows[name] = {"what": r["what"], **{
+            label: f"{r[k]:.3f} ({r['drop'][k]:+.3f} [{r['drop_ci95'][k][0]:+.3f}, {r['drop_ci95'][k][1]:+.3f}])"
+            for k, label in SHIFT_FIGURES.items()}}
+    return pd.DataFrame(rows).T
+
+
+def _findings(metrics, frame, confusions, tables, overall_error, cam_stats, shift=None) -> list[str]:
     out = []
     support = frame["dx"].value_counts()
     for (t, p), count in confusions.head(3).items():
@@ -237,6 +254,13 @@ def _findings(metrics, frame, confusions, tables, overall_error, cam_stats) -> l
                    f"metadata). The image alone: balanced accuracy {alone['balanced_accuracy']:.3f} (fused "
                    f"{metrics['balanced_accuracy']:.3f}), malignant AUROC {metric_text(alone['auroc_malignant'])} "
                    f"(fused {metric_text(metrics['auroc_malignant'])}).")
+    if shift and shift["shifts"]:
+        worst = min(shift["shifts"], key=lambda n: shift["shifts"][n]["drop"]["referral_sensitivity"])
+        w = shift["shifts"][worst]
+        out.append(f"Under acquisition shift (benchmarks/shift.py, {len(shift['shifts'])} shifts) the referral sensitivity "
+                   f"falls most under {worst} ({w['what']}): {w['referral_sensitivity']:.3f}, "
+                   f"{w['drop']['referral_sensitivity']:+.3f} from {shift['none']['referral_sensitivity']:.3f}; the "
+                   f"malignant AUROC there is {w['auroc_malignant']:.3f} ({w['drop']['auroc_malignant']:+.3f}).")
     if cam_stats:
         out.append(f"On average {cam_stats['overall']:.1%} of the Grad-CAM mass lies inside the lesion mask "
                    f"(the lesion covers {cam_stats['lesion_area']:.1%} of the image): {cam_stats['correct']:.1%} for "
@@ -257,7 +281,7 @@ table.t td,table.t th{padding:.25em .7em;border-bottom:1px solid #e3e3e3;text-al
 
 
 def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_stats, findings, pngs,
-          others=()) -> str:
+          others=(), shift=None) -> str:
     import yaml
 
     from .. import __version__
@@ -306,6 +330,13 @@ def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_st
                        **{f"test {k}": f"{metric_text(op[k])} [{', '.join(map(metric_text, op['ci95'][k]))}]"
                           for k in ("sensitivity", "specificity", "ppv", "npv")}} for name, op in ops.items()}
         s += ["<h3>Referral operating points (95% CI: bootstrap over lesions)</h3>", _table(pd.DataFrame(rows).T)]
+    if shift:
+        s += ["<h2>Under acquisition shift</h2>",
+              f"<p class='note'>benchmarks/shift.py: {shift['images']} test images of {shift['lesions']} lesions, each "
+              f"shift applied to the original image before preprocessing, scored by the exported model "
+              f"({'8 views' if shift['tta'] else 'one view'}); each figure with its change from the unshifted one "
+              f"and that change's 95% interval ({shift['bootstrap']} lesion resamples). Referral sensitivity is "
+              "at the threshold chosen on validation.</p>", _table(shift_table(shift))]
     cal = metrics.get("calibration")
     if cal:
         s += ["<h2>Calibration</h2>", _table(pd.DataFrame({"": list(cal.values())}, index=list(cal)), "{:.4f}")]

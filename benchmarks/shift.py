@@ -1,0 +1,131 @@
+"""How a run holds up on other clinics' images: its test split scored as it is and under each named
+acquisition shift (lesion_pl/data/shifts.py), through the exported ONNX model as an application runs it.
+
+    python benchmarks/shift.py --run RUN [--shift NAME ...] [--limit N] [--no-tta] [--boot 1000]
+
+Each shift is applied to the original image file before the model's own preprocessing, with the run's
+clinical metadata fused as `test` fuses it, scored on the views the run was calibrated on (8 unless
+--no-tta). Prints, per shift: malignant AUROC, melanoma AUROC, balanced accuracy (the run's decision rule)
+and the sensitivity of the malignant referral threshold chosen on validation, each with its drop from the
+unshifted figure and the drop's 95% lesion-bootstrap interval (the same lesions resampled for both).
+Writes RUN/shift.json, which `report` shows as "Under acquisition shift". Needs RUN/export/model.onnx
+(`python cli.py export --run RUN`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from machine import describe  # noqa: E402  (the script's own folder is on sys.path)
+
+from lesion_pl.calibration import lesion_bootstrap  # noqa: E402
+from lesion_pl.classes import CLASS_TO_INDEX, MALIGNANT_INDICES  # noqa: E402
+from lesion_pl.data.shifts import SHIFTS, apply_shift  # noqa: E402
+from lesion_pl.errors import LesionPLError  # noqa: E402
+from lesion_pl.io import atomic_write_json  # noqa: E402
+from lesion_pl.preprocess import load_rgb  # noqa: E402
+from lesion_pl.run import RunDir  # noqa: E402
+
+FIGURES = ("auroc_malignant", "auroc_melanoma", "balanced_accuracy", "referral_sensitivity")
+
+
+def _quietly(f, *args):
+    """f(*args) without sklearn's warning that a resample lacks a class the model named."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return f(*args)
+
+
+def figures(probs: np.ndarray, named: np.ndarray, refer: np.ndarray, labels: np.ndarray) -> dict:
+    """The four figures of one scoring of the images (rows already picked)."""
+    from sklearn.metrics import balanced_accuracy_score  # recall over the classes present, as calibrate's
+
+    from lesion_pl.evaluate.metrics import binary_auroc
+
+    malignant = np.isin(labels, MALIGNANT_INDICES)
+    return {"auroc_malignant": binary_auroc(probs[:, list(MALIGNANT_INDICES)].sum(1), malignant),
+            "auroc_melanoma": binary_auroc(probs[:, CLASS_TO_INDEX["mel"]], labels == CLASS_TO_INDEX["mel"]),
+            "balanced_accuracy": float(_quietly(balanced_accuracy_score, labels, named)),
+            "referral_sensitivity": float(refer[malignant].mean()) if malignant.any() else float("nan")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, required=True, help="a fitted, calibrated and exported run folder")
+    ap.add_argument("--shift", action="append", choices=list(SHIFTS), help="only these shifts (repeatable)")
+    ap.add_argument("--limit", type=int, help="score only this many test images (the first lesions in the split)")
+    ap.add_argument("--no-tta", action="store_true", help="one view per image (8x faster; not how it was calibrated)")
+    ap.add_argument("--boot", type=int, default=1000, help="lesion-bootstrap resamples for the drops' intervals")
+    ap.add_argument("--seed", type=int, default=0, help="the shifts' random draws (white balance)")
+    args = ap.parse_args()
+
+    from export.runtime import LesionOnnxClassifier
+
+    run = RunDir(args.run)
+    model = run.path / "export" / "model.onnx"
+    if not model.is_file():
+        raise SystemExit(f"error: {model} does not exist; export the run first: python cli.py export --run {run.path}")
+    cfg = run.load_config()
+    dm = run.datamodule(cfg, progress=False)
+    rows = dm.table.iloc[dm.indices("test")].sort_values("group", kind="stable")
+    if args.limit:
+        rows = rows.iloc[:args.limit]
+    labels = rows["dx"].map(CLASS_TO_INDEX).to_numpy()
+    groups = rows["group"].to_numpy()
+    clf = LesionOnnxClassifier(model)
+    tta = clf.tta and not args.no_tta
+    metadata = None
+    if clf.clinical:
+        columns = list(clf.clinical_fields.values())
+        metadata = [{c: r[c] for c in columns if c in rows} for _, r in rows.iterrows()]
+    originals = [load_rgb(p) for p in rows["path"]]
+    print(describe())
+    print(f"run {run.path}: {len(rows)} test images of {len(np.unique(groups))} lesions, "
+          f"{'8 views' if tta else 'one view'} per image, metadata {'fused' if metadata else 'not used'}; "
+          f"referral threshold {clf.referral_threshold}; intervals: {args.boot} lesion-bootstrap resamples")
+
+    scored = {}
+    names = ["none", *(args.shift or SHIFTS)]
+    for name in names:
+        start = time.perf_counter()
+        images = originals if name == "none" else [apply_shift(name, im, args.seed, i) for i, im in enumerate(originals)]
+        preds = clf.predict(images, tta=tta, metadata=metadata)
+        scored[name] = (preds.probabilities.astype(np.float64), preds.top_index,
+                        np.asarray(preds.refer if preds.refer is not None else np.zeros(len(rows), bool)))
+        print(f"  scored {name} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+
+    base = figures(*scored["none"], labels)
+    results = {"run": str(run.path), "images": len(rows), "lesions": int(len(np.unique(groups))), "tta": tta,
+               "seed": args.seed, "bootstrap": args.boot, "none": base, "shifts": {}}
+    print(f"\n{'shift':<20} " + " ".join(f"{k:>34}" for k in FIGURES))
+    print(f"{'none':<20} " + " ".join(f"{base[k]:>34.4f}" for k in FIGURES))
+    for name in names[1:]:
+        value = figures(*scored[name], labels)
+
+        def drops(pick, name=name):
+            a = figures(*(x[pick] for x in scored[name]), labels[pick])
+            b = figures(*(x[pick] for x in scored["none"]), labels[pick])
+            return {k: a[k] - b[k] for k in FIGURES}
+
+        ci = lesion_bootstrap(groups, drops, args.boot, args.seed)
+        results["shifts"][name] = {"what": SHIFTS[name][0], **value,
+                                   "drop": {k: value[k] - base[k] for k in FIGURES}, "drop_ci95": ci}
+        cells = [f"{value[k]:.4f} ({value[k] - base[k]:+.4f} [{ci[k][0]:+.3f}, {ci[k][1]:+.3f}])" for k in FIGURES]
+        print(f"{name:<20} " + " ".join(f"{c:>34}" for c in cells))
+    atomic_write_json(run.path / "shift.json", results)
+    print(f"\nwrote {run.path / 'shift.json'}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except LesionPLError as e:
+        raise SystemExit(f"error: {e}")

@@ -1,0 +1,91 @@
+"""The acquisition shifts of benchmarks/shift.py, on real HAM10000 images and masks: deterministic for a
+seed, and each does what its name says."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lesion_pl.data.shifts import SHIFTS, apply_shift
+from lesion_pl.errors import LesionPLError
+
+IMAGES = ["ISIC_0024306", "ISIC_0024310", "ISIC_0024315"]
+
+
+@pytest.fixture(scope="module")
+def photos(ham_root):
+    return [Image.open(next((ham_root / "images").rglob(f"{i}.jpg"))).convert("RGB") for i in IMAGES]
+
+
+@pytest.fixture(scope="module")
+def masks(ham_root):
+    return [Image.open(ham_root / "masks" / f"{i}_segmentation.png").convert("RGB") for i in IMAGES]
+
+
+def arr(img) -> np.ndarray:
+    return np.asarray(img, dtype=np.float64)
+
+
+@pytest.mark.parametrize("name", list(SHIFTS))
+def test_every_shift_is_deterministic_and_changes_the_image(photos, name):
+    for i, img in enumerate(photos):
+        a, b = apply_shift(name, img, 0, i), apply_shift(name, img, 0, i)
+        assert a.mode == "RGB" and np.array_equal(arr(a), arr(b))
+        if a.size == img.size:
+            assert np.abs(arr(a) - arr(img)).mean() > 0.3, name
+
+
+def test_the_squash_drops_the_aspect_ratio(photos):
+    img = photos[0]
+    assert img.size == (200, 150)
+    assert apply_shift("squash_1.0", img, 0, 0).size == (150, 150)
+    assert apply_shift("squash_1.5", img, 0, 0).size == (225, 225)
+
+
+def test_the_vignette_darkens_corners_not_the_centre(photos):
+    img = photos[1]
+    out = arr(apply_shift("vignette_0.85", img, 0, 0))
+    assert out[:8, :8].max() == 0 and out[-8:, -8:].max() == 0
+    np.testing.assert_array_equal(out[60:90, 80:120], arr(img)[60:90, 80:120])
+
+
+def test_zoom_in_and_out_grow_and_shrink_the_lesion(masks):
+    for m in masks:
+        area = (arr(m)[..., 0] > 127).mean()
+        assert (arr(apply_shift("zoom_1.3", m, 0, 0))[..., 0] > 127).mean() > area * 1.2
+        # zoomed out, the surround is reflected skin: the lesion itself is smaller at the centre
+        small = arr(apply_shift("zoom_0.75", m, 0, 0))[..., 0] > 127
+        h, w = small.shape
+        assert small[h // 8: -h // 8, w // 8: -w // 8].mean() < (arr(m)[..., 0] > 127)[h // 8: -h // 8, w // 8: -w // 8].mean()
+
+
+def test_tone_and_colour_shifts(photos):
+    img = arr(photos[2])
+    assert arr(apply_shift("gamma_0.7", photos[2], 0, 0)).mean() > img.mean() + 5
+    assert arr(apply_shift("gamma_1.4", photos[2], 0, 0)).mean() < img.mean() - 5
+    cast = arr(apply_shift("white_balance_0.15", photos[2], 0, 0))
+    ratio = cast.reshape(-1, 3).mean(0) / img.reshape(-1, 3).mean(0)
+    assert ratio.max() - ratio.min() > 0.02  # the channels moved apart ...
+    assert abs(cast.mean() - img.mean()) < 0.1 * img.mean()  # ... and the brightness roughly stayed
+    other = arr(apply_shift("white_balance_0.15", photos[2], 1, 0))  # another seed, another cast
+    assert not np.array_equal(cast, other)
+
+
+def test_resolution_shifts_remove_detail(photos):
+    def detail(a):
+        return np.abs(np.diff(a, axis=1)).mean()
+    img = arr(photos[0])
+    for name in ("down_up_2", "down_up_4", "blur_0.01"):
+        assert detail(arr(apply_shift(name, photos[0], 0, 0))) < detail(img) * 0.9, name
+    err = {q: np.abs(arr(apply_shift(f"jpeg_{q}", photos[0], 0, 0)) - img).mean() for q in (30, 70)}
+    assert err[30] > err[70] > 0
+
+
+def test_rotation_keeps_the_size_and_blackens_corners(photos):
+    out = arr(apply_shift("rotate_30", photos[0], 0, 0))
+    assert out.shape == arr(photos[0]).shape and out[0, 0].max() == 0
+
+
+def test_an_unknown_shift_is_named():
+    with pytest.raises(LesionPLError, match="unknown shift 'fisheye'.*jpeg_30"):
+        apply_shift("fisheye", Image.new("RGB", (10, 10)), 0, 0)
