@@ -1,14 +1,15 @@
 """How a run holds up on other clinics' images: its test split scored as it is and under each named
 acquisition shift (lesion_pl/data/shifts.py), through the exported ONNX model as an application runs it.
 
-    python benchmarks/shift.py --run RUN [--shift NAME ...] [--limit N] [--no-tta] [--boot 1000]
+    python benchmarks/shift.py --run RUN [--split val] [--shift NAME ...] [--limit N] [--no-tta] [--boot 1000]
 
 Each shift is applied to the original image file before the model's own preprocessing, with the run's
 clinical metadata fused as `test` fuses it, scored on the views the run was calibrated on (8 unless
 --no-tta). Prints, per shift: malignant AUROC, melanoma AUROC, balanced accuracy (the run's decision rule)
 and the sensitivity of the malignant referral threshold chosen on validation, each with its drop from the
 unshifted figure and the drop's 95% lesion-bootstrap interval (the same lesions resampled for both).
-Writes RUN/shift.json, which `report` shows as "Under acquisition shift". Needs RUN/export/model.onnx
+Writes RUN/shift.json, which `report` shows as "Under acquisition shift"; `--split val` (RUN/shift_val.json)
+is the one to judge a training choice by, never the test split. Needs RUN/export/model.onnx
 (`python cli.py export --run RUN`).
 """
 from __future__ import annotations
@@ -60,8 +61,9 @@ def figures(probs: np.ndarray, named: np.ndarray, refer: np.ndarray, labels: np.
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, required=True, help="a fitted, calibrated and exported run folder")
+    ap.add_argument("--split", choices=("test", "val"), default="test", help="the run's split to score")
     ap.add_argument("--shift", action="append", choices=list(SHIFTS), help="only these shifts (repeatable)")
-    ap.add_argument("--limit", type=int, help="score only this many test images (the first lesions in the split)")
+    ap.add_argument("--limit", type=int, help="score only this many images (the first lesions of the split)")
     ap.add_argument("--no-tta", action="store_true", help="one view per image (8x faster; not how it was calibrated)")
     ap.add_argument("--boot", type=int, default=1000, help="lesion-bootstrap resamples for the drops' intervals")
     ap.add_argument("--seed", type=int, default=0, help="the shifts' random draws (white balance)")
@@ -75,7 +77,7 @@ def main() -> None:
         raise SystemExit(f"error: {model} does not exist; export the run first: python cli.py export --run {run.path}")
     cfg = run.load_config()
     dm = run.datamodule(cfg, progress=False)
-    rows = dm.table.iloc[dm.indices("test")].sort_values("group", kind="stable")
+    rows = dm.table.iloc[dm.indices(args.split)].sort_values("group", kind="stable")
     if args.limit:
         rows = rows.iloc[:args.limit]
     labels = rows["dx"].map(CLASS_TO_INDEX).to_numpy()
@@ -88,7 +90,7 @@ def main() -> None:
         metadata = [{c: r[c] for c in columns if c in rows} for _, r in rows.iterrows()]
     originals = [load_rgb(p) for p in rows["path"]]
     print(describe())
-    print(f"run {run.path}: {len(rows)} test images of {len(np.unique(groups))} lesions, "
+    print(f"run {run.path}: {len(rows)} {args.split} images of {len(np.unique(groups))} lesions, "
           f"{'8 views' if tta else 'one view'} per image, metadata {'fused' if metadata else 'not used'}; "
           f"referral threshold {clf.referral_threshold}; intervals: {args.boot} lesion-bootstrap resamples")
 
@@ -103,7 +105,7 @@ def main() -> None:
         print(f"  scored {name} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
 
     base = figures(*scored["none"], labels)
-    results = {"run": str(run.path), "images": len(rows), "lesions": int(len(np.unique(groups))), "tta": tta,
+    results = {"run": str(run.path), "split": args.split, "images": len(rows), "lesions": int(len(np.unique(groups))), "tta": tta,
                "seed": args.seed, "bootstrap": args.boot, "none": base, "shifts": {}}
     print(f"\n{'shift':<20} " + " ".join(f"{k:>34}" for k in FIGURES))
     print(f"{'none':<20} " + " ".join(f"{base[k]:>34.4f}" for k in FIGURES))
@@ -120,8 +122,9 @@ def main() -> None:
                                    "drop": {k: value[k] - base[k] for k in FIGURES}, "drop_ci95": ci}
         cells = [f"{value[k]:.4f} ({value[k] - base[k]:+.4f} [{ci[k][0]:+.3f}, {ci[k][1]:+.3f}])" for k in FIGURES]
         print(f"{name:<20} " + " ".join(f"{c:>34}" for c in cells))
-    atomic_write_json(run.path / "shift.json", results)
-    print(f"\nwrote {run.path / 'shift.json'}")
+    out = run.path / ("shift.json" if args.split == "test" else f"shift_{args.split}.json")
+    atomic_write_json(out, results)
+    print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":

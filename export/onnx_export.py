@@ -49,7 +49,8 @@ def _operating_points(points: dict | None) -> dict:
             for name, op in (points or {}).items()}
 
 
-def metadata(run_summary: dict, image_size: int, mean: list, std: list, calibration: dict) -> dict[str, str]:
+def metadata(run_summary: dict, image_size: int, mean: list, std: list, calibration: dict,
+             color_constancy: float | None = None) -> dict[str, str]:
     meta = {
         "classes": to_json(list(CLASSES)),
         "display_names": to_json([DISPLAY_NAMES[c] for c in CLASSES]),
@@ -60,6 +61,7 @@ def metadata(run_summary: dict, image_size: int, mean: list, std: list, calibrat
         "input_dtype": "uint8 RGB 0..255 (normalisation is inside the graph)",
         "resize_policy": RESIZE_POLICY.replace("SIZE", str(image_size)),
         "normalization": to_json({"mean": mean, "std": std, "scale": "0..1"}),
+        "color_constancy": to_json(color_constancy),
         "version": __version__,
         "model": str(run_summary.get("model", "")),
         "members": str(len(run_summary.get("members", [])) or 1),  # >1: one graph averaging an ensemble

@@ -60,7 +60,7 @@ def export_run(run_path: Path, opset: int = 18, int8: bool = False, data_root: P
     fp32 = out_dir / "model.onnx"
     cal = load_calibration(run, data_root, progress)
     export_onnx(classifier, cal, size, fp32, opset,
-                metadata(summary, size, list(hp["mean"]), list(hp["std"]), cal))
+                metadata(summary, size, list(hp["mean"]), list(hp["std"]), cal, classifier.normalize.color_constancy))
 
     dm = run.datamodule(cfg, progress)
     test_idx = dm.indices("test")

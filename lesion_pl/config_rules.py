@@ -116,6 +116,7 @@ CHECKS = {
     "calibration.malignant_sensitivity": _number(0, 1, low_open=True),
     "calibration.melanoma_sensitivity": _number(0, 1, low_open=True),
     "calibration.bootstrap": _whole(1),
+    "data.color_constancy": _number(1, 16, nullable=True),
     "calibration.referral_confidence": _number(0.5, 1, low_open=True, nullable=True),
     "trainer.max_epochs": ("a whole number >= 1, or -1 (no limit)",
                            lambda v: isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1)),

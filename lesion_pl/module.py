@@ -105,7 +105,7 @@ class LesionClassifier(pl.LightningModule):
                                     "give model.normalization={mean: [...], std: [...]} or dataset")
             mean, std = list(loaded.mean), list(loaded.std)
             self.hparams.update(mean=mean, std=std)
-        self.normalize = Normalize(mean, std)
+        self.normalize = Normalize(mean, std, config["data"].get("color_constancy"))
         self.channels_last = bool(config["trainer"].get("channels_last", False))
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)

@@ -12,17 +12,31 @@ from .lesion_cnn import LesionCNN
 from .weights import LoadedWeights, load_backbone, load_hub, load_package, no_weights_message, read_state
 
 
+def shades_of_gray(x: torch.Tensor, p: float, dims: tuple[int, int], channel: int) -> torch.Tensor:
+    """Shades of Gray colour constancy (Finlayson & Trezzi 2004) on 0..255 images: each image's illuminant
+    per channel is the p-norm mean of that channel, e_c = mean(x_c^p)^(1/p), and each channel is scaled by
+    mean(e) / e_c, so the illuminant becomes grey, then clipped to 0..255. p = 6 is the ISIC winners' choice
+    (Barata et al. 2015). A graph op here, so training, test, the ONNX graph and predict all apply it."""
+    v = (x / 255.0).clamp_min(1e-6)
+    e = v.pow(p).mean(dim=dims, keepdim=True).pow(1.0 / p)
+    return (x * (e.mean(dim=channel, keepdim=True) / e)).clamp(0.0, 255.0)
+
+
 class Normalize(nn.Module):
     """uint8 (or 0..255 float) NCHW images -> standardised floats with the given mean/std (0..1 scale): the
-    pretrained weights' own, or the training split's."""
+    pretrained weights' own, or the training split's; `color_constancy`: Shades of Gray with this p first."""
 
-    def __init__(self, mean, std):
+    def __init__(self, mean, std, color_constancy: float | None = None):
         super().__init__()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        self.color_constancy = None if color_constancy is None else float(color_constancy)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() - self.mean) / self.std
+        x = x.float()
+        if self.color_constancy:
+            x = shades_of_gray(x, self.color_constancy, (2, 3), 1)
+        return (x - self.mean) / self.std
 
     def nhwc(self, x: torch.Tensor) -> torch.Tensor:
         """The same for [N, H, W, 3] images. The statistics are repeated along a whole row (W x 3):
@@ -30,7 +44,10 @@ class Normalize(nn.Module):
         one pixel at a time: 29% of its time at batch 32 and 128 px (benchmarks/inference.py --profile)."""
         width = x.shape[2]
         mean, std = (t.view(1, 3).expand(width, 3) for t in (self.mean, self.std))
-        return (x.float() - mean) / std
+        x = x.float()
+        if self.color_constancy:
+            x = shades_of_gray(x, self.color_constancy, (1, 2), 3)
+        return (x - mean) / std
 
 
 def uses_weights(model_cfg: dict) -> bool:
