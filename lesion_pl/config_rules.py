@@ -46,6 +46,11 @@ def _range(high: float):
     return f"a pair [min, max] with 0 < min <= max <= {high}", ok
 
 
+def _or_null(rule):
+    text, ok = rule
+    return text + ", or null", lambda v: v is None or ok(v)
+
+
 def _devices():
     """Lightning's `devices`: a count, -1 (all), "auto", a list of indices or a string of them ("0,1")."""
     def ok(v) -> bool:
@@ -100,6 +105,11 @@ CHECKS = {
     "data.augment.color_jitter.hue": _number(0, 0.5),
     "data.augment.mixup": _number(0),
     "data.augment.cutmix": _number(0),
+    "data.augment.channel_gain": _number(0, 0.5),
+    "data.augment.gamma": _or_null(_range(5)),
+    "data.augment.blur": _number(0, 0.05),
+    "data.augment.vignette": _number(0, 1),
+    "data.augment.downscale": _number(1, 8, nullable=True),
     "model.dropout": _number(0, 1),
     "model.pretrained": ("true or false", lambda v: isinstance(v, bool)),
     "model.normalization": ("auto, dataset, or {mean: [r, g, b], std: [r, g, b]} (0..1 scale, std > 0)",

@@ -120,3 +120,43 @@ def test_cache_on_device_sends_rows_and_gathers_them(small_ham):
     images, _ = dm.on_after_batch_transfer((rows, y), 0)
     expected = torch.from_numpy(np.stack([dm.cache[int(r)] for r in rows])).permute(0, 3, 1, 2)
     assert torch.equal(images, expected)
+
+
+def _off(**on) -> dict:
+    """No geometry, no jitter: only the acquisition augmentations given."""
+    return {**OFF, **on}
+
+
+def test_acquisition_augmentations_do_what_they_are_named(ham_root):
+    x = real_batch(ham_root, 6, 128)
+    plain = augment_batch(x, _off(), torch.Generator().manual_seed(0))
+    cast = augment_batch(x, _off(channel_gain=0.15), torch.Generator().manual_seed(0))
+    ratio = cast.mean(dim=(2, 3)) / plain.mean(dim=(2, 3))
+    assert (ratio.max(1).values - ratio.min(1).values).min() > 0.005  # each image's channels moved apart
+    assert ((cast.mean(dim=(1, 2, 3)) / plain.mean(dim=(1, 2, 3))) - 1).abs().max() < 0.1
+    dark = augment_batch(x, _off(gamma=[1.5, 1.5]), torch.Generator().manual_seed(0))
+    assert (dark.mean(dim=(1, 2, 3)) < plain.mean(dim=(1, 2, 3)) - 5).all()
+    blurred = augment_batch(x, _off(blur=0.03), torch.Generator().manual_seed(0))
+
+    def detail(t):
+        return (t[..., 1:] - t[..., :-1]).abs().mean(dim=(1, 2, 3))
+    # sigma is drawn in [0, 0.03 * side] per image: some blur little, none sharpens, most blur a lot
+    assert (detail(blurred) <= detail(plain) + 1e-3).all() and detail(blurred).mean() < 0.8 * detail(plain).mean()
+    np.testing.assert_allclose(blurred.mean(dim=(1, 2, 3)), plain.mean(dim=(1, 2, 3)), rtol=0.02)  # blur keeps the mean
+    lens = augment_batch(x, _off(vignette=1.0), torch.Generator().manual_seed(0))
+    assert lens[:, :, :2, :2].max() == 0 and torch.equal(lens[:, :, 40:88, 40:88], plain[:, :, 40:88, 40:88])
+    low = augment_batch(x, _off(downscale=4.0), torch.Generator().manual_seed(3))
+    assert (detail(low) < detail(plain)).all()
+
+
+def test_acquisition_augmentations_are_seeded_and_off_by_default(ham_root):
+    x = real_batch(ham_root, 4)
+    cfg = load_config()["data"]["augment"]
+    on = {**cfg, "channel_gain": 0.1, "gamma": [0.8, 1.25], "blur": 0.01, "vignette": 0.5, "downscale": 2.0}
+    a = augment_batch(x, on, torch.Generator().manual_seed(5))
+    assert torch.equal(a, augment_batch(x, on, torch.Generator().manual_seed(5)))
+    assert not torch.equal(a, augment_batch(x, on, torch.Generator().manual_seed(6)))
+    # the default config draws nothing for them: the same batch as before they existed
+    base = {k: v for k, v in cfg.items() if k not in ("channel_gain", "gamma", "blur", "vignette", "downscale")}
+    assert torch.equal(augment_batch(x, cfg, torch.Generator().manual_seed(5)),
+                       augment_batch(x, base, torch.Generator().manual_seed(5)))

@@ -86,8 +86,64 @@ def _hue_rotation(turns: torch.Tensor) -> torch.Tensor:
     return torch.linalg.inv(to_yiq) @ rot @ to_yiq
 
 
+def channel_gain(x: torch.Tensor, spread: float, generator=None) -> torch.Tensor:
+    """A white-balance cast: each channel times a gain in [1 - spread, 1 + spread], the gains' mean 1."""
+    g = _uniform(3 * len(x), 1 - spread, 1 + spread, generator).view(len(x), 3, 1, 1).to(x.device, x.dtype)
+    return (x * (g / g.mean(dim=1, keepdim=True))).clamp_(0, 255)
+
+
+def gamma(x: torch.Tensor, low: float, high: float, generator=None) -> torch.Tensor:
+    """Another tone curve: 255 * (x / 255) ** g, g log-uniform in [low, high] per image."""
+    g = torch.exp(_uniform(len(x), math.log(low), math.log(high), generator)).view(-1, 1, 1, 1).to(x.device, x.dtype)
+    return 255.0 * (x / 255.0).clamp_min(1e-6) ** g
+
+
+def blur(x: torch.Tensor, max_sigma: float, generator=None) -> torch.Tensor:
+    """Gaussian blur, sigma uniform in [0, max_sigma * image side] per image: separable, one grouped conv
+    per axis for the whole batch."""
+    n, c, h, w = x.shape
+    sigma = (_uniform(n, 0.0, max_sigma * min(h, w), generator).clamp_min(1e-3)).to(x.device, x.dtype)
+    radius = max(1, int(math.ceil(3 * max_sigma * min(h, w))))
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t.view(1, -1) / sigma.view(-1, 1)) ** 2)
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (n * c, 2r + 1)
+    y = x.reshape(1, n * c, h, w)
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), k.view(n * c, 1, 1, -1), groups=n * c)
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), k.view(n * c, 1, -1, 1), groups=n * c)
+    return y.view(n, c, h, w)
+
+
+def vignette(x: torch.Tensor, p: float, generator=None) -> torch.Tensor:
+    """With probability p per image, a round lens's field: black outside a circle of radius uniform in
+    [0.7, 0.95] of the half-diagonal (the corners always dark), a soft edge, the centre untouched (as lesion_pl.data.shifts.vignette)."""
+    n, _, h, w = x.shape
+    on = torch.rand(n, generator=generator) < p
+    radius = torch.where(on, _uniform(n, 0.7, 0.95, generator), torch.full((n,), 10.0)).to(x.device, x.dtype)
+    yy, xx = torch.meshgrid(torch.arange(h, device=x.device, dtype=x.dtype),
+                            torch.arange(w, device=x.device, dtype=x.dtype), indexing="ij")
+    r = torch.hypot(xx - (w - 1) / 2, yy - (h - 1) / 2) / (math.hypot(w, h) / 2)
+    mask = ((radius.view(-1, 1, 1) - r) / 0.06 + 0.5).clamp(0, 1)
+    return x * mask.unsqueeze(1)
+
+
+def downscale(x: torch.Tensor, max_factor: float, generator=None) -> torch.Tensor:
+    """Down- then upscaled by one factor drawn in [1, max_factor] for the whole batch: a low-resolution
+    camera or an archive's thumbnail."""
+    f = float(_uniform(1, 1.0, max_factor, generator))
+    h, w = x.shape[2:]
+    if f < 1.05:
+        return x
+    small = F.interpolate(x, size=(max(1, round(h / f)), max(1, round(w / f))), mode="bilinear",
+                          antialias=True, align_corners=False)
+    return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+
+
 def augment_batch(images: torch.Tensor, aug: dict, generator: torch.Generator | None = None) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> augmented float (N, 3, H, W) in 0..255, on the images' device."""
+    """uint8 (N, 3, H, W) -> augmented float (N, 3, H, W) in 0..255, on the images' device.
+
+    After the geometry and the colour jitter, the acquisition augmentations that mimic other clinics'
+    images (benchmarks/shift.py), each off unless configured: `channel_gain`, `gamma`, `blur`,
+    `vignette`, `downscale`."""
     x = images.float()
     theta = affine_params(len(x), aug, generator).to(x.device, x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
@@ -95,4 +151,14 @@ def augment_batch(images: torch.Tensor, aug: dict, generator: torch.Generator | 
     jitter = aug.get("color_jitter") or {}
     if any(jitter.values()):
         x = color_jitter(x, jitter, generator)
+    if aug.get("channel_gain"):
+        x = channel_gain(x, float(aug["channel_gain"]), generator)
+    if aug.get("gamma"):
+        x = gamma(x, *map(float, aug["gamma"]), generator)
+    if aug.get("blur"):
+        x = blur(x, float(aug["blur"]), generator)
+    if aug.get("vignette"):
+        x = vignette(x, float(aug["vignette"]), generator)
+    if aug.get("downscale"):
+        x = downscale(x, float(aug["downscale"]), generator)
     return x
