@@ -115,7 +115,8 @@ def blur(x: torch.Tensor, max_sigma: float, generator=None) -> torch.Tensor:
 
 def vignette(x: torch.Tensor, p: float, generator=None) -> torch.Tensor:
     """With probability p per image, a round lens's field: black outside a circle of radius uniform in
-    [0.7, 0.95] of the half-diagonal (the corners always dark), a soft edge, the centre untouched (as lesion_pl.data.shifts.vignette)."""
+    [0.7, 0.95] of the half-diagonal (the corners always dark), a soft edge, the centre untouched (as
+    lesion_pl.data.shifts.vignette)."""
     n, _, h, w = x.shape
     on = torch.rand(n, generator=generator) < p
     radius = torch.where(on, _uniform(n, 0.7, 0.95, generator), torch.full((n,), 10.0)).to(x.device, x.dtype)
