@@ -53,10 +53,10 @@ def main() -> None:
     args = ap.parse_args()
 
     from lesion_pl.config import load_config
-    from lesion_pl.hardware import resolve_auto_size
+    from lesion_pl.hardware import resolve_auto
     from lesion_pl.models import build_network
 
-    cfg = resolve_auto_size(load_config(None, args.overrides))
+    cfg = resolve_auto(load_config(None, args.overrides))
     size = args.size or int(cfg["data"]["image_size"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)

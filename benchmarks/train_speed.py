@@ -150,9 +150,9 @@ def child(args) -> None:
 
     from lesion_pl.classes import CLASS_TO_INDEX
     from lesion_pl.config import load_config
-    from lesion_pl.hardware import resolve_auto_size
+    from lesion_pl.hardware import resolve_auto
 
-    cfg = resolve_auto_size(load_config(None, args.overrides + [f"data.root={args.root}"]))
+    cfg = resolve_auto(load_config(None, args.overrides + [f"data.root={args.root}"]))
     if args.variant == "plain":
         meta = pd.read_csv(Path(args.root) / "HAM10000_metadata.csv")
         files = [str(Path(args.root) / "images" / f"{i}.jpg") for i in meta["image_id"]]
@@ -182,11 +182,11 @@ def main() -> None:
         return child(args)
 
     from lesion_pl.config import load_config
-    from lesion_pl.hardware import precision_for, resolve_auto_size
+    from lesion_pl.hardware import precision_for, resolve_auto
     from machine import describe
     from memory import run_measured
 
-    cfg = resolve_auto_size(load_config(None, args.overrides))
+    cfg = resolve_auto(load_config(None, args.overrides))
     ham = Path(os.environ.get("LESION_PL_DATA", ROOT.parent / "shared" / "data")) / "ham10000"
     print(f"{describe()}; lesion-pl's precision: {precision_for(cfg)}")
     print(f"config: configs/ham10000.yaml {' '.join('--set ' + o for o in args.overrides)} "

@@ -2,14 +2,20 @@
 from __future__ import annotations
 
 import copy
+import functools
+
+
+PROBE_SIZE = 128  # px: the size `data.image_size: auto` trains at where bf16 is chosen
 
 
 def precision_for(cfg: dict) -> str:
     """Lightning's precision for `trainer.precision`.
 
-    "auto": bf16-mixed on CUDA and on CPUs that multiply bf16 in hardware (AVX-512 bf16, AMX), where
-    an epoch takes 1.6x less time at no cost on validation (benchmarks/RESULTS.md: "bf16 on a CPU that
-    has it"); 32-true on other CPUs, where bf16 autocast is ~12x slower (benchmarks/step_speed.py).
+    "auto": bf16-mixed on CUDA; on a CPU that multiplies bf16 in hardware (AVX-512 bf16, AMX), whichever
+    of bf16-mixed and 32-true trains this network faster there (`faster_on_cpu`, timed once per process):
+    on an AMD EPYC with AVX-512 bf16 bf16 was 1.6x faster for LesionCNN at no cost on validation, on an
+    Intel Xeon with AMX 1.6-1.9x slower (benchmarks/RESULTS.md: "bf16 on a CPU that has it", "A longer
+    fine-tune"); 32-true on other CPUs, where bf16 autocast is ~12x slower (benchmarks/step_speed.py).
     """
     import torch
 
@@ -18,7 +24,70 @@ def precision_for(cfg: dict) -> str:
         return str(p)
     if torch.cuda.is_available() and cfg["trainer"]["accelerator"] != "cpu":
         return "bf16-mixed"
-    return "bf16-mixed" if cpu_has_bf16() else "32-true"
+    if not cpu_has_bf16():
+        return "32-true"
+    t = cfg["trainer"]
+    if str(t.get("devices", 1)) != "1" or int(t.get("num_nodes") or 1) > 1:
+        return "bf16-mixed"  # several processes would each time the CPU they share, and might disagree
+    return faster_on_cpu(*_probe(cfg))
+
+
+def _probe(cfg: dict) -> tuple:
+    """What `faster_on_cpu` times for this config: the network, the size, a batch, the memory layout."""
+    size = cfg["data"]["image_size"]
+    return (_network_key(cfg["model"]), PROBE_SIZE if size == "auto" else int(size),
+            min(int(cfg["data"]["batch_size"]), 32), bool(cfg["trainer"].get("channels_last", True)))
+
+
+def probed_rates(cfg: dict) -> dict | None:
+    """Images/s per precision where `precision_for(cfg)` timed them in this process, else None."""
+    return PROBES.get(_probe(cfg))
+
+
+def _network_key(model_cfg: dict) -> str:
+    """The network's architecture as a hashable key (its weights do not change its speed)."""
+    import json
+
+    return json.dumps({k: v for k, v in model_cfg.items() if k not in ("pretrained", "weights", "normalization")},
+                      sort_keys=True)
+
+
+@functools.lru_cache(maxsize=None)
+def faster_on_cpu(network: str, size: int, batch: int, channels_last: bool, steps: int = 2) -> str:
+    """Time `steps` training steps (after one warm-up) of this network on random images in fp32 and in bf16
+    autocast, on this CPU's threads: "bf16-mixed" where bf16 is at least 10% faster, else "32-true"."""
+    import json
+    import time
+
+    import torch
+
+    from .models import build_network
+
+    cfg = {**json.loads(network), "pretrained": False, "weights": None}
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, size, size)
+    y = torch.randint(0, 7, (batch,))
+    rates = {}
+    for precision, bf16 in (("32-true", False), ("bf16-mixed", True)):
+        net = build_network(cfg).train()
+        xs = x
+        if channels_last:
+            net, xs = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        opt = torch.optim.AdamW(net.parameters(), 1e-3, fused=True)
+        for i in range(steps + 1):
+            if i == 1:
+                start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = torch.nn.functional.cross_entropy(net(xs), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        rates[precision] = steps * batch / (time.perf_counter() - start)
+    PROBES[(network, size, batch, channels_last)] = rates
+    return "bf16-mixed" if rates["bf16-mixed"] >= 1.1 * rates["32-true"] else "32-true"
+
+
+PROBES: dict = {}  # what faster_on_cpu measured, images/s per precision, for fit to print
 
 
 def cpu_has_bf16() -> bool:
@@ -45,10 +114,12 @@ def image_size_for(cfg: dict) -> int:
     return int(size)
 
 
-def resolve_auto_size(cfg: dict) -> dict:
-    """A copy of `cfg` with `data.image_size` as pixels, so that a saved run names the size it used."""
-    if cfg["data"]["image_size"] != "auto":
+def resolve_auto(cfg: dict) -> dict:
+    """A copy of `cfg` with `data.image_size` as pixels and `trainer.precision` as Lightning's name, chosen
+    together (the size follows the precision), so that a saved run names what it trained with."""
+    if "auto" not in (cfg["data"]["image_size"], cfg["trainer"]["precision"]):
         return cfg
-    cfg = copy.deepcopy(cfg)
-    cfg["data"]["image_size"] = image_size_for(cfg)
-    return cfg
+    out = copy.deepcopy(cfg)
+    out["data"]["image_size"] = image_size_for(cfg)
+    out["trainer"]["precision"] = precision_for(cfg)
+    return out

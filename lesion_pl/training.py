@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .config import duration_seconds, save_config
 from .errors import LesionPLError
-from .hardware import precision_for, resolve_auto_size
+from .hardware import precision_for, probed_rates, resolve_auto
 from .io import atomic_path, atomic_write_json
 from .run import RunDir
 
@@ -103,7 +103,9 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
 
     chosen = [k for k, v in (("data.image_size", cfg["data"]["image_size"]),
                              ("trainer.precision", cfg["trainer"]["precision"])) if v == "auto"]
-    cfg = resolve_auto_size(cfg)  # the saved config names the size trained on, whatever machine reads it
+    resolved = resolve_auto(cfg)  # the saved config names the size and precision trained with
+    probe = probed_rates(cfg) if "trainer.precision" in chosen else None
+    cfg = resolved
 
     from .data.datamodule import LesionDataModule
 
@@ -125,7 +127,8 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
     dm = LesionDataModule(cfg, splits_file=run.splits if run.splits.exists() else None, progress=progress)
     dm.build()  # every data check happens here, before the run folder is written
     if progress:
-        note = f" ({' and '.join(chosen)}: auto, this machine's choice)" if chosen else ""
+        timed = f"; bf16 {probe['bf16-mixed']:.0f} vs fp32 {probe['32-true']:.0f} images/s here" if probe else ""
+        note = f" ({' and '.join(chosen)}: auto, this machine's choice{timed})" if chosen else ""
         print(f"training {cfg['model']['name']} at {cfg['data']['image_size']} px in {precision_for(cfg)}{note}",
               flush=True)
 

@@ -1,6 +1,8 @@
 """Configs: defaults, --set overrides parsed as YAML, unknown keys refused, saved and reloaded."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from lesion_pl.config import load_config, read_yaml, save_config
@@ -84,21 +86,45 @@ def test_cli_and_package_import_without_torch():
     assert proc.returncode == 0 and "fit" in proc.stdout and "export" in proc.stdout
 
 
-@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, "bf16-mixed"), (False, True, "bf16-mixed"),
-                                                       (False, False, "32-true")])
-def test_auto_precision_on_the_cpu_follows_its_bf16_support(monkeypatch, avx512_bf16, amx, expected):
+@pytest.mark.parametrize("avx512_bf16, amx, faster, expected", [
+    (True, False, "bf16-mixed", "bf16-mixed"), (False, True, "bf16-mixed", "bf16-mixed"),
+    (True, True, "32-true", "32-true"), (False, False, "bf16-mixed", "32-true")])
+def test_auto_precision_on_the_cpu_follows_its_bf16_support_and_speed(monkeypatch, avx512_bf16, amx, faster, expected):
     import torch
 
+    from lesion_pl import hardware
     from lesion_pl.hardware import precision_for
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    timed = []
+    monkeypatch.setattr(hardware, "faster_on_cpu", lambda *a: timed.append(a) or faster)
     cfg = load_config(None, [])
     assert cfg["trainer"]["precision"] == "auto"
     assert precision_for(cfg) == expected
+    assert len(timed) == (1 if avx512_bf16 or amx else 0)  # only a bf16 CPU is timed
+    if timed:  # the default network at the size auto would train at, a batch of at most 32
+        assert json.loads(timed[0][0])["name"] == cfg["model"]["name"] and timed[0][1:] == (128, 32, True)
+    # several processes (DDP on the CPU) do not each time the CPU they share
+    assert precision_for(load_config(None, ["trainer.devices=2"])) == ("bf16-mixed" if timed else "32-true")
     # a precision set by hand is kept, whatever the CPU
     assert precision_for(load_config(None, ["trainer.precision=32-true"])) == "32-true"
+
+
+def test_the_precision_probe_times_both_on_this_cpu_once():
+    from lesion_pl import hardware
+
+    cfg = load_config(None, ["model.widths=[4,8,8,8]", "data.image_size=32", "data.batch_size=8"])
+    args = hardware._probe(cfg)
+    hardware.faster_on_cpu.cache_clear()
+    choice = hardware.faster_on_cpu(*args)
+    rates = hardware.PROBES[args]
+    assert choice == ("bf16-mixed" if rates["bf16-mixed"] >= 1.1 * rates["32-true"] else "32-true")
+    assert all(r > 0 for r in rates.values())
+    hardware.PROBES.pop(args)
+    assert hardware.faster_on_cpu(*args) == choice and args not in hardware.PROBES  # cached: not timed again
+    assert hardware.faster_on_cpu.cache_info().hits >= 1
 
 
 def test_auto_precision_without_torchs_cpu_checks(monkeypatch):
@@ -123,9 +149,10 @@ def test_auto_image_size_follows_the_training_precision(monkeypatch, bf16_cpu, c
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(hardware, "cpu_has_bf16", lambda: bf16_cpu)
+    monkeypatch.setattr(hardware, "faster_on_cpu", lambda *a: "bf16-mixed")  # where bf16 is the faster one
     cfg = load_config(None, [f"trainer.precision={precision}"])
     assert hardware.image_size_for(cfg) == expected
-    resolved = hardware.resolve_auto_size(cfg)
+    resolved = hardware.resolve_auto(cfg)
     assert resolved["data"]["image_size"] == expected and cfg["data"]["image_size"] == "auto"
     # a size set by hand is kept, whatever the hardware
     assert hardware.image_size_for(load_config(None, ["data.image_size=96", f"trainer.precision={precision}"])) == 96
