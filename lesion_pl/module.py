@@ -116,7 +116,6 @@ class LesionClassifier(pl.LightningModule):
         self.malignant_weight = _malignant_weight(config["loss"])
         self.train_metrics = metric_collection(auroc=False).clone(prefix="train/")
         self.val_metrics = metric_collection(per_class=True).clone(prefix="val/")
-        self.test_metrics = metric_collection(per_class=True).clone(prefix="test/")
 
     def set_class_prior(self, class_prior: list | None) -> None:
         """The class prior of the training batches, and the logit shifts that follow from it."""
@@ -182,9 +181,6 @@ class LesionClassifier(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val")
 
-    def test_step(self, batch, batch_idx):
-        self._step(batch, "test")
-
     def _log_epoch(self, stage: str) -> None:
         metrics = getattr(self, f"{stage}_metrics")
         values = metrics.compute()
@@ -197,9 +193,6 @@ class LesionClassifier(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
 
     def configure_optimizers(self):
         o = self.config["optim"]

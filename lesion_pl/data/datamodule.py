@@ -201,6 +201,3 @@ class LesionDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
