@@ -47,7 +47,7 @@ def main() -> None:
     from lesion_pl.calibration import (brier_score, decide, decision_bias, fit_prior_correction, fit_temperature,
                                        softmax)
     from lesion_pl.checkpoint import load_run_model
-    from lesion_pl.evaluate.calibrate import scores_and_positives
+    from lesion_pl.scoring import scores_and_positives
     from lesion_pl.evaluate.inference import predict_logits
     from lesion_pl.evaluate.metrics import (binary_auroc, expected_calibration_error, malignancy_calibration_error,
                                             metrics_report)

@@ -28,7 +28,7 @@ from machine import describe  # noqa: E402  (the script's own folder is on sys.p
 
 from lesion_pl.calibration import binary_stats, bootstrap_ci, referral_threshold  # noqa: E402
 from lesion_pl.classes import CLASS_TO_INDEX, CLASSES  # noqa: E402
-from lesion_pl.evaluate.calibrate import scores_and_positives  # noqa: E402
+from lesion_pl.scoring import scores_and_positives  # noqa: E402
 from lesion_pl.evaluate.metrics import metric_text  # noqa: E402
 
 RULES = {"point": None, "0.90": 0.90, "0.95": 0.95, "0.99": 0.99}

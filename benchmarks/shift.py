@@ -15,7 +15,6 @@ is the one to judge a training choice by, never the test split. Needs RUN/export
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,12 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from machine import describe  # noqa: E402  (the script's own folder is on sys.path)
 
 from lesion_pl.calibration import lesion_bootstrap  # noqa: E402
-from lesion_pl.classes import CLASS_TO_INDEX, MALIGNANT_INDICES  # noqa: E402
+from lesion_pl.classes import CLASS_TO_INDEX  # noqa: E402
 from lesion_pl.data.shifts import SHIFTS, apply_shift  # noqa: E402
 from lesion_pl.errors import LesionPLError  # noqa: E402
 from lesion_pl.io import atomic_write_json  # noqa: E402
 from lesion_pl.preprocess import load_rgb  # noqa: E402
 from lesion_pl.run import RunDir  # noqa: E402
+from lesion_pl.scoring import scores_and_positives  # noqa: E402
 
 FIGURES = ("auroc_malignant", "auroc_melanoma", "balanced_accuracy", "referral_sensitivity")
 
@@ -51,11 +51,11 @@ def figures(probs: np.ndarray, named: np.ndarray, refer: np.ndarray, labels: np.
 
     from lesion_pl.evaluate.metrics import binary_auroc
 
-    malignant = np.isin(labels, MALIGNANT_INDICES)
-    return {"auroc_malignant": binary_auroc(probs[:, list(MALIGNANT_INDICES)].sum(1), malignant),
-            "auroc_melanoma": binary_auroc(probs[:, CLASS_TO_INDEX["mel"]], labels == CLASS_TO_INDEX["mel"]),
+    malignant = scores_and_positives(probs, labels, "malignant")
+    return {"auroc_malignant": binary_auroc(*malignant),
+            "auroc_melanoma": binary_auroc(*scores_and_positives(probs, labels, "melanoma")),
             "balanced_accuracy": float(_quietly(balanced_accuracy_score, labels, named)),
-            "referral_sensitivity": float(refer[malignant].mean()) if malignant.any() else float("nan")}
+            "referral_sensitivity": float(refer[malignant[1]].mean()) if malignant[1].any() else float("nan")}
 
 
 def main() -> None:

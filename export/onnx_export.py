@@ -11,6 +11,7 @@ from torch import nn
 
 from lesion_pl import __version__
 from lesion_pl.calibration import referral_promise
+from lesion_pl.scoring import describe
 from lesion_pl.classes import CLASSES, DISPLAY_NAMES, MALIGNANT, NUM_CLASSES
 from lesion_pl.errors import LesionPLError
 from lesion_pl.io import atomic_path, to_json
@@ -45,7 +46,7 @@ class OnnxWrapper(nn.Module):
 
 
 def _operating_points(points: dict | None) -> dict:
-    return {name: {**referral_promise(op), "score": "sum of the probabilities of " + ("mel, bcc, akiec" if name == "malignant" else "mel")}
+    return {name: {**referral_promise(op), "score": describe(name)}
             for name, op in (points or {}).items()}
 
 

@@ -179,6 +179,7 @@ class LesionOnnxClassifier:
             probs = probs.astype(np.float32)
             if threshold is not None:
                 threshold = np.where(used, self.referral_threshold, threshold)
+        # the file's own list of malignant classes (its metadata), which a deployed model carries
         return Predictions(self.classes, probs, probs[:, self.malignant_indices].sum(axis=1), threshold,
                            self.decision_bias, used)
 

@@ -11,12 +11,13 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from .calibration import decision_bias
-from .classes import MALIGNANT_INDICES, NUM_CLASSES
+from .classes import NUM_CLASSES
 from .config import duration_seconds
 from .errors import LesionPLError
 from .evaluate.metrics import metric_collection
 from .models.factory import Normalize, build_network, uses_weights
 from .models.weights import head_prefix
+from .scoring import score_indices
 
 
 def _batch_mixer(augment: dict):
@@ -38,7 +39,7 @@ def malignant_loss(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
     (mixed) class distribution.
     """
     mal = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
-    mal[list(MALIGNANT_INDICES)] = True
+    mal[score_indices("malignant")] = True
     binary = torch.logsumexp(logits[:, mal], dim=1) - torch.logsumexp(logits[:, ~mal], dim=1)
     target = soft[:, mal].sum(dim=1) if soft.ndim == 2 else mal[soft].float()
     return F.binary_cross_entropy_with_logits(binary, target.to(binary.dtype))

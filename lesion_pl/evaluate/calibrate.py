@@ -12,19 +12,11 @@ import numpy as np
 from .. import clinical
 from ..calibration import (binary_stats, calibrated, decide, decision_bias, fit_prior_correction, fit_temperature,
                            nll, referral_threshold, softmax)
-from ..classes import CLASS_TO_INDEX, MALIGNANT_INDICES, NUM_CLASSES
+from ..classes import NUM_CLASSES
 from ..io import atomic_write_json
 from ..run import RunDir
+from ..scoring import scores_and_positives
 from .predictions import predictions_frame, write_predictions
-
-# Each operating point: a score (summed probabilities of these classes) and who counts as positive.
-OPERATING_POINTS = {"malignant": list(MALIGNANT_INDICES), "melanoma": [CLASS_TO_INDEX["mel"]]}
-
-
-def scores_and_positives(probs: np.ndarray, labels: np.ndarray, name: str):
-    idx = OPERATING_POINTS[name]
-    return probs[:, idx].sum(axis=1), np.isin(labels, idx)
-
 
 def fit_clinical(dm, val_ds, val_probs: np.ndarray, val_labels: np.ndarray, columns: dict):
     """The metadata model on the train split and its fusion weight on validation, and what that did

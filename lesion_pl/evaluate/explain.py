@@ -8,10 +8,11 @@ import numpy as np
 import torch
 
 from ..calibration import calibrated, decide
-from ..classes import CLASSES, DISPLAY_NAMES, MALIGNANT_INDICES
+from ..classes import CLASSES, DISPLAY_NAMES
 from ..io import atomic_path
 from ..preprocess import ImageReadError, preprocess_file
 from ..run import RunDir
+from ..scoring import referral_score
 
 
 def explain_images(paths: list[Path], run_path: Path, out_dir: Path | None = None):
@@ -46,7 +47,7 @@ def explain_images(paths: list[Path], run_path: Path, out_dir: Path | None = Non
         probs = calibrated(batch_logits(model, x, bool(cal.get("tta"))).numpy(), cal)[0]
         top = int(decide(probs, cal))
         cam, _ = gradcam(model, x, target=torch.tensor([top]))
-        mal = float(probs[list(MALIGNANT_INDICES)].sum())
+        mal = float(referral_score(probs, "malignant"))
         fig, axes = plt.subplots(1, 3, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1, 1, 1.1]})
         axes[0].imshow(img)
         axes[0].set_title("model input")

@@ -17,15 +17,17 @@ from torchmetrics.classification import (BinaryAUROC, BinaryCalibrationError, Mu
 from torchmetrics.wrappers import ClasswiseWrapper
 
 from ..calibration import lesion_bootstrap
-from ..classes import CLASSES, MALIGNANT_INDICES, NUM_CLASSES
+from ..scoring import score_indices, scores_and_positives
+from ..classes import CLASSES, NUM_CLASSES
 
 
 def malignancy(probs: torch.Tensor) -> torch.Tensor:
-    return probs[:, list(MALIGNANT_INDICES)].sum(dim=1)
+    """`scoring.referral_score(probs, "malignant")` for torch tensors."""
+    return probs[:, score_indices("malignant")].sum(dim=1)
 
 
 def is_malignant(target: torch.Tensor) -> torch.Tensor:
-    return torch.isin(target, torch.tensor(MALIGNANT_INDICES, device=target.device)).long()
+    return torch.isin(target, torch.tensor(score_indices("malignant"), device=target.device)).long()
 
 
 class MalignantAUROC(BinaryAUROC):
@@ -132,8 +134,7 @@ def headline_ci(probs: np.ndarray, target: np.ndarray, groups: np.ndarray, n_boo
     numpy, so a thousand resamples take seconds.
     """
     pred = probs.argmax(1) if pred is None else pred
-    mal_score = probs[:, list(MALIGNANT_INDICES)].sum(1)
-    mal = np.isin(target, MALIGNANT_INDICES)
+    mal_score, mal = scores_and_positives(probs, target, "malignant")
 
     def stats(pick):
         t, p = target[pick], pred[pick]

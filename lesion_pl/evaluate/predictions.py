@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..classes import CLASSES, MALIGNANT_INDICES
+from ..classes import CLASSES
 from ..io import atomic_path
+from ..scoring import referral_score
 
 
 def predictions_frame(rows: pd.DataFrame, probs: np.ndarray, pred: np.ndarray, label_column: str = "dx") -> pd.DataFrame:
     return pd.DataFrame({"image_id": rows["image_id"].to_numpy(), "group": rows["group"].to_numpy(),
                          label_column: rows[label_column].to_numpy(), "pred": [CLASSES[i] for i in pred],
-                         "malignant_prob": probs[:, list(MALIGNANT_INDICES)].sum(1),
+                         "malignant_prob": referral_score(probs, "malignant"),
                          **{f"p_{c}": probs[:, i] for i, c in enumerate(CLASSES)}})
 
 

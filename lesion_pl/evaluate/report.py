@@ -12,10 +12,11 @@ import pandas as pd
 import torch
 
 from ..calibration import promise_text
-from ..classes import CLASS_TO_INDEX, CLASSES, DISPLAY_NAMES, MALIGNANT_INDICES
+from ..classes import CLASS_TO_INDEX, CLASSES, DISPLAY_NAMES
 from ..errors import LesionPLError
 from ..io import atomic_path, atomic_write_text
 from ..run import RunDir
+from ..scoring import is_positive, referral_score
 from . import report_figures as figs
 from .metrics import metric_text
 
@@ -152,8 +153,8 @@ def build_report(run_path: Path, data_root: Path | None = None, progress: bool =
         log_path = trained.path / "logs" / "metrics.csv"
         if log_path.exists():
             pngs[f"training_curves{'_member' + str(n) if run.members else ''}"] = figs.training_curves(pd.read_csv(log_path))
-    mal_prob = probs[:, list(MALIGNANT_INDICES)].sum(1)
-    is_mal = np.isin(target, MALIGNANT_INDICES).astype(int)
+    mal_prob = referral_score(probs, "malignant")
+    is_mal = is_positive(target, "malignant").astype(int)
     pngs["precision_recall"] = figs.precision_recall(target, probs, mal_prob, is_mal)
     overall_error = float(frame["wrong"].mean())
     tables = error_tables(frame)

@@ -8,13 +8,12 @@ import pandas as pd
 import torch
 
 from .. import clinical
-from ..classes import CLASSES, MALIGNANT_INDICES
 from ..calibration import (binary_stats, bootstrap_ci, brier_score, calibrated, decide, promise_text, referral_promise,
                            softmax, views_note)
 from ..errors import LesionPLError
 from ..io import atomic_dir, atomic_write_json
 from ..run import RunDir
-from .calibrate import scores_and_positives
+from ..scoring import is_positive, referral_score, scores_and_positives
 from .predictions import predictions_frame, write_predictions
 
 
@@ -137,11 +136,11 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     report["operating_points"] = operating_points(cal, probs, target, rows["group"].to_numpy(),
                                                   int(cfg["calibration"]["bootstrap"]), int(cfg["seed"]))
 
-    malignant_prob = probs[:, list(MALIGNANT_INDICES)].sum(1)
+    malignant_prob = referral_score(probs, "malignant")
     with atomic_dir(dest) as folder:
         write_predictions(predictions_frame(rows, probs, pred), folder / "predictions.csv")
         confusion_matrix_png(target, pred, folder / "confusion_matrix.png")
-        is_mal = np.isin(target, MALIGNANT_INDICES).astype(int)
+        is_mal = is_positive(target, "malignant").astype(int)
         roc_png(target, probs, malignant_prob, is_mal, folder / "roc.png", report["operating_points"].get("malignant"))
         reliability_png(raw, probs, target, folder / "reliability.png")
         atomic_write_json(folder / "metrics.json", report)
@@ -156,7 +155,7 @@ def _binary_test(run: RunDir, cfg: dict, cal: dict, probs: np.ndarray, pred: np.
 
     y = rows["melanoma_target"].to_numpy().astype(int)
     groups = rows["group"].to_numpy()
-    scores = {"melanoma": probs[:, CLASSES.index("mel")], "malignant": probs[:, list(MALIGNANT_INDICES)].sum(1)}
+    scores = {name: referral_score(probs, name) for name in ("melanoma", "malignant")}
     report = {"evaluation": evaluation, "out": str(dest), "split": split, "data_root": str(dm.root),
               **_checkpoints(run), "tta": tta, "skipped_bad_images": dm.skipped, "binary_target": "melanoma",
               "n_images": int(len(y)),
@@ -223,7 +222,7 @@ def format_report(report: dict) -> str:
     for name, op in report["operating_points"].items():
         ci = op["ci95"]
         lines.append(f"  {name} referral at p >= {op['threshold']:.3f}, {promise_text(op)}:")
-        lines.append(f"    on these images (95% CI, lesions resampled): "
+        lines.append("    on these images (95% CI, lesions resampled): "
                      + ", ".join(f"{k} {metric_text(op[k])} [{', '.join(map(metric_text, ci[k]))}]"
                                  for k in ("sensitivity", "specificity", "ppv", "npv")))
     return "\n".join(lines)
