@@ -18,6 +18,7 @@ from ..run import RunDir
 from ..scoring import scores_and_positives
 from .predictions import predictions_frame, write_predictions
 
+
 def fit_clinical(dm, val_ds, val_probs: np.ndarray, val_labels: np.ndarray, columns: dict):
     """The metadata model on the train split and its fusion weight on validation, and what that did
     on validation; (None, {"used": False, "reason": ...}) where the data has no metadata columns."""
@@ -41,7 +42,7 @@ def fit_clinical(dm, val_ds, val_probs: np.ndarray, val_labels: np.ndarray, colu
 
 def fit_operating_points(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, c: dict, seed: int) -> dict:
     """Per referral score: the highest threshold that reaches the configured sensitivity with the configured
-    confidence on new lesions (`calibration.referral_threshold`), and what it gives on these images."""
+    confidence on new lesions (`calibration.referral_confidence`), and what it gives on these images."""
     out = {}
     for name, target in (("malignant", c["malignant_sensitivity"]), ("melanoma", c["melanoma_sensitivity"])):
         scores, positive = scores_and_positives(probs, labels, name)
