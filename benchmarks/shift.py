@@ -105,8 +105,8 @@ def main() -> None:
         print(f"  scored {name} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
 
     base = figures(*scored["none"], labels)
-    results = {"run": str(run.path), "split": args.split, "images": len(rows), "lesions": int(len(np.unique(groups))), "tta": tta,
-               "seed": args.seed, "bootstrap": args.boot, "none": base, "shifts": {}}
+    results = {"run": str(run.path), "split": args.split, "images": len(rows), "lesions": int(len(np.unique(groups))),
+               "tta": tta, "seed": args.seed, "bootstrap": args.boot, "none": base, "shifts": {}}
     print(f"\n{'shift':<20} " + " ".join(f"{k:>34}" for k in FIGURES))
     print(f"{'none':<20} " + " ".join(f"{base[k]:>34.4f}" for k in FIGURES))
     for name in names[1:]:

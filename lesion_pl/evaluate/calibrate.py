@@ -124,7 +124,8 @@ def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool 
         result["clinical"], result["clinical_fit"] = fit_clinical(dm, ds, probs, labels, c["clinical_columns"])
         records = rows if result["clinical"] else None
     before = calibration_errors(softmax(logits), labels)
-    guard = keep_errors_down(result, lambda t: calibrated(logits, {**result, "temperature": t}, records), labels, before)
+    guard = keep_errors_down(result, lambda t: calibrated(logits, {**result, "temperature": t}, records), labels,
+                             before)
     result["calibration_errors"] = {"val_before": before, "val_after": guard.pop("after"), **guard}
     image_probs = calibrated(logits, result)
     if records is not None:

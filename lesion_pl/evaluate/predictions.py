@@ -13,7 +13,8 @@ from ..io import atomic_path
 from ..scoring import referral_score
 
 
-def predictions_frame(rows: pd.DataFrame, probs: np.ndarray, pred: np.ndarray, label_column: str = "dx") -> pd.DataFrame:
+def predictions_frame(rows: pd.DataFrame, probs: np.ndarray, pred: np.ndarray,
+                      label_column: str = "dx") -> pd.DataFrame:
     return pd.DataFrame({"image_id": rows["image_id"].to_numpy(), "group": rows["group"].to_numpy(),
                          label_column: rows[label_column].to_numpy(), "pred": [CLASSES[i] for i in pred],
                          "malignant_prob": referral_score(probs, "malignant"),
