@@ -13,9 +13,10 @@ def precision_for(cfg: dict) -> str:
 
     "auto": bf16-mixed on CUDA; on a CPU that multiplies bf16 in hardware (AVX-512 bf16, AMX), whichever
     of bf16-mixed and 32-true trains this network faster there (`faster_on_cpu`, timed once per process):
-    on an AMD EPYC with AVX-512 bf16 bf16 was 1.6x faster for LesionCNN at no cost on validation, on an
-    Intel Xeon with AMX 1.6-1.9x slower (benchmarks/RESULTS.md: "bf16 on a CPU that has it", "A longer
-    fine-tune"); 32-true on other CPUs, where bf16 autocast is ~12x slower (benchmarks/step_speed.py).
+    bf16 was 1.6x faster for LesionCNN on an AMD EPYC with AVX-512 bf16 (at no cost on validation) and 2.9x
+    on an Intel Xeon with AMX, but 1.7x slower for EfficientNet-Lite0 on that Xeon (benchmarks/RESULTS.md:
+    "bf16 on a CPU that has it", "A longer fine-tune"); 32-true on other CPUs, where bf16 autocast is ~12x
+    slower (benchmarks/step_speed.py).
     """
     import torch
 

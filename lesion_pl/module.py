@@ -197,8 +197,8 @@ class LesionClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         o = self.config["optim"]
-        # fused: one kernel for all tensors, 1.1-1.2x a step for EfficientNet's ~300 tensors on a CPU
-        # (benchmarks/RESULTS.md: "A longer fine-tune"); the same for LesionCNN's few
+        # fused: one kernel for all tensors; within a short benchmark's noise on 2 CPU cores, 1.19x for
+        # EfficientNet on one (benchmarks/RESULTS.md: "A longer fine-tune")
         opt = torch.optim.AdamW(parameter_groups(self.net, o, uses_weights(self.config["model"])), lr=float(o["lr"]),
                                 fused=all(p.device.type in ("cpu", "cuda") for p in self.net.parameters()))
         estimated = self.trainer.estimated_stepping_batches  # also sizes num_training_batches
