@@ -8,13 +8,15 @@ clinical metadata fused as `test` fuses it, scored on the views the run was cali
 --no-tta). Prints, per shift: malignant AUROC, melanoma AUROC, balanced accuracy (the run's decision rule)
 and the sensitivity of the malignant referral threshold chosen on validation, each with its drop from the
 unshifted figure and the drop's 95% lesion-bootstrap interval (the same lesions resampled for both).
-Writes RUN/shift.json, which `report` shows as "Under acquisition shift"; `--split val` (RUN/shift_val.json)
+Writes RUN/shift.json (adding to the shifts already there when the images and settings are the same),
+which `report` shows as "Under acquisition shift"; `--split val` (RUN/shift_val.json)
 is the one to judge a training choice by, never the test split. Needs RUN/export/model.onnx
 (`python cli.py export --run RUN`).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -123,6 +125,11 @@ def main() -> None:
         cells = [f"{value[k]:.4f} ({value[k] - base[k]:+.4f} [{ci[k][0]:+.3f}, {ci[k][1]:+.3f}])" for k in FIGURES]
         print(f"{name:<20} " + " ".join(f"{c:>34}" for c in cells))
     out = run.path / ("shift.json" if args.split == "test" else f"shift_{args.split}.json")
+    if out.is_file():  # shifts scored before on the same images and settings are kept beside the new ones
+        old = json.loads(out.read_text())
+        # the same unshifted figures: the same model on the same images
+        if all(old.get(k) == results[k] for k in ("split", "images", "tta", "seed", "bootstrap", "none")):
+            results["shifts"] = {**{n: r for n, r in old["shifts"].items() if n in SHIFTS}, **results["shifts"]}
     atomic_write_json(out, results)
     print(f"\nwrote {out}")
 

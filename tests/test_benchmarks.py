@@ -69,6 +69,8 @@ def test_shift_benchmark_agrees_with_test_unshifted_and_feeds_the_report(trained
     assert invoke("report", "--run", run, "--quiet").exit_code == 0
     page = (run / "report" / "index.html").read_text()
     assert "Under acquisition shift" in page and "JPEG re-encoded at quality 30" in page
+    run_script("benchmarks/shift.py", "--run", run, "--shift", "zoom_1.3", "--boot", 50)  # added to the two
+    assert list(json.loads((run / "shift.json").read_text())["shifts"]) == ["jpeg_30", "vignette_0.85", "zoom_1.3"]
     run_script("benchmarks/shift.py", "--run", run, "--split", "val", "--shift", "zoom_1.3", "--limit", 20, "--boot", 20)
     val = json.loads((run / "shift_val.json").read_text())
     assert val["split"] == "val" and val["images"] == 20 and list(val["shifts"]) == ["zoom_1.3"]

@@ -49,6 +49,18 @@ def test_the_vignette_darkens_corners_not_the_centre(photos):
     np.testing.assert_array_equal(out[60:90, 80:120], arr(img)[60:90, 80:120])
 
 
+def test_the_stronger_vignette_reaches_into_the_centre_square(photos):
+    from lesion_pl.preprocess import resize_center_crop
+
+    img = photos[1]
+    crop = {n: resize_center_crop(apply_shift(n, img, 0, 0), 128).astype(float)
+            for n in ("vignette_0.85", "vignette_0.6")}
+    plain = resize_center_crop(img, 128).astype(float)
+    dark = {n: (c.sum(-1) < 1).mean() for n, c in crop.items()}  # the share of the model's input left black
+    assert dark["vignette_0.85"] < 0.01 < 0.05 < dark["vignette_0.6"]
+    np.testing.assert_array_equal(crop["vignette_0.6"][48:80, 48:80], plain[48:80, 48:80])
+
+
 def test_zoom_in_and_out_grow_and_shrink_the_lesion(masks):
     for m in masks:
         area = (arr(m)[..., 0] > 127).mean()

@@ -121,6 +121,9 @@ SHIFTS: dict[str, tuple[str, Callable]] = {
     "gamma_1.4": ("tone curve: intensities to the power 1.4 (darker)", gamma(1.4)),
     "blur_0.01": ("Gaussian blur, sigma 1% of the shorter side", blur(0.01)),
     "vignette_0.85": ("black outside a circle of 0.85 of the half-diagonal (dark corners)", vignette(0.85)),
+    # 0.85 leaves most of its black outside the centre square a 4:3 image is cropped to; 0.6 reaches into it
+    "vignette_0.6": ("black outside a circle of 0.6 of the half-diagonal (a round field inside the frame)",
+                     vignette(0.6)),
     "zoom_1.3": ("zoomed in 1.3x", zoom(1.3)),
     "zoom_0.75": ("zoomed out to 0.75x, the surround reflected", zoom(0.75)),
     "rotate_30": ("rotated 30 degrees, corners black", rotate(30)),
