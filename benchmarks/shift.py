@@ -111,15 +111,19 @@ def main() -> None:
                "tta": tta, "seed": args.seed, "bootstrap": args.boot, "none": base, "shifts": {}}
     print(f"\n{'shift':<20} " + " ".join(f"{k:>34}" for k in FIGURES))
     print(f"{'none':<20} " + " ".join(f"{base[k]:>34.4f}" for k in FIGURES))
+    def drops(pick):
+        """Every shift's change on one resample of lesions; the unshifted figures computed once for all."""
+        b = figures(*(x[pick] for x in scored["none"]), labels[pick])
+        out = {}
+        for name in names[1:]:
+            a = figures(*(x[pick] for x in scored[name]), labels[pick])
+            out.update({(name, k): a[k] - b[k] for k in FIGURES})
+        return out
+
+    cis = lesion_bootstrap(groups, drops, args.boot, args.seed)
     for name in names[1:]:
         value = figures(*scored[name], labels)
-
-        def drops(pick, name=name):
-            a = figures(*(x[pick] for x in scored[name]), labels[pick])
-            b = figures(*(x[pick] for x in scored["none"]), labels[pick])
-            return {k: a[k] - b[k] for k in FIGURES}
-
-        ci = lesion_bootstrap(groups, drops, args.boot, args.seed)
+        ci = {k: cis[name, k] for k in FIGURES}
         results["shifts"][name] = {"what": SHIFTS[name][0], **value,
                                    "drop": {k: value[k] - base[k] for k in FIGURES}, "drop_ci95": ci}
         cells = [f"{value[k]:.4f} ({value[k] - base[k]:+.4f} [{ci[k][0]:+.3f}, {ci[k][1]:+.3f}])" for k in FIGURES]

@@ -75,7 +75,8 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     from ..checkpoint import load_run_model
     from .calibrate import load_calibration
     from .inference import predict_logits
-    from .metrics import expected_calibration_error, headline_ci, malignancy_calibration_error, metrics_report
+    from .calibrate import calibration_errors
+    from .metrics import headline_ci, metrics_report
     from .plots import confusion_matrix_png, reliability_png, roc_png
 
     run = RunDir(Path(run_path))
@@ -117,15 +118,14 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
               "tta_calibrated": bool(cal.get("tta", False)), "skipped_bad_images": dm.skipped, **report}
     report["ci95"] = headline_ci(probs, target, rows["group"].to_numpy(), int(cfg["calibration"]["bootstrap"]),
                                  int(cfg["seed"]), pred)
+    before, after = calibration_errors(raw, target), calibration_errors(probs, target)
     report["calibration"] = {
         "temperature": cal["temperature"],
         "prior_weight": cal.get("prior_weight", 0.0),
         "decision": cal.get("decision", "accuracy"),
-        "ece_15_before": expected_calibration_error(torch.from_numpy(raw).float(), t_target),
-        "ece_15_after": expected_calibration_error(torch.from_numpy(probs).float(), t_target),
+        "ece_15_before": before["ece"], "ece_15_after": after["ece"],
         "brier_before": brier_score(raw, target), "brier_after": brier_score(probs, target),
-        "malignancy_ece_15_before": malignancy_calibration_error(raw, target),
-        "malignancy_ece_15_after": malignancy_calibration_error(probs, target),
+        "malignancy_ece_15_before": before["malignancy_ece"], "malignancy_ece_15_after": after["malignancy_ece"],
     }
     if cal.get("clinical"):
         image_report = metrics_report(torch.from_numpy(image_probs).float(), t_target,
