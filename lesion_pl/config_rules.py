@@ -110,6 +110,8 @@ CHECKS = {
     "data.augment.blur": _number(0, 0.05),
     "data.augment.vignette": _number(0, 1),
     "data.augment.downscale": _number(1, 8, nullable=True),
+    "data.augment.jpeg": _or_null(("a pair [min, max] of JPEG qualities with 1 <= min <= max <= 100",
+                                   lambda v: _range(100)[1](v) and v[0] >= 1)),
     "model.dropout": _number(0, 1),
     "model.pretrained": ("true or false", lambda v: isinstance(v, bool)),
     "model.normalization": ("auto, dataset, or {mean: [r, g, b], std: [r, g, b]} (0..1 scale, std > 0)",

@@ -157,6 +157,28 @@ def test_acquisition_augmentations_are_seeded_and_off_by_default(ham_root):
     assert torch.equal(a, augment_batch(x, on, torch.Generator().manual_seed(5)))
     assert not torch.equal(a, augment_batch(x, on, torch.Generator().manual_seed(6)))
     # the default config draws nothing for them: the same batch as before they existed
-    base = {k: v for k, v in cfg.items() if k not in ("channel_gain", "gamma", "blur", "vignette", "downscale")}
+    base = {k: v for k, v in cfg.items() if k not in ("channel_gain", "gamma", "blur", "vignette", "downscale", "jpeg")}
     assert torch.equal(augment_batch(x, cfg, torch.Generator().manual_seed(5)),
                        augment_batch(x, base, torch.Generator().manual_seed(5)))
+
+
+def test_jpeg_augmentation_re_encodes_as_the_shift_does(ham_root):
+    from lesion_pl.data.transforms import jpeg
+
+    x = real_batch(ham_root, 4, 128)
+    plain = augment_batch(x, _off(), torch.Generator().manual_seed(0))
+    coarse = augment_batch(x, _off(jpeg=[30, 30]), torch.Generator().manual_seed(0))
+    fine = augment_batch(x, _off(jpeg=[95, 95]), torch.Generator().manual_seed(0))
+    assert coarse.shape == plain.shape and coarse.dtype == plain.dtype
+    err_coarse, err_fine = (coarse - plain).abs().mean(), (fine - plain).abs().mean()
+    assert 0 < err_fine < err_coarse < 10  # lossy, more so at low quality, still the same image
+    # the same quality gives PIL's bytes: libjpeg at 4:2:0 either way (lesion_pl.data.shifts.jpeg)
+    from PIL import Image
+    from lesion_pl.data.shifts import SHIFTS
+
+    img = Image.fromarray(x[0].permute(1, 2, 0).numpy())
+    ours = jpeg(x[:1].float(), 30, 30)[0].permute(1, 2, 0).numpy()
+    pil = np.asarray(SHIFTS["jpeg_30"][1](img, None), dtype=np.float32)
+    assert np.abs(ours - pil).mean() < 1.0
+    a = augment_batch(x, _off(jpeg=[30, 100]), torch.Generator().manual_seed(1))
+    assert torch.equal(a, augment_batch(x, _off(jpeg=[30, 100]), torch.Generator().manual_seed(1)))

@@ -139,12 +139,24 @@ def downscale(x: torch.Tensor, max_factor: float, generator=None) -> torch.Tenso
     return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
 
 
+def jpeg(x: torch.Tensor, low: float, high: float, generator=None) -> torch.Tensor:
+    """Each image re-encoded as JPEG at a quality drawn in [low, high] (4:2:0 chroma, as
+    lesion_pl.data.shifts.jpeg): the blocks and ringing of a web upload or an archive. libjpeg on the CPU,
+    one image at a time (about 0.2 ms each at 128 px)."""
+    from torchvision.io import decode_jpeg, encode_jpeg
+
+    quality = _uniform(len(x), low, high, generator).round().int().tolist()
+    rows = x.detach().round().clamp(0, 255).to("cpu", torch.uint8)
+    out = [decode_jpeg(encode_jpeg(row, quality=q)) for row, q in zip(rows, quality)]
+    return torch.stack(out).to(x.device, x.dtype)
+
+
 def augment_batch(images: torch.Tensor, aug: dict, generator: torch.Generator | None = None) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> augmented float (N, 3, H, W) in 0..255, on the images' device.
 
     After the geometry and the colour jitter, the acquisition augmentations that mimic other clinics'
     images (benchmarks/shift.py), each off unless configured: `channel_gain`, `gamma`, `blur`,
-    `vignette`, `downscale`."""
+    `vignette`, `downscale`, `jpeg` (last: it encodes the image as it would reach the model)."""
     x = images.float()
     theta = affine_params(len(x), aug, generator).to(x.device, x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
@@ -162,4 +174,6 @@ def augment_batch(images: torch.Tensor, aug: dict, generator: torch.Generator | 
         x = vignette(x, float(aug["vignette"]), generator)
     if aug.get("downscale"):
         x = downscale(x, float(aug["downscale"]), generator)
+    if aug.get("jpeg"):
+        x = jpeg(x, *map(float, aug["jpeg"]), generator)
     return x
