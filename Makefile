@@ -34,6 +34,7 @@ run: install
 	$(BIN)/python cli.py report --run $(RUN)
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 test-slow: install

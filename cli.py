@@ -52,8 +52,10 @@ DATA_ROOT_OPT = typer.Option(None, "--data-root", "-d",
                              help="Dataset folder (default: $LESION_PL_DATA/ham10000, else data/ham10000).")
 RUN_OPT = typer.Option(..., "--run", "-r", help="Run folder made by `fit`.")
 QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress bars.")
-FORMAT_OPT = typer.Option(None, "--format", "-f", help="Dataset format: auto, ham10000, isic-csv, isic2020, csv, folder, dermamnist.")
-SKIP_BAD_OPT = typer.Option(False, "--skip-bad-images", help="Leave out unreadable images (counted) instead of failing.")
+FORMAT_OPT = typer.Option(None, "--format", "-f",
+                          help="Dataset format: auto, ham10000, isic-csv, isic2020, csv, folder, dermamnist.")
+SKIP_BAD_OPT = typer.Option(False, "--skip-bad-images",
+                            help="Leave out unreadable images (counted) instead of failing.")
 SET_OPT = typer.Option(None, "--set", "-s", help="Override a config key: --set data.image_size=96 (repeatable).")
 
 
@@ -141,7 +143,8 @@ def test(
 
     The run's own test split writes RUN/test/; any other split or source (--data-root DIR [--format F]
     --split all) writes RUN/evaluations/NAME/, so no evaluation replaces another."""
-    from lesion_pl.evaluate.run_test import format_report, test_run
+    from lesion_pl.evaluate.run_test import test_run
+    from lesion_pl.terminal import format_report
 
     with RunDir(run).lock("test"):
         report = test_run(run, data_root, split, tta=tta, progress=not quiet, data_format=data_format,
@@ -160,31 +163,12 @@ def calibrate(
 ):
     """Fit temperature scaling, the class-prior correction, the clinical-metadata fusion and the referral
     thresholds on the validation split (fit does this too)."""
-    from lesion_pl.calibration import promise_text, referral_promise
     from lesion_pl.evaluate.calibrate import calibrate_run
+    from lesion_pl.terminal import format_calibration
 
     with RunDir(run).lock("calibrate"):
         c = calibrate_run(run, data_root, progress=not quiet)
-    typer.echo(f"temperature {c['temperature']:.4f}, class-prior weight {c['prior_weight']:.2f}: "
-               f"validation NLL {c['val_nll_before']:.4f} -> {c['val_nll_after']:.4f}; classes named by the "
-               f"'{c['decision']}' rule: validation balanced accuracy {c['val_balanced_accuracy']:.4f}")
-    fit = c.get("clinical_fit") or {}
-    if fit.get("used"):
-        typer.echo(f"clinical metadata ({', '.join(fit['fields'])}) fused with weight {fit['weight']:.2f}: validation "
-                   f"NLL {fit['val_nll_image_only']:.4f} -> {fit['val_nll_fused']:.4f}, balanced accuracy "
-                   f"{fit['val_balanced_accuracy_image_only']:.4f} -> {c['val_balanced_accuracy']:.4f}, malignant AUROC "
-                   f"{fit['val_auroc_malignant_image_only']:.4f} -> {fit['val_auroc_malignant_fused']:.4f}")
-    elif fit:
-        typer.echo(f"no clinical-metadata fusion: {fit['reason']}")
-    e = c["calibration_errors"]
-    typer.echo(f"validation ECE {e['val_before']['ece']:.4f} -> {e['val_after']['ece']:.4f}, malignancy ECE "
-               f"{e['val_before']['malignancy_ece']:.4f} -> {e['val_after']['malignancy_ece']:.4f}"
-               + (f" (temperature scaled by {e['temperature_factor']:.3f} from the NLL fit so that neither rose)"
-                  if e["temperature_factor"] != 1.0 else "")
-               + ("" if e["kept"] else "; warning: no temperature keeps both at or below the uncalibrated ones, so "
-                  "the NLL fit is kept"))
-    for name, op in c["operating_points"].items():
-        typer.echo(f"{name}: refer at p >= {op['threshold']:.4f}, {promise_text(referral_promise(op))}")
+    typer.echo(format_calibration(c))
     typer.echo(f"wrote {run / 'calibration.json'}")
 
 
@@ -202,21 +186,11 @@ def export(
 ):
     """Export the best checkpoint to RUN/export/model.onnx and verify it against PyTorch on real images."""
     from export.run_export import export_run
+    from lesion_pl.terminal import format_export
 
     with RunDir(run).lock("export"):
         r = export_run(run, opset=opset, int8=int8, data_root=data_root, progress=not quiet, per_channel=per_channel)
-    p = r["parity"]
-    typer.echo(f"wrote {r['model']} (opset {r['opset']}, {r['size_bytes'] / 1e6:.2f} MB)")
-    typer.echo(f"parity on {p['n_images']} real images: max |onnxruntime - PyTorch| probability "
-               f"{p['max_abs_diff']:.2e}, same top class on {p['argmax_agree']}/{p['n_images']}")
-    if "int8" in r:
-        q = r["int8"]
-        typer.echo(f"wrote {q['model']} ({q['quantization']} int8, {q['size_bytes'] / 1e6:.2f} MB); "
-                   f"on {q['test_images']} test images:")
-        for name in ("fp32", "int8"):
-            m = q[name]
-            typer.echo(f"  {name}: accuracy {m['accuracy']:.4f}, balanced accuracy {m['balanced_accuracy']:.4f}, "
-                       f"{m['images_per_s_batch32']:.0f} images/s at batch 32")
+    typer.echo(format_export(r))
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")

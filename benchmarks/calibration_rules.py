@@ -23,7 +23,8 @@ def limited_prior_weight(logits, labels, log_prior, max_drop: float = 0.01) -> t
     import numpy as np
     from sklearn.metrics import balanced_accuracy_score
 
-    from lesion_pl.calibration import fit_temperature, nll, softmax
+    from lesion_pl.calibration import fit_temperature, nll
+    from lesion_pl.scoring import softmax
 
     base = balanced_accuracy_score(labels, logits.argmax(1))
     best = (np.inf, 0.0, 1.0)
@@ -44,14 +45,17 @@ def main() -> None:
     import torch
     from sklearn.metrics import balanced_accuracy_score
 
-    from lesion_pl.calibration import (brier_score, decide, decision_bias, fit_prior_correction, fit_temperature,
-                                       softmax)
+    from lesion_pl.calibration import brier_score, decision_bias, fit_prior_correction, fit_temperature
     from lesion_pl.checkpoint import load_run_model
-    from lesion_pl.scoring import scores_and_positives
     from lesion_pl.evaluate.inference import predict_logits
-    from lesion_pl.evaluate.metrics import (binary_auroc, expected_calibration_error, malignancy_calibration_error,
-                                            metrics_report)
+    from lesion_pl.evaluate.metrics import (
+        binary_auroc,
+        expected_calibration_error,
+        malignancy_calibration_error,
+        metrics_report,
+    )
     from lesion_pl.run import RunDir
+    from lesion_pl.scoring import decide, scores_and_positives, softmax
 
     run = RunDir(args.run)
     run.require_fitted()
@@ -87,7 +91,7 @@ def main() -> None:
         for split in ("val", "test"):
             z, y = data[split]
             probs = softmax(z, t, bias)
-            pred = decide(probs, {"decision_bias": rule})
+            pred = decide(probs, rule)
             mal = binary_auroc(*scores_and_positives(probs, y, "malignant"))
             if split == "val":
                 cells.append(f"{balanced_accuracy_score(y, pred):>7.4f} {mal:>7.4f} |")

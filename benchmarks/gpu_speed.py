@@ -62,9 +62,9 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
+    from train_speed import lesion_pl
 
     from lesion_pl.config import load_config
-    from train_speed import lesion_pl
 
     cfg = load_config(None, [f"model.name={args.model}", f"data.image_size={args.size}",
                              f"data.batch_size={args.batch}", "data.cache_on_device=true", *args.overrides])

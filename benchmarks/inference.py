@@ -93,10 +93,10 @@ def main() -> None:
             engines[name] = lambda b, clf=clf: clf.predict_arrays(b, tta=False).probabilities  # as eager: one view
             files[name] = path
 
-    from sklearn.metrics import balanced_accuracy_score
+    from lesion_pl.evaluate.metrics import balanced_accuracy
+    from lesion_pl.scoring import ScoringPolicy
 
-    from lesion_pl.calibration import decide
-
+    policy = ScoringPolicy.from_calibration(calibration)
     sub = images[:args.images]
     rows = {}
     for name, fn in engines.items():
@@ -104,10 +104,10 @@ def main() -> None:
         thr = len(sub) * 2 / sum(timed(fn, b32, 2))
         lat = np.array(timed(fn, [images[i:i + 1] for i in range(args.latency_images)], 1)) * 1000
         probs = np.concatenate([fn(images[i:i + 64]) for i in range(0, len(images), 64)])
-        pred = decide(probs, calibration)  # the run's decision rule, as `cli.py test` names classes
+        pred = policy.decide(probs)  # the run's decision rule, as `cli.py test` names classes
         rows[name] = {"images_per_s_b32": thr, "p50_ms": float(np.percentile(lat, 50)),
                       "p95_ms": float(np.percentile(lat, 95)), "accuracy": float((pred == labels).mean()),
-                      "balanced_accuracy": float(balanced_accuracy_score(labels, pred))}
+                      "balanced_accuracy": balanced_accuracy(labels, pred)}
 
     print(f"{describe()} "
           f"({torch.get_num_threads()} threads); run {run} ({cfg['model']['name']}, {cfg['data']['image_size']} px); "

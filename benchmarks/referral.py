@@ -29,7 +29,7 @@ from machine import describe  # noqa: E402  (the script's own folder is on sys.p
 from lesion_pl.calibration import binary_stats, bootstrap_ci, referral_threshold  # noqa: E402
 from lesion_pl.classes import CLASS_TO_INDEX, CLASSES  # noqa: E402
 from lesion_pl.scoring import scores_and_positives  # noqa: E402
-from lesion_pl.evaluate.metrics import metric_text  # noqa: E402
+from lesion_pl.terminal import metric_text  # noqa: E402
 
 RULES = {"point": None, "0.90": 0.90, "0.95": 0.95, "0.99": 0.99}
 
@@ -70,8 +70,8 @@ def main() -> None:
     print(describe())
     print(f"target sensitivity {args.target:.2f}; test CIs: 1000 lesion-bootstrap resamples; split-half: "
           f"{args.splits} halves of validation, {args.boot} resamples each")
-    head = f"{'run':<22} {'score':<9} {'rule':<5} {'threshold':>9} {'val bound':>9}  {'test sensitivity [95% CI]':<26} " \
-           f"{'test specificity [95% CI]':<26} {'half held':>9} {'half spec':>9}"
+    head = (f"{'run':<22} {'score':<9} {'rule':<5} {'threshold':>9} {'val bound':>9}  "
+            f"{'test sensitivity [95% CI]':<26} {'test specificity [95% CI]':<26} {'half held':>9} {'half spec':>9}")
     print(head)
     errors = []
     for run in args.run:
@@ -95,9 +95,10 @@ def main() -> None:
                       f"{half['specificity']:>9.3f}")
         m = json.loads((run / "test" / "metrics.json").read_text())["calibration"]
         e = cal.get("calibration_errors", {})
-        errors.append(f"{run.name:<22} val ECE {e['val_before']['ece']:.4f} -> {e['val_after']['ece']:.4f}, malignancy "
-                      f"{e['val_before']['malignancy_ece']:.4f} -> {e['val_after']['malignancy_ece']:.4f} (temperature x "
-                      f"{e['temperature_factor']:.3f}); test ECE {m['ece_15_before']:.4f} -> {m['ece_15_after']:.4f}, "
+        errors.append(f"{run.name:<22} val ECE {e['val_before']['ece']:.4f} -> {e['val_after']['ece']:.4f}, "
+                      f"malignancy {e['val_before']['malignancy_ece']:.4f} -> {e['val_after']['malignancy_ece']:.4f} "
+                      f"(temperature x {e['temperature_factor']:.3f}); "
+                      f"test ECE {m['ece_15_before']:.4f} -> {m['ece_15_after']:.4f}, "
                       f"malignancy {m['malignancy_ece_15_before']:.4f} -> {m['malignancy_ece_15_after']:.4f}"
                       if e else f"{run.name:<22} (calibrated before the calibration-error check)")
     print("* below the target: too few positive lesions on validation to promise it at that confidence")

@@ -38,25 +38,14 @@ from lesion_pl.scoring import scores_and_positives  # noqa: E402
 FIGURES = ("auroc_malignant", "auroc_melanoma", "balanced_accuracy", "referral_sensitivity")
 
 
-def _quietly(f, *args):
-    """f(*args) without sklearn's warning that a resample lacks a class the model named."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return f(*args)
-
-
 def figures(probs: np.ndarray, named: np.ndarray, refer: np.ndarray, labels: np.ndarray) -> dict:
     """The four figures of one scoring of the images (rows already picked)."""
-    from sklearn.metrics import balanced_accuracy_score  # recall over the classes present, as calibrate's
-
-    from lesion_pl.evaluate.metrics import binary_auroc
+    from lesion_pl.evaluate.metrics import balanced_accuracy, binary_auroc
 
     malignant = scores_and_positives(probs, labels, "malignant")
     return {"auroc_malignant": binary_auroc(*malignant),
             "auroc_melanoma": binary_auroc(*scores_and_positives(probs, labels, "melanoma")),
-            "balanced_accuracy": float(_quietly(balanced_accuracy_score, labels, named)),
+            "balanced_accuracy": balanced_accuracy(labels, named),
             "referral_sensitivity": float(refer[malignant[1]].mean()) if malignant[1].any() else float("nan")}
 
 
@@ -100,7 +89,8 @@ def main() -> None:
     names = ["none", *(args.shift or SHIFTS)]
     for name in names:
         start = time.perf_counter()
-        images = originals if name == "none" else [apply_shift(name, im, args.seed, i) for i, im in enumerate(originals)]
+        images = (originals if name == "none"
+                  else [apply_shift(name, im, args.seed, i) for i, im in enumerate(originals)])
         preds = clf.predict(images, tta=tta, metadata=metadata)
         scored[name] = (preds.probabilities.astype(np.float64), preds.top_index,
                         np.asarray(preds.refer if preds.refer is not None else np.zeros(len(rows), bool)))

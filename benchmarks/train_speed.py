@@ -103,8 +103,8 @@ class StepTimer(pl.Callback):
 def lesion_pl(cfg: dict, steps: int, warmup: int, synthetic: bool = False, on_timed_start=None, dm=None) -> float:
     """Images/s of `fit`'s own training loop for `cfg` (its accelerator and precision)."""
     from lesion_pl.data.datamodule import LesionDataModule
-    from lesion_pl.module import LesionClassifier
     from lesion_pl.hardware import precision_for
+    from lesion_pl.module import LesionClassifier
 
     dm = dm or LesionDataModule(cfg, progress=False).build()
     model = LesionClassifier(cfg, *dm.train_stats())
@@ -181,10 +181,11 @@ def main() -> None:
     if args.variant:
         return child(args)
 
-    from lesion_pl.config import load_config
-    from lesion_pl.hardware import precision_for, resolve_auto
     from machine import describe
     from memory import run_measured
+
+    from lesion_pl.config import load_config
+    from lesion_pl.hardware import precision_for, resolve_auto
 
     cfg = resolve_auto(load_config(None, args.overrides))
     ham = Path(os.environ.get("LESION_PL_DATA", ROOT.parent / "shared" / "data")) / "ham10000"

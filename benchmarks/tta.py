@@ -60,7 +60,8 @@ def main() -> None:
                 alone = m.get("clinical", {}).get("image_only", m)
                 print(f"{run.name:<28} {'8' if tta else '1':<6} {cal['val_nll_after']:>8.4f} "
                       f"{cal['val_balanced_accuracy']:>8.4f} {cal['val_auroc_malignant']:>8.4f} | "
-                      f"{m['balanced_accuracy']:.4f} ({ci['balanced_accuracy'][0]:.3f}-{ci['balanced_accuracy'][1]:.3f}) "
+                      f"{m['balanced_accuracy']:.4f} "
+                      f"({ci['balanced_accuracy'][0]:.3f}-{ci['balanced_accuracy'][1]:.3f}) "
                       f"{m['auroc_malignant']:.4f} ({ci['auroc_malignant'][0]:.3f}-{ci['auroc_malignant'][1]:.3f}) "
                       f"{m['auroc_macro']:>7.4f} {alone['auroc_malignant']:>8.4f} {sec:>7.1f}", flush=True)
 

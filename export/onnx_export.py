@@ -11,11 +11,11 @@ from torch import nn
 
 from lesion_pl import __version__
 from lesion_pl.calibration import referral_promise
-from lesion_pl.scoring import describe
 from lesion_pl.classes import CLASSES, DISPLAY_NAMES, MALIGNANT, NUM_CLASSES
 from lesion_pl.errors import LesionPLError
 from lesion_pl.io import atomic_path, to_json
 from lesion_pl.preprocess import RESIZE_POLICY
+from lesion_pl.scoring import describe
 
 from .metadata import PREFIX
 

@@ -15,7 +15,6 @@ from lesion_pl.io import atomic_write_json, atomic_write_text, read_utf8, requir
 
 from .runtime import LesionOnnxClassifier
 
-
 REFER, NO_REFER = "refer", "no referral at this threshold"
 KEY_COLUMNS = ("image", "image_id", "image_name", "file")
 

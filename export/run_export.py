@@ -26,10 +26,10 @@ def _throughput(clf, images: np.ndarray, batch_size: int = 32, repeats: int = 3)
 
 
 def _accuracy(clf, images: np.ndarray, labels: np.ndarray) -> dict:
-    from sklearn.metrics import balanced_accuracy_score
+    from lesion_pl.evaluate.metrics import balanced_accuracy
 
     pred = np.concatenate([clf.predict_arrays(images[i:i + 64]).top_index for i in range(0, len(images), 64)])
-    return {"accuracy": float((pred == labels).mean()), "balanced_accuracy": float(balanced_accuracy_score(labels, pred))}
+    return {"accuracy": float((pred == labels).mean()), "balanced_accuracy": balanced_accuracy(labels, pred)}
 
 
 def has_depthwise(classifier) -> bool:
@@ -69,7 +69,8 @@ def export_run(run_path: Path, opset: int = 18, int8: bool = False, data_root: P
     parity_idx = np.concatenate([test_idx, dm.indices("val"), dm.indices("train")])[:PARITY_IMAGES]
     check = parity(classifier, cal, fp32, np.asarray(dm.cache[np.sort(parity_idx)]))
     report = {"model": str(fp32), "opset": opset, "temperature": cal["temperature"],
-              "class_bias": cal.get("class_bias"), "decision": cal.get("decision", "accuracy"), "size_bytes": fp32.stat().st_size, "parity": check}
+              "class_bias": cal.get("class_bias"), "decision": cal.get("decision", "accuracy"),
+              "size_bytes": fp32.stat().st_size, "parity": check}
     if check["max_abs_diff"] > PARITY_TOLERANCE or check["argmax_agree"] != check["n_images"]:
         fp32.unlink()
         raise LesionPLError(f"ONNX output differs from PyTorch on {check['n_images']} images: max |diff| "

@@ -10,7 +10,8 @@ Probabilities are calibrated (temperature and class-prior correction inside the 
 class is named by the run's decision rule (metadata `decision_rule`: "balanced" divides each
 probability by its class's training frequency first, so it is not always the most probable class);
 `refer` compares the malignancy probability with the threshold chosen on validation for the run's
-target sensitivity (metadata), for images with and without clinical metadata separately.
+target sensitivity (metadata), for images with and without clinical metadata separately. All of it
+is `lesion_pl.scoring.ScoringPolicy`, read from the file's metadata: the scoring `test` reports.
 
 Where the run fused clinical metadata (`clinical.fields`), each image may come with a dict of age,
 sex and body site (keys: the field names or the training data's column names, e.g.
@@ -30,10 +31,9 @@ from typing import Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from lesion_pl import clinical
-from lesion_pl.calibration import decide
 from lesion_pl.errors import LesionPLError
 from lesion_pl.preprocess import ImageReadError, image_warning, load_rgb, resize_center_crop, to_rgb
+from lesion_pl.scoring import Scored, ScoringPolicy
 
 from .metadata import PREFIX, REQUIRED
 
@@ -44,22 +44,38 @@ Metadata = Optional[Mapping[str, object]]  # one image's age, sex and site
 @dataclass
 class Predictions:
     classes: tuple[str, ...]
-    probabilities: np.ndarray  # [N, C], calibrated
-    malignancy: np.ndarray  # [N], sum of the malignant classes' probabilities
-    referral_threshold: float | np.ndarray | None = None  # chosen on validation for a target sensitivity (per image
-    # where some images came with metadata and some without: each has its own threshold)
-    decision_bias: np.ndarray | None = None  # log-weights added to log-probabilities to name the top class
-    with_metadata: np.ndarray | None = None  # per image: clinical metadata fused (None: none given)
+    scored: Scored  # what the run's ScoringPolicy made of the model's probabilities
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """[N, C], calibrated (and fused with the clinical metadata where given)."""
+        return self.scored.probabilities
+
+    @property
+    def malignancy(self) -> np.ndarray:
+        """[N], the malignancy probability: the sum of the malignant classes' probabilities."""
+        return self.scored.scores["malignant"]
+
+    @property
+    def referral_threshold(self) -> float | np.ndarray | None:
+        """Chosen on validation for a target sensitivity (per image where some images came with metadata and
+        some without: each has its own threshold)."""
+        return self.scored.thresholds.get("malignant")
 
     @property
     def refer(self) -> np.ndarray | None:
         """True where the malignancy probability reaches the run's referral threshold."""
-        return None if self.referral_threshold is None else self.malignancy >= self.referral_threshold
+        return self.scored.refer("malignant")
+
+    @property
+    def with_metadata(self) -> np.ndarray | None:
+        """Per image: clinical metadata fused (None: none given)."""
+        return self.scored.with_metadata
 
     @property
     def top_index(self) -> np.ndarray:
-        """The class named per image: the argmax of log-probabilities plus the run's decision weights."""
-        return decide(self.probabilities, {"decision_bias": self.decision_bias})
+        """The class named per image, by the run's decision rule."""
+        return self.scored.top_index
 
     @property
     def top_class(self) -> list[str]:
@@ -123,22 +139,18 @@ class LesionOnnxClassifier:
                                 f"{height} px; export it again with `python cli.py export`")
 
     def _read_metadata(self) -> None:
-        self.classes = tuple(json.loads(self.metadata["classes"]))
+        self.policy = ScoringPolicy.from_onnx_metadata(self.metadata)
+        self.classes = self.policy.classes
         self.display_names = tuple(json.loads(self.metadata["display_names"]))
-        malignant = set(json.loads(self.metadata["malignant"]))
-        self.malignant_indices = [i for i, c in enumerate(self.classes) if c in malignant]
         self.size = int(self.metadata["input_height"])
-        self.operating_points = json.loads(self.metadata.get("operating_points", "{}"))
-        self.referral_threshold = self.operating_points.get("malignant", {}).get("threshold")
+        self.operating_points = self.policy.operating_points
         # a run that fused metadata chose separate thresholds for images without it
-        self.operating_points_image_only = json.loads(self.metadata.get("operating_points_image_only", "{}")) \
-            or self.operating_points
+        self.operating_points_image_only = self.policy.operating_points_image_only
+        self.referral_threshold = self.operating_points.get("malignant", {}).get("threshold")
         self.referral_threshold_image_only = self.operating_points_image_only.get("malignant", {}).get("threshold")
-        bias = json.loads(self.metadata.get("decision_bias", "null"))
-        self.decision_bias = None if bias is None else np.asarray(bias, dtype=np.float64)
-        self.clinical = json.loads(self.metadata.get("clinical", "null"))
+        self.clinical = self.policy.clinical
         # predict with the views the run was calibrated on, unless a call says otherwise
-        self.tta = bool(json.loads(self.metadata.get("tta", "false")))
+        self.tta = self.policy.tta
 
     @property
     def clinical_fields(self) -> dict[str, str]:
@@ -168,20 +180,15 @@ class LesionOnnxClassifier:
         return img
 
     def _result(self, probs: np.ndarray, metadata: Sequence[Metadata] | None = None) -> Predictions:
-        used, threshold = None, self.referral_threshold_image_only
+        records = None
         if metadata is not None:
             if len(metadata) != len(probs):
                 raise LesionPLError(f"{len(metadata)} metadata entries for {len(probs)} images")
             if not self.clinical:
                 raise LesionPLError(f"{self.path} was exported without a clinical-metadata model; predict without "
                                     "metadata, or export a run calibrated with calibration.clinical: true")
-            probs, used = clinical.fused(probs, self.clinical_records(metadata), self.clinical)
-            probs = probs.astype(np.float32)
-            if threshold is not None:
-                threshold = np.where(used, self.referral_threshold, threshold)
-        # the file's own list of malignant classes (its metadata), which a deployed model carries
-        return Predictions(self.classes, probs, probs[:, self.malignant_indices].sum(axis=1), threshold,
-                           self.decision_bias, used)
+            records = self.clinical_records(metadata)
+        return Predictions(self.classes, self.policy.apply(probs, records))
 
     def predict_arrays(self, batch: np.ndarray, tta: bool | None = None,
                        metadata: Sequence[Metadata] | None = None) -> Predictions:
@@ -192,7 +199,7 @@ class LesionOnnxClassifier:
             views = [np.rot90(batch, k, axes=(1, 2)) for k in range(4)]
             views += [v[:, :, ::-1] for v in views]
             out = self.session.run(["probabilities"], {"images": np.ascontiguousarray(np.concatenate(views))})[0]
-            probs = out.reshape(len(views), len(batch), -1).mean(axis=0)
+            probs = self.policy.mean_views(out.reshape(len(views), len(batch), -1))
         else:
             probs = self.session.run(["probabilities"], {"images": np.ascontiguousarray(batch)})[0]
         return self._result(probs, metadata)

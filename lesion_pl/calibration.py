@@ -1,26 +1,17 @@
-"""Calibration and operating points, in numpy (no torch): temperature scaling with a class-prior
-correction, the rule that names a class from the probabilities, Brier score, the referral threshold
-that reaches a target sensitivity (with a stated confidence on new lesions), and lesion-level
-bootstrap confidence intervals.
+"""Fitting calibration and operating points, in numpy (no torch): temperature scaling with a class-prior
+correction, the decision rule's weights, the clinical metadata's fusion weight, Brier score, the referral
+threshold that reaches a target sensitivity (with a stated confidence on new lesions), and lesion-level
+bootstrap confidence intervals. What is fitted here is applied by `lesion_pl.scoring.ScoringPolicy`.
 
-The torch-free ONNX runtime imports `softmax` from here, so this module must stay numpy-only.
+The torch-free ONNX runtime imports `promise_text` from here, so this module must stay numpy-only.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .clinical import fuse
 from .errors import LesionPLError
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0, bias=None) -> np.ndarray:
-    """Softmax over the last axis of logits / T + bias; [N, C] or [N, views, C] (views averaged)."""
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    if bias is not None:
-        z = z + np.asarray(bias, dtype=np.float64)
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    p = e / e.sum(axis=-1, keepdims=True)
-    return p.mean(axis=1) if p.ndim == 3 else p
+from .scoring import softmax
 
 
 def views_note(tta: bool, calibrated_tta: bool) -> str | None:
@@ -33,16 +24,6 @@ def views_note(tta: bool, calibrated_tta: bool) -> str | None:
 
 def nll(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
-
-
-def calibrated(logits: np.ndarray, calibration: dict, records=None) -> np.ndarray:
-    """Probabilities as a run's calibration.json defines them: softmax(logits / T + class_bias),
-    fused with the clinical metadata in `records` (column -> values) where the run has a metadata
-    model (`lesion_pl.clinical`)."""
-    from .clinical import apply
-
-    return apply(softmax(logits, calibration["temperature"], calibration.get("class_bias")), records,
-                 calibration.get("clinical"))
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, bias=None) -> float:
@@ -62,7 +43,7 @@ def fit_prior_correction(logits: np.ndarray, labels: np.ndarray, log_prior: np.n
     A model trained on class-balanced batches learns a uniform class prior; its probabilities
     understate the common classes, which no temperature undoes. Adding a * log(training class
     frequencies) restores the data's prior: a = 1 in theory for the balanced sampler, 1/2 for the
-    square-root one, 0 for plain shuffling. Which class to *name* is a separate decision (`decide`).
+    square-root one, 0 for plain shuffling. Which class to *name* is a separate decision (`decision_bias`).
     """
     best = None
     for a in np.linspace(0.0, max_weight, steps):
@@ -76,7 +57,7 @@ def fit_prior_correction(logits: np.ndarray, labels: np.ndarray, log_prior: np.n
 
 
 def decision_bias(log_prior: np.ndarray, rule: str) -> list[float] | None:
-    """Log-weights that `decide` adds to log-probabilities before the argmax.
+    """Log-weights that `scoring.decide` adds to log-probabilities before the argmax.
 
     "balanced": argmax p(c|x) / prior(c), the Bayes rule for balanced accuracy (every class's recall
     counts the same); "accuracy": argmax p(c|x), the rule for plain accuracy (no weights).
@@ -89,13 +70,12 @@ def decision_bias(log_prior: np.ndarray, rule: str) -> list[float] | None:
     return (w - w.mean()).tolist()
 
 
-def decide(probs: np.ndarray, calibration: dict) -> np.ndarray:
-    """The class named for each row of calibrated probabilities, by the run's decision rule."""
-    probs = np.asarray(probs, dtype=np.float64)  # float32 would round the clip's 1e-300 to 0
-    bias = calibration.get("decision_bias")
-    if bias is None:
-        return probs.argmax(axis=-1)
-    return (np.log(np.clip(probs, 1e-300, None)) + np.asarray(bias)).argmax(axis=-1)
+def fit_fusion_weight(probs: np.ndarray, ratio: np.ndarray, labels: np.ndarray, max_weight: float = 1.5,
+                      steps: int = 31) -> tuple[float, float]:
+    """The clinical metadata's fusion weight (`clinical.fuse`) on a grid over [0, max_weight] with the lowest
+    NLL, and that NLL."""
+    best = min((nll(fuse(probs, ratio, w), labels), float(w)) for w in np.linspace(0.0, max_weight, steps))
+    return round(best[1], 6), best[0]
 
 
 def brier_score(probs: np.ndarray, labels: np.ndarray) -> float:

@@ -35,8 +35,11 @@ def load_classifier(path: Path, map_location: str = "cpu"):
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not hp or "config" not in hp:
         raise LesionPLError(f"{path} is not a lesion-pl checkpoint (no hyper_parameters.config)")
+    from .config import with_defaults
+
     hp = dict(hp)
-    hp["config"] = dict(hp["config"], model=dict(hp["config"]["model"], pretrained=False, weights=None))
+    config = with_defaults(hp["config"])  # a checkpoint of an older lesion-pl lacks the newer keys
+    hp["config"] = dict(config, model=dict(config["model"], pretrained=False, weights=None))
     model = LesionClassifier(**hp)
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()

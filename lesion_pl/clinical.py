@@ -2,7 +2,8 @@
 
 A multinomial logistic regression fitted on the training split predicts the class from these
 alone. Its log-likelihood ratio, log p(class | metadata) - log p(class), is added to the image
-model's calibrated log-probabilities with a weight fitted on validation for the lowest NLL: late
+model's calibrated log-probabilities with a weight fitted on validation for the lowest NLL
+(`calibration.fit_fusion_weight`): late
 fusion that treats image and metadata as independent given the class, the weight shrinking the
 ratio where they are not. An image without any usable metadata keeps its image-only probabilities.
 
@@ -142,25 +143,9 @@ def fuse(probs: np.ndarray, ratio: np.ndarray, weight: float) -> np.ndarray:
     return p / p.sum(axis=1, keepdims=True)
 
 
-def fit_weight(probs: np.ndarray, ratio: np.ndarray, labels: np.ndarray, max_weight: float = 1.5,
-               steps: int = 31) -> tuple[float, float]:
-    """The fusion weight on a grid over [0, max_weight] with the lowest NLL, and that NLL."""
-    from .calibration import nll
-
-    best = min((nll(fuse(probs, ratio, w), labels), float(w)) for w in np.linspace(0.0, max_weight, steps))
-    return round(best[1], 6), best[0]
-
-
 def fused(probs: np.ndarray, records: Mapping[str, Sequence], model: dict) -> tuple[np.ndarray, np.ndarray]:
     """A run's fused probabilities and which rows had usable metadata (the records encoded once)."""
     if _rows(records) != len(probs):
         raise ValueError(f"{_rows(records)} metadata rows for {len(probs)} images")
     x, has_any = encode(records, model)
     return fuse(probs, _log_ratio(x, has_any, model), model["weight"]), has_any
-
-
-def apply(probs: np.ndarray, records: Mapping[str, Sequence] | None, model: dict | None) -> np.ndarray:
-    """A run's fused probabilities: `probs` unchanged without a model or without records."""
-    if model is None or records is None:
-        return np.asarray(probs, dtype=np.float64)
-    return fused(probs, records, model)[0]

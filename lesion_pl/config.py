@@ -81,6 +81,20 @@ def load_config(path: Path | None = None, overrides: list[str] = ()) -> dict:
     return cfg
 
 
+def with_defaults(cfg: dict, base: dict | None = None) -> dict:
+    """`cfg` with every key it lacks taken from the default config (a config saved by an older lesion-pl, e.g.
+    in a checkpoint): each key's default lives in the YAML only, so code reads `cfg[...][key]`, never a
+    `.get(key, fallback)` of its own."""
+    base = read_yaml(DEFAULT_CONFIG) if base is None else base
+    out = copy.deepcopy(cfg)
+    for key, value in base.items():
+        if key not in out:
+            out[key] = copy.deepcopy(value)
+        elif isinstance(value, dict) and value and isinstance(out[key], dict):
+            out[key] = with_defaults(out[key], value)
+    return out
+
+
 def default_data_root() -> Path:
     """$LESION_PL_DATA/ham10000 where the variable is set, else data/ham10000 in the project."""
     base = os.environ.get("LESION_PL_DATA")
@@ -95,16 +109,3 @@ def resolve_data_root(cfg: dict) -> Path:
 
 def save_config(cfg: dict, path: Path) -> None:
     atomic_write_text(Path(path), yaml.safe_dump(cfg, sort_keys=False))
-
-
-def duration_seconds(value) -> float | None:
-    """'DD:HH:MM:SS' (Lightning's max_time format) or a number of seconds -> seconds."""
-    if value in (None, ""):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    try:
-        d, h, m, sec = (float(x) for x in str(value).split(":"))
-    except ValueError:
-        raise LesionPLError(f"trainer.max_time must be 'DD:HH:MM:SS', got '{value}'") from None
-    return ((d * 24 + h) * 60 + m) * 60 + sec

@@ -18,6 +18,26 @@ def balance_power(name: str | float, key: str) -> float:
     return BALANCE_POWER[name]
 
 
+def duration_seconds(value) -> float | None:
+    """'DD:HH:MM:SS' (Lightning's max_time format) or a number of seconds -> seconds."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        d, h, m, sec = (float(x) for x in str(value).split(":"))
+    except ValueError:
+        raise LesionPLError(f"trainer.max_time must be 'DD:HH:MM:SS', got '{value}'") from None
+    return ((d * 24 + h) * 60 + m) * 60 + sec
+
+
+def _duration(v) -> bool:
+    try:
+        return v in (None, "") or (duration_seconds(v) or 0) >= 0
+    except LesionPLError:
+        return False
+
+
 def _whole(low: int):
     return f"a whole number >= {low}", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
 
@@ -85,7 +105,7 @@ def _balance(nullable: bool = False):
 
 # What each key takes; a bad value would otherwise fail deep inside torch or Lightning (with a traceback
 # that names neither the key nor the file), or not at all. Keys with their own checks (splits,
-# max_time, the data columns) are checked where they are read.
+# the data columns) are checked where they are read.
 CHECKS = {
     "seed": _whole(0),
     "data.image_size": (f"auto or a whole number of pixels from 8 to {MAX_IMAGE_SIZE}",
@@ -130,6 +150,8 @@ CHECKS = {
     "calibration.bootstrap": _whole(1),
     "data.color_constancy": _number(1, 16, nullable=True),
     "calibration.referral_confidence": _number(0.5, 1, low_open=True, nullable=True),
+    "trainer.max_time": ('a wall-clock limit "DD:HH:MM:SS" (e.g. "00:01:00:00"), a number of seconds, or null',
+                         _duration),
     "trainer.max_epochs": ("a whole number >= 1, or -1 (no limit)",
                            lambda v: isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1)),
     "trainer.members": _whole(1),

@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 import functools
 
-
 PROBE_SIZE = 128  # px: the size `data.image_size: auto` trains at where bf16 is chosen
 
 
@@ -37,7 +36,7 @@ def _probe(cfg: dict) -> tuple:
     """What `faster_on_cpu` times for this config: the network, the size, a batch, the memory layout."""
     size = cfg["data"]["image_size"]
     return (_network_key(cfg["model"]), PROBE_SIZE if size == "auto" else int(size),
-            min(int(cfg["data"]["batch_size"]), 32), bool(cfg["trainer"].get("channels_last", True)))
+            min(int(cfg["data"]["batch_size"]), 32), bool(cfg["trainer"]["channels_last"]))
 
 
 def probed_rates(cfg: dict) -> dict | None:

@@ -62,7 +62,8 @@ def read_utf8(path: Path) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
-        raise LesionPLError(f"{path}, line {line}: not UTF-8 text (byte {raw[e.start]:#04x}); save it as UTF-8") from None
+        raise LesionPLError(f"{path}, line {line}: not UTF-8 text (byte {raw[e.start]:#04x}); "
+                            "save it as UTF-8") from None
 
 
 def require_writable(path: Path, what: str) -> Path:

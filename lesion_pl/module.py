@@ -1,4 +1,5 @@
-"""The LightningModule: network + normalisation, one shared step, loss, optimiser, metrics per stage."""
+"""The LightningModule that trains: the network (passed in, or built from the config) with its normalisation,
+one shared step, the loss (lesion_pl/losses.py), the optimiser and schedule, metrics per stage."""
 from __future__ import annotations
 
 import math
@@ -7,42 +8,28 @@ import time
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
+from torch import nn
 from torchvision.transforms import v2
 
 from .calibration import decision_bias
 from .classes import NUM_CLASSES
-from .config import duration_seconds
+from .config_rules import duration_seconds
 from .errors import LesionPLError
 from .evaluate.metrics import metric_collection
+from .losses import training_loss
 from .models.factory import Normalize, build_network, uses_weights
 from .models.weights import head_prefix
-from .scoring import score_indices
 
 
 def _batch_mixer(augment: dict):
     """torchvision's MixUp and/or CutMix on whole training batches (None when both alphas are 0);
     with both, each batch gets one of the two at random, as in timm."""
     mixers = [cls(alpha=float(alpha), num_classes=NUM_CLASSES)
-              for cls, alpha in ((v2.MixUp, augment.get("mixup", 0)), (v2.CutMix, augment.get("cutmix", 0)))
+              for cls, alpha in ((v2.MixUp, augment["mixup"]), (v2.CutMix, augment["cutmix"]))
               if alpha and float(alpha) > 0]
     if not mixers:
         return None
     return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
-
-
-def malignant_loss(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
-    """Binary cross entropy of malignant vs benign, on the 7-class logits themselves.
-
-    The malignant logit is logsumexp(malignant logits) - logsumexp(benign logits), the log-odds of the
-    summed malignant probability, the score the malignant AUROC ranks; `soft` is the class index or a
-    (mixed) class distribution.
-    """
-    mal = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
-    mal[score_indices("malignant")] = True
-    binary = torch.logsumexp(logits[:, mal], dim=1) - torch.logsumexp(logits[:, ~mal], dim=1)
-    target = soft[:, mal].sum(dim=1) if soft.ndim == 2 else mal[soft].float()
-    return F.binary_cross_entropy_with_logits(binary, target.to(binary.dtype))
 
 
 def _balanced_rule_shift(config: dict, class_weights, class_prior, tau: float) -> torch.Tensor | None:
@@ -54,19 +41,19 @@ def _balanced_rule_shift(config: dict, class_weights, class_prior, tau: float) -
     checkpoint and stops early, does the same, so a sampler that is not class-balanced is judged as test
     will judge it. The default balanced sampler has a uniform prior: no shift.
     """
-    c = config.get("calibration", {})
-    if not class_prior or not c.get("prior_correction", False):
+    c = config["calibration"]
+    if not class_prior or not c["prior_correction"]:
         return None  # calibrate then names the most probable class
     prior = np.asarray(class_prior, dtype=np.float64)
     if class_weights:
         prior = prior * np.asarray(class_weights, dtype=np.float64)
-    bias = decision_bias((1.0 - tau) * np.log(prior / prior.sum()), c.get("decision", "balanced"))
+    bias = decision_bias((1.0 - tau) * np.log(prior / prior.sum()), c["decision"])
     return None if bias is None or np.allclose(bias, 0.0) else torch.tensor(bias, dtype=torch.float32)
 
 
 def _malignant_weight(loss: dict) -> float:
-    """`loss.malignant_weight` as a float >= 0 (0, or absent in an older run's config: off)."""
-    value = loss.get("malignant_weight", 0.0)
+    """`loss.malignant_weight` as a float >= 0 (0: off)."""
+    value = loss["malignant_weight"]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise LesionPLError(f"loss.malignant_weight must be a number >= 0, got {value!r}")
     return float(value)
@@ -76,7 +63,7 @@ def parameter_groups(net, optim: dict, pretrained: bool) -> list[dict]:
     """AdamW's groups: no weight decay on norms and biases (1-D tensors); a network that starts from weights
     trains its backbone at `optim.backbone_lr_scale` times the learning rate of its new head."""
     head = head_prefix(net) + "."
-    scale = float(optim.get("backbone_lr_scale", 1.0)) if pretrained else 1.0
+    scale = float(optim["backbone_lr_scale"]) if pretrained else 1.0
     lr, decay = float(optim["lr"]), float(optim["weight_decay"])
     groups: dict[tuple, list] = {}
     for name, p in net.named_parameters():
@@ -91,14 +78,16 @@ class LesionClassifier(pl.LightningModule):
     `mean`/`std` are the channel statistics the inputs are normalised with (0..1 scale): the training
     split's, or None for the pretrained weights' own (`models.normalization_stats`). They are buffers of
     the model and hyperparameters of the checkpoint, so they travel into test, export and the ONNX graph.
+    `net`: the network to train (`models.build_network(config["model"])`, which is what a checkpoint rebuilds;
+    built here where not given).
     """
 
     def __init__(self, config: dict, mean: list | None, std: list | None, class_weights: list | None = None,
-                 class_prior: list | None = None):
+                 class_prior: list | None = None, net: nn.Module | None = None):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["net"])
         self.config = config
-        self.net = build_network(config["model"])
+        self.net = net if net is not None else build_network(config["model"])
         if mean is None:  # the weights' own preprocessing, recorded so that a reloaded model needs no weights
             loaded = self.net.loaded_weights
             if loaded is None or loaded.mean is None:
@@ -106,21 +95,21 @@ class LesionClassifier(pl.LightningModule):
                                     "give model.normalization={mean: [...], std: [...]} or dataset")
             mean, std = list(loaded.mean), list(loaded.std)
             self.hparams.update(mean=mean, std=std)
-        self.normalize = Normalize(mean, std, config["data"].get("color_constancy"))
-        self.channels_last = bool(config["trainer"].get("channels_last", False))
+        self.normalize = Normalize(mean, std, config["data"]["color_constancy"])
+        self.channels_last = bool(config["trainer"]["channels_last"])
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
         self.set_class_prior(class_prior)
-        self.mix = _batch_mixer(config["data"].get("augment", {}))
+        self.mix = _batch_mixer(config["data"]["augment"])
         self.malignant_weight = _malignant_weight(config["loss"])
         self.train_metrics = metric_collection(auroc=False).clone(prefix="train/")
         self.val_metrics = metric_collection(per_class=True).clone(prefix="val/")
 
     def set_class_prior(self, class_prior: list | None) -> None:
         """The class prior of the training batches, and the logit shifts that follow from it."""
-        tau = float(self.config["loss"].get("logit_adjustment", 0.0))
+        tau = float(self.config["loss"]["logit_adjustment"])
         # logit adjustment (Menon et al., ICLR 2021): the training loss sees logits + tau * log(prior of the
         # training batches), so the logits themselves learn the class-balanced posterior
         shift = tau * torch.log(torch.tensor(class_prior, dtype=torch.float32)) if tau and class_prior else None
@@ -164,10 +153,8 @@ class LesionClassifier(pl.LightningModule):
         else:
             logits, soft = self(images), target
         shifted = self._shifted(logits, "logit_shift") if stage == "train" else logits.float()
-        loss = F.cross_entropy(shifted, soft, weight=self.class_weights,
-                               label_smoothing=float(self.config["loss"]["label_smoothing"]))
-        if self.malignant_weight:
-            loss = loss + self.malignant_weight * malignant_loss(shifted, soft)
+        loss = training_loss(shifted, soft, self.class_weights, float(self.config["loss"]["label_smoothing"]),
+                             self.malignant_weight)
         metrics = getattr(self, f"{stage}_metrics")
         scored = self._shifted(logits, "eval_shift") if stage != "train" else logits.float()
         metrics.update(scored.softmax(dim=1), target)

@@ -1,12 +1,21 @@
-"""The referral scores, defined once: the malignancy score (the summed probabilities of mel, bcc and
-akiec) and the melanoma score, and who counts as positive for each. numpy only: the torch-free ONNX
-runtime imports it, and the torch metrics take their class lists from here."""
+"""How one prediction is scored, defined once: the referral scores (the malignancy score, the summed
+probabilities of mel, bcc and akiec; the melanoma score), the calibrated probabilities, the class named,
+and the referral decision.
+
+`ScoringPolicy` holds a run's fitted calibration (temperature, class-prior bias, decision rule, clinical
+metadata model, referral thresholds), loaded from calibration.json or from an exported model's ONNX
+metadata, and turns network outputs into a `Scored`: calibrate, test, the report, explain, export and the
+torch-free runtime all score through it. numpy only: the ONNX runtime imports it.
+"""
 from __future__ import annotations
 
-from typing import Sequence
+import json
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
 
 import numpy as np
 
+from . import clinical
 from .classes import CLASSES, MALIGNANT
 
 SCORES: dict[str, tuple[str, ...]] = {"malignant": MALIGNANT, "melanoma": ("mel",)}  # score -> classes summed
@@ -34,3 +43,130 @@ def scores_and_positives(probs: np.ndarray, labels: np.ndarray, name: str) -> tu
 def describe(name: str) -> str:
     """The score in words, for the ONNX metadata."""
     return "sum of the probabilities of " + ", ".join(SCORES[name])
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0, bias=None) -> np.ndarray:
+    """Softmax over the last axis of logits / T + bias; [N, C] or [N, views, C] (views averaged)."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    if bias is not None:
+        z = z + np.asarray(bias, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    p = e / e.sum(axis=-1, keepdims=True)
+    return p.mean(axis=1) if p.ndim == 3 else p
+
+
+def decide(probs: np.ndarray, decision_bias=None) -> np.ndarray:
+    """The class named for each row of probabilities: argmax of log p + `decision_bias` (None: argmax p)."""
+    probs = np.asarray(probs, dtype=np.float64)  # float32 would round the clip's 1e-300 to 0
+    if decision_bias is None:
+        return probs.argmax(axis=-1)
+    return (np.log(np.clip(probs, 1e-300, None)) + np.asarray(decision_bias)).argmax(axis=-1)
+
+
+@dataclass
+class Scored:
+    """What a policy makes of a batch of images."""
+    probabilities: np.ndarray  # [N, C] calibrated, fused with the metadata where given
+    image_probabilities: np.ndarray  # [N, C] calibrated, the image alone
+    with_metadata: np.ndarray | None  # [N] bool: metadata fused into this row (None: none given)
+    top_index: np.ndarray  # [N] the class named, by the run's decision rule
+    scores: dict[str, np.ndarray]  # score name -> [N]
+    thresholds: dict[str, float | np.ndarray]  # score name -> its referral threshold (per image where they differ)
+
+    def refer(self, name: str = "malignant") -> np.ndarray | None:
+        """True where the score reaches its referral threshold (None: the run has no threshold for it)."""
+        return None if name not in self.thresholds else self.scores[name] >= self.thresholds[name]
+
+
+@dataclass(frozen=True)
+class ScoringPolicy:
+    classes: tuple[str, ...] = CLASSES
+    malignant: tuple[str, ...] = MALIGNANT
+    temperature: float = 1.0
+    class_bias: np.ndarray | None = None  # added to logits / T (the training prior, `calibration.prior_correction`)
+    decision_bias: np.ndarray | None = None  # added to log-probabilities to name a class (None: the most probable)
+    decision: str = "accuracy"
+    clinical: dict | None = None  # the metadata model (lesion_pl.clinical), its fusion weight inside
+    operating_points: Mapping[str, dict] = field(default_factory=dict)  # score -> fitted threshold and promise
+    operating_points_image_only: Mapping[str, dict] = field(default_factory=dict)  # for images without metadata
+    tta: bool = False  # fitted on the mean of 8 flips/rotations
+    in_graph: bool = False  # temperature and class bias already applied (an ONNX model's probabilities output)
+
+    @classmethod
+    def from_calibration(cls, cal: Mapping | None, classes: Sequence[str] = CLASSES) -> "ScoringPolicy":
+        """A run's calibration.json (None or {}: uncalibrated, the most probable class named)."""
+        cal = cal or {}
+        points = dict(cal.get("operating_points") or {})
+
+        def array(key):
+            return None if cal.get(key) is None else np.asarray(cal[key], dtype=np.float64)
+        return cls(tuple(classes), MALIGNANT, float(cal.get("temperature", 1.0)), array("class_bias"),
+                   array("decision_bias"), cal.get("decision", "accuracy"), cal.get("clinical"), points,
+                   dict(cal.get("operating_points_image_only") or points), bool(cal.get("tta", False)))
+
+    @classmethod
+    def from_onnx_metadata(cls, meta: Mapping[str, str]) -> "ScoringPolicy":
+        """An exported model's lesion-pl metadata (keys without the prefix), read as the file states it:
+        its own classes and malignant list; the temperature and class bias are inside the graph."""
+        def value(key, default):
+            return json.loads(meta[key]) if key in meta else default
+        classes = tuple(value("classes", list(CLASSES)))
+        bias = value("decision_bias", None)
+        points = value("operating_points", {})
+        return cls(classes, tuple(value("malignant", list(MALIGNANT))), float(meta.get("temperature", 1.0)),
+                   None, None if bias is None else np.asarray(bias, dtype=np.float64),
+                   meta.get("decision_rule", "accuracy"), value("clinical", None), points,
+                   value("operating_points_image_only", {}) or points, bool(value("tta", False)), in_graph=True)
+
+    def indices(self, name: str) -> list[int]:
+        """The columns a score sums, in this policy's classes (the malignant list is the policy's own)."""
+        members = self.malignant if name == "malignant" else SCORES[name]
+        return [i for i, c in enumerate(self.classes) if c in members]
+
+    def score(self, probs: np.ndarray, name: str = "malignant") -> np.ndarray:
+        return np.asarray(probs)[..., self.indices(name)].sum(axis=-1)
+
+    def image_probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities of the image alone: softmax(logits / T + class_bias), [N, C] or
+        [N, views, C] (the views' probabilities averaged)."""
+        if self.in_graph:
+            raise ValueError("this policy's temperature is inside the ONNX graph: score its probabilities "
+                             "with `apply`")
+        return softmax(logits, self.temperature, self.class_bias)
+
+    def fuse(self, image_probs: np.ndarray, records: Mapping[str, Sequence] | None):
+        """(probabilities fused with each row's metadata, which rows had any); unchanged and None without a
+        metadata model or without records."""
+        if self.clinical is None or records is None:
+            return np.asarray(image_probs), None
+        return clinical.fused(image_probs, records, self.clinical)
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        return decide(probs, self.decision_bias)
+
+    def thresholds(self, with_metadata: np.ndarray | None, n: int) -> dict[str, float | np.ndarray]:
+        """Each score's referral threshold for these rows: the fused one where metadata was fused, the
+        image-only one elsewhere (one number where all rows share it)."""
+        out = {}
+        for name, op in self.operating_points_image_only.items():
+            alone = float(op["threshold"])
+            fused = self.operating_points.get(name, op)["threshold"] if self.clinical else alone
+            out[name] = alone if with_metadata is None else np.where(with_metadata, float(fused), alone)
+        return out
+
+    def apply(self, image_probs: np.ndarray, records: Mapping[str, Sequence] | None = None) -> Scored:
+        """Calibrated image probabilities [N, C] (and optional metadata columns) -> everything reported."""
+        image_probs = np.asarray(image_probs)
+        probs, used = self.fuse(image_probs, records)
+        return Scored(probs, image_probs, used, self.decide(probs), {n: self.score(probs, n) for n in SCORES},
+                      self.thresholds(used, len(probs)))
+
+    def __call__(self, logits: np.ndarray, records: Mapping[str, Sequence] | None = None) -> Scored:
+        """Network logits [N, C] or [N, views, C] -> Scored."""
+        return self.apply(self.image_probabilities(logits), records)
+
+    @staticmethod
+    def mean_views(view_probs: np.ndarray) -> np.ndarray:
+        """[views, N, C] calibrated probabilities of each view -> [N, C]: TTA averages probabilities."""
+        return np.asarray(view_probs).mean(axis=0)

@@ -8,7 +8,8 @@ import time
 import warnings
 from pathlib import Path
 
-from .config import duration_seconds, save_config
+from .config import save_config
+from .config_rules import duration_seconds
 from .errors import LesionPLError
 from .hardware import precision_for, probed_rates, resolve_auto
 from .io import atomic_path, atomic_write_json
@@ -137,7 +138,7 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
     _trainer(cfg, quiet=True, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     _max_time(cfg["trainer"].get("max_time"))
     from .models import build_network
-    build_network(cfg["model"])
+    net = build_network(cfg["model"])
     if resume and members == 1:
         _require_readable(run.last)
     from .data.splits import write_splits
@@ -147,7 +148,7 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
         write_splits(dm.table, dm.split, run.splits)
 
     if members == 1:
-        summary = _train(cfg, run, dm, resume, progress, started)
+        summary = _train(cfg, run, dm, resume, progress, started, net)
         if summary is None:
             return None
     else:
@@ -229,13 +230,14 @@ def _train_members(cfg: dict, run: RunDir, dm, members: int, progress: bool, sta
     }
 
 
-def _train(cfg: dict, run: RunDir, dm, resume: bool, progress: bool, started: float) -> dict | None:
-    """One model trained into `run` (checkpoints, logs, summary.json); its summary (None off rank 0)."""
+def _train(cfg: dict, run: RunDir, dm, resume: bool, progress: bool, started: float, net=None) -> dict | None:
+    """One model trained into `run` (checkpoints, logs, summary.json); its summary (None off rank 0). `net`: the
+    network fit already built (and so checked); None: built from `cfg` (an ensemble's members, each its seed)."""
     from .models.factory import normalization_stats
     from .module import LesionClassifier
 
     model = LesionClassifier(cfg, *normalization_stats(cfg["model"], dm.train_stats), dm.class_weights(),
-                             dm.sampled_class_prior())
+                             dm.sampled_class_prior(), net=net)
     mean, std = model.hparams["mean"], model.hparams["std"]
     loaded = model.net.loaded_weights
     if progress and loaded is not None:

@@ -14,6 +14,14 @@ DATA = Path(os.environ.get("LESION_PL_DATA", PROJECT.parent / "shared" / "data")
 HAM = DATA / "ham10000"
 
 
+def pytest_collection_modifyitems(items):
+    """Every test that reads the real data set is marked `data`: `pytest -m "not data"` runs the unit tests,
+    which need none (the end-to-end ones need $LESION_PL_DATA)."""
+    for item in items:
+        if "ham_root" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.data)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """Tests build their image caches in a temp folder, never in the user's ~/.cache."""

@@ -205,6 +205,6 @@ def test_data_check_takes_set_for_the_csv_format(small_ham, tmp_path):
         shutil.copy(p, root / "pics" / p.name)
     pd.DataFrame({"file": [f"pics/{p.name}" for p in images], "dx": ["nv", "mel", "nv", "bkl"]}).to_csv(
         root / "labels.csv", index=False)
-    r = invoke("data", "check", "--data-root", root, "--format", "csv", "--set", "data.columns={image: file, label: dx}",
-               "--out", tmp_path / "b.csv")
+    r = invoke("data", "check", "--data-root", root, "--format", "csv",
+               "--set", "data.columns={image: file, label: dx}", "--out", tmp_path / "b.csv")
     assert r.exit_code == 0 and "4 images checked, 0 bad" in r.output, r.output

@@ -35,7 +35,8 @@ def test_inference_benchmark_times_three_engines_and_profiles_onnxruntime(traine
 
 def test_referral_benchmark_reproduces_the_runs_own_thresholds(trained_run):
     out = run_script("benchmarks/referral.py", "--run", trained_run, "--splits", 3, "--boot", 50).stdout
-    rows = {(p[1], p[2]): p for p in (line.split() for line in out.splitlines()) if len(p) > 2 and p[0] == trained_run.name and p[1] in ("malignant", "melanoma")}
+    rows = {(p[1], p[2]): p for p in (line.split() for line in out.splitlines())
+            if len(p) > 2 and p[0] == trained_run.name and p[1] in ("malignant", "melanoma")}
     assert set(rows) == {(s, r) for s in ("malignant", "melanoma") for r in ("point", "0.90", "0.95", "0.99")}
     cal = json.loads((trained_run / "calibration.json").read_text())
     for name in ("malignant", "melanoma"):  # the run was calibrated at the default, 95% confidence
@@ -71,7 +72,8 @@ def test_shift_benchmark_agrees_with_test_unshifted_and_feeds_the_report(trained
     assert "Under acquisition shift" in page and "JPEG re-encoded at quality 30" in page
     run_script("benchmarks/shift.py", "--run", run, "--shift", "zoom_1.3", "--boot", 50)  # added to the two
     assert list(json.loads((run / "shift.json").read_text())["shifts"]) == ["jpeg_30", "vignette_0.85", "zoom_1.3"]
-    run_script("benchmarks/shift.py", "--run", run, "--split", "val", "--shift", "zoom_1.3", "--limit", 20, "--boot", 20)
+    run_script("benchmarks/shift.py", "--run", run, "--split", "val", "--shift", "zoom_1.3", "--limit", 20,
+               "--boot", 20)
     val = json.loads((run / "shift_val.json").read_text())
     assert val["split"] == "val" and val["images"] == 20 and list(val["shifts"]) == ["zoom_1.3"]
 

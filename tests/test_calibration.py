@@ -12,13 +12,24 @@ import torch
 from sklearn.metrics import balanced_accuracy_score
 
 from export.runtime import LesionOnnxClassifier
-from lesion_pl.calibration import (binary_stats, bootstrap_ci, brier_score, decide, decision_bias,
-                                   fit_prior_correction, fit_temperature, nll, promise_text, referral_promise,
-                                   referral_threshold, softmax, threshold_for_sensitivity)
-from lesion_pl.evaluate.calibrate import calibration_errors, keep_errors_down
+from lesion_pl.calibration import (
+    binary_stats,
+    bootstrap_ci,
+    brier_score,
+    decision_bias,
+    fit_prior_correction,
+    fit_temperature,
+    nll,
+    promise_text,
+    referral_promise,
+    referral_threshold,
+    threshold_for_sensitivity,
+)
 from lesion_pl.classes import CLASSES
 from lesion_pl.errors import LesionPLError
+from lesion_pl.evaluate.calibrate import calibration_errors, keep_errors_down
 from lesion_pl.evaluate.metrics import expected_calibration_error, malignancy_calibration_error
+from lesion_pl.scoring import decide, softmax
 
 from .conftest import clinical_metadata, invoke
 
@@ -69,8 +80,8 @@ def test_balanced_decision_divides_the_prior_out_again():
     logits, labels, log_prior = balanced_model()
     fit = fit_prior_correction(logits, labels, log_prior)
     probs = softmax(logits, fit["temperature"], fit["class_bias"])
-    balanced = decide(probs, {"decision_bias": decision_bias(log_prior, "balanced")})
-    most_probable = decide(probs, {"decision_bias": decision_bias(log_prior, "accuracy")})
+    balanced = decide(probs, decision_bias(log_prior, "balanced"))
+    most_probable = decide(probs, decision_bias(log_prior, "accuracy"))
     assert np.array_equal(most_probable, probs.argmax(1))
     # each rule wins the metric it is named for
     assert balanced_accuracy_score(labels, balanced) > balanced_accuracy_score(labels, most_probable) + 0.05
@@ -83,11 +94,11 @@ def test_decide_by_hand():
     probs = np.array([[0.6, 0.4], [0.9, 0.1]])
     bias = decision_bias(np.log([0.8, 0.2]), "balanced")
     # 0.6 / 0.8 < 0.4 / 0.2, but 0.9 / 0.8 > 0.1 / 0.2
-    assert decide(probs, {"decision_bias": bias}).tolist() == [1, 0]
-    assert decide(probs, {}).tolist() == [0, 0]
+    assert decide(probs, bias).tolist() == [1, 0]
+    assert decide(probs).tolist() == [0, 0]
     with warnings.catch_warnings():  # float32 zeros (onnxruntime's output) must not reach log(0)
         warnings.simplefilter("error")
-        assert decide(np.array([[1.0, 0.0]], np.float32), {"decision_bias": bias}).tolist() == [0]
+        assert decide(np.array([[1.0, 0.0]], np.float32), bias).tolist() == [0]
     with pytest.raises(LesionPLError, match="calibration.decision"):
         decision_bias(np.log([0.8, 0.2]), "recall")
 
@@ -289,5 +300,5 @@ def test_predict_says_refer_or_not(trained_run, small_ham):
     assert "scored on one view" in r1.output and "calibrated on 8-view scores" in r1.output
     res = clf.predict(files)
     for f, refer in zip(files, res.refer):
-        line = next(l for l in r.output.splitlines() if l.startswith(str(f)))
+        line = next(out for out in r.output.splitlines() if out.startswith(str(f)))
         assert line.endswith("refer") if refer else line.endswith("no referral at this threshold")

@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+
 from lesion_pl.classes import CLASSES
 
 from .conftest import FAST, PROJECT, invoke, make_dataset, sample_meta

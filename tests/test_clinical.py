@@ -11,8 +11,10 @@ import pytest
 import yaml
 
 from lesion_pl import clinical
+from lesion_pl.calibration import fit_fusion_weight
 from lesion_pl.classes import CLASS_TO_INDEX, MALIGNANT_INDICES, NUM_CLASSES
 from lesion_pl.evaluate.metrics import binary_auroc
+from lesion_pl.scoring import ScoringPolicy
 
 from .conftest import invoke
 
@@ -40,7 +42,8 @@ def test_metadata_model_learns_from_real_ham10000_metadata(ham_meta):
     from sklearn.model_selection import GroupShuffleSplit
 
     labels = ham_meta["dx"].map(CLASS_TO_INDEX).to_numpy()
-    train, held = next(GroupShuffleSplit(1, test_size=0.3, random_state=0).split(ham_meta, groups=ham_meta["lesion_id"]))
+    split = GroupShuffleSplit(1, test_size=0.3, random_state=0)
+    train, held = next(split.split(ham_meta, groups=ham_meta["lesion_id"]))
     model = clinical.fit(ham_meta.iloc[train], labels[train], COLUMNS, NUM_CLASSES)
     assert model["sites"] == sorted(set(ham_meta["localization"]) - {"unknown"})
     log_p = clinical.log_ratio(ham_meta.iloc[held], model) + np.asarray(model["log_prior"])
@@ -75,16 +78,19 @@ def test_fusion_weight_follows_how_informative_the_metadata_is():
     image[np.arange(2000), labels] = 0.6  # the image alone: right 60% of the time
     informative = np.log(np.full((2000, 3), 0.25) + 0.5 * np.eye(3)[labels]) - np.log(1 / 3)
     noise = rng.normal(0, 1, (2000, 3))
-    assert clinical.fit_weight(image, informative, labels)[0] >= 0.8
-    assert clinical.fit_weight(image, noise, labels)[0] == 0.0
+    assert fit_fusion_weight(image, informative, labels)[0] >= 0.8
+    assert fit_fusion_weight(image, noise, labels)[0] == 0.0
     np.testing.assert_allclose(clinical.fuse(image, noise, 0.0), image)
     model = {"columns": COLUMNS, "sexes": [], "sites": [], "coef": np.zeros((3, 10)).tolist(),
              "intercept": [5.0, 0, 0], "log_prior": np.log([1 / 3] * 3).tolist(), "weight": 1.0}
     no_metadata = {"age": [None] * 2000}
-    np.testing.assert_allclose(clinical.apply(image, no_metadata, model), image)  # rows without: image only
-    np.testing.assert_allclose(clinical.apply(image, None, model), image)
+    policy = ScoringPolicy(classes=("a", "b", "c"), clinical=model)
+    fused, used = policy.fuse(image, no_metadata)
+    np.testing.assert_allclose(fused, image)  # rows without: image only
+    assert not used.any()
+    assert policy.fuse(image, None) == (image, None)
     with pytest.raises(ValueError, match="3 metadata rows for 2000 images"):
-        clinical.apply(image, {"age": [1, 2, 3]}, model)
+        policy.fuse(image, {"age": [1, 2, 3]})
 
 
 def test_calibrate_and_test_write_the_fusion_and_the_image_only_metrics(trained_run, small_ham, tmp_path):

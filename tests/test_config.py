@@ -37,6 +37,8 @@ def test_unknown_key_is_an_error():
     ("loss.class_weights=weird", "loss.class_weights must be one of none, shuffle, sqrt, balanced or a power"),
     ("calibration.decision=foo", "calibration.decision must be one of balanced, accuracy, got 'foo'"),
     ("trainer.devices=abc", "trainer.devices must be a number of devices.*got 'abc'"),
+    ("trainer.max_time=soon", r'trainer.max_time must be a wall-clock limit "DD:HH:MM:SS".*got \'soon\''),
+    ("data.augment.jpeg=[0, 90]", r"data.augment.jpeg must be a pair \[min, max\] of JPEG qualities"),
 ])
 def test_a_bad_value_is_named_with_what_the_key_takes(override, message):
     """Values that torch or Lightning would refuse deep inside `fit`, with a traceback."""
@@ -164,3 +166,17 @@ def test_a_bad_image_size_is_named(size):
 
     with pytest.raises(LesionPLError, match=f"data.image_size must be auto or a whole number.*{size!r}"):
         image_size_for(load_config(None, [f"data.image_size={size}"]))
+
+
+def test_an_older_config_gets_the_defaults_it_lacks():
+    """A checkpoint's config from an older lesion-pl: each missing key from the YAML, the rest kept."""
+    from lesion_pl.config import with_defaults
+
+    cfg = load_config()
+    old = {**cfg, "data": {k: v for k, v in cfg["data"].items() if k != "color_constancy"},
+           "calibration": {k: v for k, v in cfg["calibration"].items() if k != "prior_correction"}}
+    old["trainer"] = {**cfg["trainer"], "channels_last": False}
+    filled = with_defaults(old)
+    assert filled["data"]["color_constancy"] is None and filled["calibration"]["prior_correction"] is True
+    assert filled["trainer"]["channels_last"] is False  # what the old config said stays
+    assert "color_constancy" not in old["data"]  # the old one is not changed

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from export.runtime import LesionOnnxClassifier
-from lesion_pl.checkpoint import load_classifier, load_run_model
+from lesion_pl.checkpoint import load_run_model
 from lesion_pl.classes import CLASSES
 from lesion_pl.config import load_config
 from lesion_pl.ensemble import Ensemble
@@ -121,11 +121,12 @@ def test_export_puts_the_whole_ensemble_in_one_onnx_graph(ensemble_run, small_ha
     # the image alone through ONNX equals the calibrated ensemble's image-only probabilities in torch
     run = RunDir(ensemble_run)
     cal = json.loads((ensemble_run / "calibration.json").read_text())
-    from lesion_pl.calibration import calibrated
     from lesion_pl.evaluate.inference import predict_logits
+    from lesion_pl.scoring import ScoringPolicy
     dm = run.datamodule(run.load_config(), progress=False)
-    torch_probs = calibrated(predict_logits(load_run_model(run), dm.dataset("test"), tta=bool(cal["tta"]),
-                                            progress=False), cal)
+    policy = ScoringPolicy.from_calibration(cal)
+    torch_probs = policy(predict_logits(load_run_model(run), dm.dataset("test"), tta=policy.tta,
+                                        progress=False)).probabilities
     assert np.abs(result.probabilities - torch_probs).max() <= 1e-4
 
 

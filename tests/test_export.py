@@ -65,7 +65,7 @@ def test_runtime_matches_the_torch_test_run_on_real_images(exported, trained_run
 
     image_only = clf.predict(files, batch_size=16)
     assert image_only.with_metadata is None
-    np.testing.assert_allclose(clinical.apply(image_only.probabilities, clf.clinical_records(given), clf.clinical),
+    np.testing.assert_allclose(clinical.fused(image_only.probabilities, clf.clinical_records(given), clf.clinical)[0],
                                result.probabilities, atol=1e-5)
     assert image_only.referral_threshold == clf.operating_points_image_only["malignant"]["threshold"]
     np.testing.assert_array_equal(result.referral_threshold, clf.operating_points["malignant"]["threshold"])

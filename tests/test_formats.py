@@ -6,8 +6,8 @@ import shutil
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 import pytest
+from PIL import Image
 
 from lesion_pl.classes import CLASSES
 from lesion_pl.data.sources import detect_format, read_source
@@ -167,8 +167,9 @@ def dermamnist_npz(ham_root, ham_meta, root, size=28, per_split=(14, 7, 7)):
     for split, n in zip(("train", "val", "test"), per_split):
         part = meta[start:start + n]
         start += n
-        arrays[f"{split}_images"] = np.stack([np.asarray(Image.open(ham_root / "images" / f"{i}.jpg")
-                                                         .convert("RGB").resize((size, size))) for i in part["image_id"]])
+        arrays[f"{split}_images"] = np.stack([
+            np.asarray(Image.open(ham_root / "images" / f"{i}.jpg").convert("RGB").resize((size, size)))
+            for i in part["image_id"]])
         arrays[f"{split}_labels"] = np.array([[CLASSES.index(d)] for d in part["dx"]], dtype=np.uint8)
     np.savez(root / ("dermamnist.npz" if size == 28 else f"dermamnist_{size}.npz"), **arrays)
     return root, arrays

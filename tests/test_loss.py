@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from lesion_pl.classes import MALIGNANT_INDICES, NUM_CLASSES
-from lesion_pl.config import load_config
+from lesion_pl.config import load_config, with_defaults
 from lesion_pl.errors import LesionPLError
-from lesion_pl.module import LesionClassifier, malignant_loss
+from lesion_pl.losses import malignant_loss
+from lesion_pl.module import LesionClassifier
 
 SMALL = ["model.widths=[8,16,32,64]", "loss.label_smoothing=0"]
 
@@ -62,8 +63,8 @@ def test_training_loss_adds_the_weighted_malignant_term():
     expected = F.cross_entropy(logits, target) + 0.5 * _by_hand(logits, torch.tensor(
         [int(t) in MALIGNANT_INDICES for t in target])).float()
     assert torch.allclose(loss, expected, atol=1e-5)
-    # the default (0) and an older run's config without the key: the plain cross entropy
-    for config in (load_config(None, SMALL), {**cfg, "loss": {"label_smoothing": 0.0}}):
+    # the default (0) and an older run's config without the key (as a checkpoint loads it): the plain cross entropy
+    for config in (load_config(None, SMALL), with_defaults({**cfg, "loss": {"label_smoothing": 0.0}})):
         plain = LesionClassifier(config, [0.5] * 3, [0.2] * 3).eval()
         plain.load_state_dict(m.state_dict())
         plain.log = lambda *a, **k: None

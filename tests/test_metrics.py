@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -9,23 +10,23 @@ import torch
 from sklearn.metrics import balanced_accuracy_score
 
 from lesion_pl.classes import CLASSES
-from lesion_pl.evaluate.metrics import binary_auroc, headline_ci, metric_collection, metrics_report
+from lesion_pl.evaluate.metrics import balanced_accuracy, binary_auroc, headline_ci, metric_collection, metrics_report
 
-I = {c: i for i, c in enumerate(CLASSES)}
+IDX = {c: i for i, c in enumerate(CLASSES)}
 
 
 def one_hot_probs(preds, confidences):
     p = torch.full((len(preds), 7), 0.0)
     for row, (c, conf) in enumerate(zip(preds, confidences)):
         p[row] = (1 - conf) / 6
-        p[row, I[c]] = conf
+        p[row, IDX[c]] = conf
     return p
 
 
 @pytest.fixture()
 def example():
     # 8 images: 3 nv (2 right), 3 mel (1 right, 2 called nv), 1 bcc (right), 1 bkl (called mel)
-    target = torch.tensor([I[c] for c in ["nv", "nv", "nv", "mel", "mel", "mel", "bcc", "bkl"]])
+    target = torch.tensor([IDX[c] for c in ["nv", "nv", "nv", "mel", "mel", "mel", "bcc", "bkl"]])
     preds = ["nv", "nv", "mel", "mel", "nv", "nv", "bcc", "mel"]
     conf = [0.9, 0.8, 0.6, 0.7, 0.6, 0.55, 0.9, 0.5]
     return one_hot_probs(preds, conf), target
@@ -47,7 +48,7 @@ def test_report_against_hand_computed(example):
     assert r["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(target, probs.argmax(1)))
     assert r["per_class"]["mel"]["support"] == 3 and r["per_class"]["df"]["support"] == 0
     # malignant vs benign: malignant = 3 mel + 1 bcc; malignancy prob = p(akiec)+p(bcc)+p(mel)
-    mal = probs[:, [I["akiec"], I["bcc"], I["mel"]]].sum(1)
+    mal = probs[:, [IDX["akiec"], IDX["bcc"], IDX["mel"]]].sum(1)
     is_mal = torch.tensor([0, 0, 0, 1, 1, 1, 1, 0])
     pairs = [(m, b) for m in mal[is_mal == 1] for b in mal[is_mal == 0]]
     auc = sum(1.0 if m > b else 0.5 if m == b else 0.0 for m, b in pairs) / len(pairs)
@@ -58,7 +59,7 @@ def test_report_scores_the_named_classes_and_the_probabilities(example):
     probs, target = example
     # name mel for the two mels called nv (a decision rule that favours the rarer class)
     pred = probs.argmax(1).clone()
-    pred[[4, 5]] = I["mel"]
+    pred[[4, 5]] = IDX["mel"]
     r, plain = metrics_report(probs, target, pred), metrics_report(probs, target)
     assert r["accuracy"] == pytest.approx(6 / 8)
     assert r["per_class"]["mel"]["recall"] == pytest.approx(1.0)
@@ -115,3 +116,20 @@ def test_rank_auroc_and_lesion_bootstrap_intervals(example):
     one = headline_ci(p, t, np.zeros(len(t)), n_boot=50, seed=1)
     assert one["balanced_accuracy"] == pytest.approx([r["balanced_accuracy"]] * 2)
     assert one["auroc_malignant"] == pytest.approx([r["auroc_malignant"]] * 2)
+
+
+def test_one_balanced_accuracy_in_numpy_torchmetrics_and_sklearn():
+    """The numpy definition (calibrate, the bootstrap, export's int8 check) is metrics_report's (test) and
+    validation's torchmetrics one, and sklearn's, also where classes are absent or named without support."""
+    rng = np.random.default_rng(0)
+    for n, classes in ((400, 7), (60, 4), (25, 2)):
+        target = rng.integers(0, classes, n)
+        pred = np.where(rng.random(n) < 0.6, target, rng.integers(0, 7, n))  # names classes absent from target
+        probs = torch.nn.functional.one_hot(torch.from_numpy(pred), 7).float()
+        ours = balanced_accuracy(target, pred)
+        assert ours == pytest.approx(metrics_report(probs, torch.from_numpy(target))["balanced_accuracy"], abs=1e-6)
+        with pytest.warns(UserWarning) if len(set(pred) - set(target)) else nullcontext():
+            assert ours == pytest.approx(balanced_accuracy_score(target, pred), abs=1e-12)
+        if classes == 7:  # validation's torchmetrics macro recall, over all seven classes present
+            val = metric_collection()["balanced_accuracy"]
+            assert ours == pytest.approx(float(val(probs, torch.from_numpy(target))), abs=1e-6)

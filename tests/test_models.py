@@ -94,3 +94,17 @@ def test_mixup_cutmix_train_on_soft_targets(mix):
     # the network saw blended images, not the normalised originals
     assert not torch.allclose(seen["x"], m.normalize(images))
     assert LesionClassifier(load_config(None, ["model.widths=[8,16,32,64]"]), [0.5] * 3, [0.2] * 3).mix is None
+
+
+def test_the_module_trains_the_network_it_is_given_and_its_checkpoint_rebuilds_it(tmp_path):
+    from lesion_pl.checkpoint import load_classifier
+
+    cfg = load_config(None, ["model.widths=[8,16,32,64]"])
+    net = build_network(cfg["model"])
+    m = LesionClassifier(cfg, [0.5] * 3, [0.2] * 3, net=net)
+    assert m.net is net and "net" not in m.hparams
+    torch.save({"hyper_parameters": dict(m.hparams), "state_dict": m.state_dict()}, tmp_path / "m.ckpt")
+    again = load_classifier(tmp_path / "m.ckpt")  # built from the config, the weights loaded
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.equal(again(x), m.eval()(x))

@@ -3,7 +3,6 @@ fails its checks, a resume that cannot read its checkpoint touches nothing, and 
 during training, a resume, another kill -9 and a second resume with every epoch once and time that runs on."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

@@ -40,7 +40,8 @@ def test_flips_give_the_mirror_images_both_ways(ham_root):
 def test_crops_keep_area_and_ratio_and_stay_inside():
     aug = {**OFF, "scale": [0.25, 0.25], "ratio": [1.0, 1.0]}
     theta = affine_params(500, aug, torch.Generator().manual_seed(0))
-    assert torch.allclose(theta[:, 0, 0], torch.full((500,), 0.5)) and torch.allclose(theta[:, 1, 1], torch.full((500,), 0.5))
+    half = torch.full((500,), 0.5)
+    assert torch.allclose(theta[:, 0, 0], half) and torch.allclose(theta[:, 1, 1], half)
     assert theta[:, :, 2].abs().max() <= 0.5 + 1e-6  # the half-size crop never leaves the image
     theta = affine_params(500, {**OFF, "scale": [0.5, 1.0], "ratio": [0.75, 4 / 3]}, torch.Generator().manual_seed(0))
     area = theta[:, 0, 0] * theta[:, 1, 1]
@@ -49,8 +50,7 @@ def test_crops_keep_area_and_ratio_and_stay_inside():
     assert ratio.min() >= 0.75 - 1e-5 and ratio.max() <= 4 / 3 + 1e-5
 
 
-def test_rotation_turns_the_image_about_its_centre(ham_root):
-    x = real_batch(ham_root, n=1)
+def test_rotation_turns_the_image_about_its_centre():
     theta = affine_params(1, {**OFF, "rotation": 90}, torch.Generator().manual_seed(0))
     angle = torch.rad2deg(torch.atan2(theta[0, 1, 0], theta[0, 0, 0]))
     assert 0 < abs(angle) <= 90 and torch.allclose(theta[0, :, 2], torch.zeros(2))
@@ -174,6 +174,7 @@ def test_jpeg_augmentation_re_encodes_as_the_shift_does(ham_root):
     assert 0 < err_fine < err_coarse < 10  # lossy, more so at low quality, still the same image
     # the same quality gives PIL's bytes: libjpeg at 4:2:0 either way (lesion_pl.data.shifts.jpeg)
     from PIL import Image
+
     from lesion_pl.data.shifts import SHIFTS
 
     img = Image.fromarray(x[0].permute(1, 2, 0).numpy())

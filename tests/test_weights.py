@@ -13,7 +13,7 @@ from lesion_pl.config import load_config
 from lesion_pl.errors import LesionPLError
 from lesion_pl.models import build_network
 from lesion_pl.models.factory import Normalize
-from lesion_pl.models.weights import PACKAGES, KEY_MAPS, read_state
+from lesion_pl.models.weights import KEY_MAPS, PACKAGES, read_state
 from lesion_pl.preprocess import resize_center_crop
 
 from .conftest import invoke
@@ -52,8 +52,8 @@ def test_factory_loads_every_backbone_tensor_and_the_weights_preprocessing(name)
 
 
 def _imagenet_top1(name: str, photo: str) -> str:
-    from sklearn.datasets import load_sample_image
     from PIL import Image
+    from sklearn.datasets import load_sample_image
     from timm.data import ImageNetInfo
 
     net = build_network(_model_cfg(f"model.name={name}", "model.pretrained=true"), num_classes=1000).eval()

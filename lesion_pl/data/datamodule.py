@@ -97,7 +97,7 @@ class LesionDataModule(pl.LightningDataModule):
                 if not (split == name).any():
                     raise LesionPLError(f"the {name} split is empty ({len(table)} images, fractions {d['splits']})")
         self.cache = build_cache(table["path"].tolist(), image_size_for(self.cfg), d.get("cache_dir"),
-                                 progress=self.progress, in_memory_max_gb=float(d.get("cache_in_memory_max_gb", 0)))
+                                 progress=self.progress, in_memory_max_gb=float(d["cache_in_memory_max_gb"]))
         self.table, self.split = table, split
         return self
 

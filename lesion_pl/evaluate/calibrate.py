@@ -10,12 +10,19 @@ from pathlib import Path
 import numpy as np
 
 from .. import clinical
-from ..calibration import (binary_stats, calibrated, decide, decision_bias, fit_prior_correction, fit_temperature,
-                           nll, referral_threshold, softmax)
+from ..calibration import (
+    binary_stats,
+    decision_bias,
+    fit_fusion_weight,
+    fit_prior_correction,
+    fit_temperature,
+    nll,
+    referral_threshold,
+)
 from ..classes import NUM_CLASSES
 from ..io import atomic_write_json
 from ..run import RunDir
-from ..scoring import scores_and_positives
+from ..scoring import ScoringPolicy, scores_and_positives, softmax
 from .predictions import predictions_frame, write_predictions
 
 
@@ -31,12 +38,13 @@ def fit_clinical(dm, val_ds, val_probs: np.ndarray, val_labels: np.ndarray, colu
                   if not clinical.present(train, columns) else "the train split has fewer than two classes")
         return None, {"used": False, "reason": reason}
     rows = dm.table.iloc[val_ds.indices]
-    model["weight"], fused_nll = clinical.fit_weight(val_probs, clinical.log_ratio(rows, model), val_labels)
+    model["weight"], fused_nll = fit_fusion_weight(val_probs, clinical.log_ratio(rows, model), val_labels)
     fused, with_metadata = clinical.fused(val_probs, rows, model)
     return model, {"used": True, "fields": sorted(model["columns"]), "weight": model["weight"],
                    "val_images_with_metadata": int(with_metadata.sum()),
                    "val_nll_image_only": nll(val_probs, val_labels), "val_nll_fused": fused_nll,
-                   "val_auroc_malignant_image_only": binary_auroc(*scores_and_positives(val_probs, val_labels, "malignant")),
+                   "val_auroc_malignant_image_only": binary_auroc(*scores_and_positives(val_probs, val_labels,
+                                                                                         "malignant")),
                    "val_auroc_malignant_fused": binary_auroc(*scores_and_positives(fused, val_labels, "malignant"))}
 
 
@@ -90,11 +98,9 @@ def keep_errors_down(result: dict, final_probs, labels: np.ndarray, before: dict
 
 def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool = True, dm=None) -> dict:
     """`dm`: the run's datamodule where the caller already has it (fit), so the data is not read twice."""
-    from sklearn.metrics import balanced_accuracy_score as balanced_accuracy  # recall over classes present
-
     from ..checkpoint import load_run_model
     from .inference import predict_logits
-    from .metrics import binary_auroc
+    from .metrics import balanced_accuracy, binary_auroc
 
     run = RunDir(Path(run_path))
     run.require_fitted()
@@ -103,10 +109,10 @@ def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool 
     ds = dm.dataset("val")
     labels = np.asarray(ds.labels)
     c = cfg["calibration"]
-    tta = bool(c.get("tta", False))  # the scores thresholds are chosen on must be the scores they will be applied to
+    tta = bool(c["tta"])  # the scores thresholds are chosen on must be the scores they will be applied to
     logits = predict_logits(load_run_model(run), ds, tta=tta, progress=progress)
     result = {"split": "val", "n_images": int(len(labels)), "tta": tta}
-    if c.get("prior_correction", False):
+    if c["prior_correction"]:
         counts = np.maximum(dm.class_counts("train"), 1)
         log_prior = np.log(counts / counts.sum())
         fitted = fit_prior_correction(logits, labels, log_prior)
@@ -118,30 +124,32 @@ def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool 
                       decision="accuracy", decision_bias=None)  # no prior to divide out
     rows = dm.table.iloc[ds.indices]
     groups, seed = rows["group"].to_numpy(), int(cfg["seed"])
-    probs = calibrated(logits, result)
+    probs = ScoringPolicy.from_calibration(result)(logits).probabilities
     records = None
-    if c.get("clinical", False):
+    if c["clinical"]:
         result["clinical"], result["clinical_fit"] = fit_clinical(dm, ds, probs, labels, c["clinical_columns"])
         records = rows if result["clinical"] else None
     before = calibration_errors(softmax(logits), labels)
-    guard = keep_errors_down(result, lambda t: calibrated(logits, {**result, "temperature": t}, records), labels,
-                             before)
+    guard = keep_errors_down(
+        result, lambda t: ScoringPolicy.from_calibration({**result, "temperature": t})(logits, records).probabilities,
+        labels, before)
     result["calibration_errors"] = {"val_before": before, "val_after": guard.pop("after"), **guard}
-    image_probs = calibrated(logits, result)
+    policy = ScoringPolicy.from_calibration(result)
+    scored = policy(logits, records)
     if records is not None:
         # images that come without metadata (predict) are referred on image-only thresholds
-        result["operating_points_image_only"] = fit_operating_points(image_probs, labels, groups, c, seed)
+        result["operating_points_image_only"] = fit_operating_points(scored.image_probabilities, labels, groups, c,
+                                                                     seed)
         result["clinical_fit"]["val_balanced_accuracy_image_only"] = balanced_accuracy(
-            labels, decide(image_probs, result))
-    probs = calibrated(logits, result, records)
-    pred = decide(probs, result)
+            labels, policy.decide(scored.image_probabilities))
+    probs, pred = scored.probabilities, scored.top_index
     result.update(val_nll_before=nll(softmax(logits), labels), val_nll_after=nll(probs, labels),
                   val_balanced_accuracy=balanced_accuracy(labels, pred),
                   val_balanced_accuracy_argmax_logits=balanced_accuracy(labels, softmax(logits).argmax(1)),
                   val_auroc_malignant=binary_auroc(*scores_and_positives(probs, labels, "malignant")),
                   operating_points=fit_operating_points(probs, labels, groups, c, seed))
     # the scores the thresholds were chosen on, for benchmarks/referral.py and anyone re-checking them
-    write_predictions(predictions_frame(rows, probs, pred), run.path / "val_predictions.csv")
+    write_predictions(predictions_frame(rows, scored), run.path / "val_predictions.csv")
     atomic_write_json(run.path / "calibration.json", result)
     return result
 

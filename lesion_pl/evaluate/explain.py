@@ -7,16 +7,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..calibration import calibrated, decide
 from ..classes import CLASSES, DISPLAY_NAMES
 from ..io import atomic_path
 from ..preprocess import ImageReadError, preprocess_file
 from ..run import RunDir
-from ..scoring import referral_score
+from ..scoring import ScoringPolicy
 
 
 def explain_images(paths: list[Path], run_path: Path, out_dir: Path | None = None):
-    """Writes OUT/<name>_gradcam.png per image; returns ([(path, png, top class, prob, malignancy)], [(path, error)])."""
+    """Writes OUT/<name>_gradcam.png per image; returns ([(path, png, top class, prob, malignancy)],
+    [(path, error)])."""
     from ..checkpoint import load_run_model
     from .gradcam import gradcam, overlay
     from .inference import batch_logits
@@ -27,9 +27,8 @@ def explain_images(paths: list[Path], run_path: Path, out_dir: Path | None = Non
     cfg = run.load_config()
     size = int(cfg["data"]["image_size"])
     cal_path = run.path / "calibration.json"
-    cal = json.loads(cal_path.read_text()) if cal_path.exists() else {"temperature": 1.0, "operating_points": {}}
-    # explain sees the image alone: where the run fused metadata, the image-only threshold applies
-    threshold = cal.get("operating_points_image_only", cal["operating_points"]).get("malignant", {}).get("threshold")
+    cal = json.loads(cal_path.read_text()) if cal_path.exists() else {}
+    policy = ScoringPolicy.from_calibration(cal)
     model = load_run_model(run)
     out_dir = Path(out_dir) if out_dir else run.path / "explain"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -44,10 +43,11 @@ def explain_images(paths: list[Path], run_path: Path, out_dir: Path | None = Non
         x = torch.from_numpy(img.copy()).permute(2, 0, 1)[None].contiguous()
         # the probabilities predict gives (8 views where the run was calibrated on them); the map
         # explains the class they name, on the image as given
-        probs = calibrated(batch_logits(model, x, bool(cal.get("tta"))).numpy(), cal)[0]
-        top = int(decide(probs, cal))
+        # explain sees the image alone: where the run fused metadata, the image-only threshold applies
+        scored = policy(batch_logits(model, x, policy.tta).numpy())
+        probs, top, mal = scored.probabilities[0], int(scored.top_index[0]), float(scored.scores["malignant"][0])
+        refer = scored.refer("malignant")
         cam, _ = gradcam(model, x, target=torch.tensor([top]))
-        mal = float(referral_score(probs, "malignant"))
         fig, axes = plt.subplots(1, 3, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1, 1, 1.1]})
         axes[0].imshow(img)
         axes[0].set_title("model input")
@@ -58,9 +58,9 @@ def explain_images(paths: list[Path], run_path: Path, out_dir: Path | None = Non
             ax.set_yticks([])
         order = np.argsort(probs)
         axes[2].barh([CLASSES[i] for i in order], probs[order], color="tab:blue")
-        axes[2].set(xlim=(0, 1), xlabel="probability (calibrated" + (", 8 views" if cal.get("tta") else "")
-                    + (", image only)" if cal.get("clinical") else ")"))
-        refer = "" if threshold is None else (" - refer" if mal >= threshold else " - no referral at this threshold")
+        axes[2].set(xlim=(0, 1), xlabel="probability (calibrated" + (", 8 views" if policy.tta else "")
+                    + (", image only)" if policy.clinical else ")"))
+        refer = "" if refer is None else (" - refer" if refer[0] else " - no referral at this threshold")
         fig.suptitle(f"{Path(path).name}: {DISPLAY_NAMES[CLASSES[top]]} ({probs[top]:.2f}), "
                      f"malignancy {mal:.2f}{refer}", fontsize=10)
         target = out_dir / f"{Path(path).stem}_gradcam.png"

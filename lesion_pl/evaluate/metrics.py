@@ -11,14 +11,21 @@ import warnings
 import numpy as np
 import torch
 from torchmetrics import MetricCollection
-from torchmetrics.classification import (BinaryAUROC, BinaryCalibrationError, MulticlassAccuracy, MulticlassAUROC,
-                                         MulticlassCalibrationError, MulticlassF1Score, MulticlassPrecision,
-                                         MulticlassRecall)
+from torchmetrics.classification import (
+    BinaryAUROC,
+    BinaryCalibrationError,
+    MulticlassAccuracy,
+    MulticlassAUROC,
+    MulticlassCalibrationError,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
 from torchmetrics.wrappers import ClasswiseWrapper
 
 from ..calibration import lesion_bootstrap
-from ..scoring import score_indices, scores_and_positives
 from ..classes import CLASSES, NUM_CLASSES
+from ..scoring import score_indices, scores_and_positives
 
 
 def malignancy(probs: torch.Tensor) -> torch.Tensor:
@@ -107,11 +114,6 @@ def metrics_report(probs: torch.Tensor, target: torch.Tensor, pred: torch.Tensor
     return out
 
 
-def metric_text(value: float | None, spec: str = ".3f") -> str:
-    """A metric as text: "n/a" where it has no value on these images (NaN; null in metrics.json)."""
-    return "n/a" if value is None or value != value else format(value, spec)
-
-
 def binary_auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     """AUROC by the rank-sum (Mann-Whitney) formula, ties averaged; nan without both classes.
 
@@ -126,6 +128,15 @@ def binary_auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((rankdata(scores)[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def balanced_accuracy(target: np.ndarray, pred: np.ndarray) -> float:
+    """Mean recall over the classes present in `target`: `metrics_report`'s definition, in numpy, for the
+    bootstrap's thousands of calls and for numpy callers (calibrate, export's int8 check, benchmarks)."""
+    target, pred = np.asarray(target), np.asarray(pred)
+    support = np.bincount(target, minlength=NUM_CLASSES)
+    present = np.flatnonzero(support)
+    return float((np.bincount(target[pred == target], minlength=NUM_CLASSES)[present] / support[present]).mean())
+
+
 def headline_ci(probs: np.ndarray, target: np.ndarray, groups: np.ndarray, n_boot: int = 1000,
                 seed: int = 0, pred: np.ndarray | None = None) -> dict:
     """95% intervals of balanced accuracy, macro AUROC and malignant AUROC, resampling lesions.
@@ -137,11 +148,9 @@ def headline_ci(probs: np.ndarray, target: np.ndarray, groups: np.ndarray, n_boo
     mal_score, mal = scores_and_positives(probs, target, "malignant")
 
     def stats(pick):
-        t, p = target[pick], pred[pick]
-        support = np.bincount(t, minlength=NUM_CLASSES)
-        present = np.flatnonzero(support)
-        recall = np.bincount(t[p == t], minlength=NUM_CLASSES)[present] / support[present]
-        return {"balanced_accuracy": float(recall.mean()),
+        t = target[pick]
+        present = np.flatnonzero(np.bincount(t, minlength=NUM_CLASSES))
+        return {"balanced_accuracy": balanced_accuracy(t, pred[pick]),
                 "auroc_macro": float(np.nanmean([binary_auroc(probs[pick, c], t == c) for c in present]))
                 if len(present) > 1 else float("nan"),
                 "auroc_malignant": binary_auroc(mal_score[pick], mal[pick])}

@@ -8,7 +8,6 @@ import numpy as np
 from ..classes import CLASSES, DISPLAY_NAMES
 from ..io import atomic_path
 
-
 # one colour per class in every figure
 PALETTE = dict(zip(CLASSES, ["#8c564b", "#d62728", "#2ca02c", "#9467bd", "#1f1f1f", "#1f77b4", "#e377c2"]))
 

@@ -5,20 +5,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ..classes import CLASSES
 from ..io import atomic_path
-from ..scoring import referral_score
+from ..scoring import Scored
 
 
-def predictions_frame(rows: pd.DataFrame, probs: np.ndarray, pred: np.ndarray,
-                      label_column: str = "dx") -> pd.DataFrame:
+def predictions_frame(rows: pd.DataFrame, scored: Scored, label_column: str = "dx",
+                      classes: tuple[str, ...] = CLASSES) -> pd.DataFrame:
+    probs = scored.probabilities
     return pd.DataFrame({"image_id": rows["image_id"].to_numpy(), "group": rows["group"].to_numpy(),
-                         label_column: rows[label_column].to_numpy(), "pred": [CLASSES[i] for i in pred],
-                         "malignant_prob": referral_score(probs, "malignant"),
-                         **{f"p_{c}": probs[:, i] for i, c in enumerate(CLASSES)}})
+                         label_column: rows[label_column].to_numpy(), "pred": [classes[i] for i in scored.top_index],
+                         "malignant_prob": scored.scores["malignant"],
+                         **{f"p_{c}": probs[:, i] for i, c in enumerate(classes)}})
 
 
 def write_predictions(frame: pd.DataFrame, path: Path) -> None:

@@ -16,9 +16,9 @@ from ..classes import CLASS_TO_INDEX, CLASSES, DISPLAY_NAMES
 from ..errors import LesionPLError
 from ..io import atomic_path, atomic_write_text
 from ..run import RunDir
-from ..scoring import is_positive, referral_score
+from ..scoring import is_positive
+from ..terminal import metric_text
 from . import report_figures as figs
-from .metrics import metric_text
 
 AGE_BANDS = [(0, 30, "<30"), (30, 45, "30-44"), (45, 60, "45-59"), (60, 75, "60-74"), (75, 200, "75+")]
 MIN_SUBGROUP = 20  # findings only name subgroups with at least this many test images
@@ -152,8 +152,9 @@ def build_report(run_path: Path, data_root: Path | None = None, progress: bool =
     for n, trained in enumerate(run.members or [run]):  # an ensemble: each member's curves
         log_path = trained.path / "logs" / "metrics.csv"
         if log_path.exists():
-            pngs[f"training_curves{'_member' + str(n) if run.members else ''}"] = figs.training_curves(pd.read_csv(log_path))
-    mal_prob = referral_score(probs, "malignant")
+            key = f"training_curves{'_member' + str(n) if run.members else ''}"
+            pngs[key] = figs.training_curves(pd.read_csv(log_path))
+    mal_prob = preds["malignant_prob"].to_numpy()  # as test scored it
     is_mal = is_positive(target, "malignant").astype(int)
     pngs["precision_recall"] = figs.precision_recall(target, probs, mal_prob, is_mal)
     overall_error = float(frame["wrong"].mean())
@@ -258,8 +259,8 @@ def _findings(metrics, frame, confusions, tables, overall_error, cam_stats, shif
     if shift and shift["shifts"]:
         worst = min(shift["shifts"], key=lambda n: shift["shifts"][n]["drop"]["referral_sensitivity"])
         w = shift["shifts"][worst]
-        out.append(f"Under acquisition shift (benchmarks/shift.py, {len(shift['shifts'])} shifts) the referral sensitivity "
-                   f"falls most under {worst} ({w['what']}): {w['referral_sensitivity']:.3f}, "
+        out.append(f"Under acquisition shift (benchmarks/shift.py, {len(shift['shifts'])} shifts) the referral "
+                   f"sensitivity falls most under {worst} ({w['what']}): {w['referral_sensitivity']:.3f}, "
                    f"{w['drop']['referral_sensitivity']:+.3f} from {shift['none']['referral_sensitivity']:.3f}; the "
                    f"malignant AUROC there is {w['auroc_malignant']:.3f} ({w['drop']['auroc_malignant']:+.3f}).")
     if cam_stats:
@@ -275,7 +276,8 @@ color:#222;line-height:1.45}
 h1{margin-bottom:.2em} h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
 img{max-width:100%;height:auto;display:block;margin:1em 0}
 table.t{border-collapse:collapse;font-size:.9em;margin:.5em 0;display:block;overflow-x:auto;max-width:100%}
-table.t td,table.t th{padding:.25em .7em;border-bottom:1px solid #e3e3e3;text-align:right} table.t th{background:#f4f4f4}
+table.t td,table.t th{padding:.25em .7em;border-bottom:1px solid #e3e3e3;text-align:right}
+table.t th{background:#f4f4f4}
 .note{color:#666;font-size:.9em} pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:.8em}
 .grid{display:flex;flex-wrap:wrap;gap:2em} li{margin:.3em 0}
 """
@@ -300,8 +302,8 @@ def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_st
              "best epoch (validation)": summary.get("best_epoch"),
              "training wall time": f"{summary['fit_seconds'] / 60:.1f} min" if "fit_seconds" in summary else "",
              "checkpoint": metrics.get("checkpoint", ""), "test-time augmentation": metrics.get("tta", False)}
-    s = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>lesion-pl report: {html.escape(run.path.name)}"
-         f"</title><style>{CSS}</style></head><body>",
+    s = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+         f"<title>lesion-pl report: {html.escape(run.path.name)}</title><style>{CSS}</style></head><body>",
          f"<h1>lesion-pl report: {html.escape(run.path.name)}</h1>",
          f"<p class='note'>lesion-pl {__version__}. A research tool, not a diagnostic device. All figures are on "
          f"{html.escape(_scored(metrics))} unless marked; thresholds and calibration were chosen on the validation "
@@ -348,8 +350,8 @@ def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_st
         s += [f"<h3>{t} predicted as {p} ({count} images)</h3>", _img(pngs[key], f"{t} predicted as {p}")]
     if tables:
         s += ["<h3>Error rate by subgroup (from the metadata)</h3>", _img(pngs["subgroup_errors"], "subgroup errors"),
-              "<div class='grid'>" + "".join(f"<div><b>{html.escape(n)}</b>{_table(t)}</div>" for n, t in tables.items())
-              + "</div>"]
+              "<div class='grid'>"
+              + "".join(f"<div><b>{html.escape(n)}</b>{_table(t)}</div>" for n, t in tables.items()) + "</div>"]
     if cam_stats:
         s += ["<h3>Where the model looks: Grad-CAM mass inside the lesion mask</h3>",
               _table(pd.DataFrame({k: [v] for k, v in cam_stats.items()}))]

@@ -11,7 +11,6 @@ from ..classes import CLASSES
 from .plots import PALETTE
 
 
-
 def _plt():
     import matplotlib
     matplotlib.use("Agg")
@@ -64,7 +63,8 @@ def precision_recall(target, probs, mal_prob, is_mal) -> bytes:
             ax.plot(r, p, color=PALETTE[code], label=f"{code} (AP {average_precision_score(y, probs[:, i]):.3f})")
     if is_mal.any():
         p, r, _ = precision_recall_curve(is_mal, mal_prob)
-        ax.plot(r, p, color="crimson", ls="--", lw=2, label=f"malignant (AP {average_precision_score(is_mal, mal_prob):.3f})")
+        ax.plot(r, p, color="crimson", ls="--", lw=2,
+                label=f"malignant (AP {average_precision_score(is_mal, mal_prob):.3f})")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="Recall (sensitivity)", ylabel="Precision (PPV)",
            title="Precision-recall, test split")
     ax.legend(loc="lower left", fontsize=8)

@@ -7,18 +7,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import clinical
-from ..calibration import (binary_stats, bootstrap_ci, brier_score, calibrated, decide, promise_text, referral_promise,
-                           softmax, views_note)
+from ..calibration import binary_stats, bootstrap_ci, brier_score, referral_promise
 from ..errors import LesionPLError
 from ..io import atomic_dir, atomic_write_json
 from ..run import RunDir
-from ..scoring import is_positive, referral_score, scores_and_positives
+from ..scoring import ScoringPolicy, is_positive, scores_and_positives, softmax
+from ..terminal import HEADLINE
 from .predictions import predictions_frame, write_predictions
-
-
-HEADLINE = ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro", "auroc_macro",
-            "auroc_malignant")
 
 
 def operating_points(cal: dict, probs: np.ndarray, target: np.ndarray, groups: np.ndarray,
@@ -73,9 +68,8 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     every other evaluation its own folder (`evaluation_target`), refused if it exists unless `overwrite`.
     Outputs are written into a temp folder that replaces the target only when all of them are done."""
     from ..checkpoint import load_run_model
-    from .calibrate import load_calibration
+    from .calibrate import calibration_errors, load_calibration
     from .inference import predict_logits
-    from .calibrate import calibration_errors
     from .metrics import headline_ci, metrics_report
     from .plots import confusion_matrix_png, reliability_png, roc_png
 
@@ -104,12 +98,11 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
         tta = bool(cal.get("tta", False))
     logits = predict_logits(load_run_model(run), ds, tta=tta, progress=progress)
     rows = dm.table.iloc[ds.indices]
-    raw, image_probs = softmax(logits), calibrated(logits, cal)
-    probs, with_metadata = (clinical.fused(image_probs, rows, cal["clinical"]) if cal.get("clinical")
-                            else (image_probs, None))
-    pred = decide(probs, cal)
+    policy = ScoringPolicy.from_calibration(cal)
+    scored = policy(logits, rows)
+    raw, probs, pred = softmax(logits), scored.probabilities, scored.top_index
     if "melanoma_target" in rows:
-        return _binary_test(run, cfg, cal, probs, pred, rows, split, dm, tta, dest, evaluation)
+        return _binary_test(run, cfg, cal, scored, rows, split, dm, tta, dest, evaluation)
     target = np.asarray(ds.labels)
     t_target = torch.from_numpy(target)
     report = metrics_report(torch.from_numpy(probs).float(), t_target, torch.from_numpy(pred))
@@ -128,101 +121,49 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
         "malignancy_ece_15_before": before["malignancy_ece"], "malignancy_ece_15_after": after["malignancy_ece"],
     }
     if cal.get("clinical"):
-        image_report = metrics_report(torch.from_numpy(image_probs).float(), t_target,
-                                      torch.from_numpy(decide(image_probs, cal)))
+        image_report = metrics_report(torch.from_numpy(scored.image_probabilities).float(), t_target,
+                                      torch.from_numpy(policy.decide(scored.image_probabilities)))
         report["clinical"] = {"weight": cal["clinical"]["weight"], "fields": sorted(cal["clinical"]["columns"]),
-                              "images_with_metadata": int(with_metadata.sum()),
+                              "images_with_metadata": int(scored.with_metadata.sum()),
                               "image_only": {k: image_report[k] for k in HEADLINE}}
     report["operating_points"] = operating_points(cal, probs, target, rows["group"].to_numpy(),
                                                   int(cfg["calibration"]["bootstrap"]), int(cfg["seed"]))
 
-    malignant_prob = referral_score(probs, "malignant")
     with atomic_dir(dest) as folder:
-        write_predictions(predictions_frame(rows, probs, pred), folder / "predictions.csv")
+        write_predictions(predictions_frame(rows, scored), folder / "predictions.csv")
         confusion_matrix_png(target, pred, folder / "confusion_matrix.png")
         is_mal = is_positive(target, "malignant").astype(int)
-        roc_png(target, probs, malignant_prob, is_mal, folder / "roc.png", report["operating_points"].get("malignant"))
+        roc_png(target, probs, scored.scores["malignant"], is_mal, folder / "roc.png",
+                report["operating_points"].get("malignant"))
         reliability_png(raw, probs, target, folder / "reliability.png")
         atomic_write_json(folder / "metrics.json", report)
     return report
 
 
-def _binary_test(run: RunDir, cfg: dict, cal: dict, probs: np.ndarray, pred: np.ndarray, rows: pd.DataFrame,
-                 split: str, dm, tta: bool, dest: Path, evaluation: str | None) -> dict:
+def _binary_test(run: RunDir, cfg: dict, cal: dict, scored, rows: pd.DataFrame, split: str, dm, tta: bool,
+                 dest: Path, evaluation: str | None) -> dict:
     """A source with only melanoma/benign labels (ISIC 2020): AUROC of the melanoma and malignancy
     outputs against them, and the run's two referral thresholds applied to them."""
     from torchmetrics.classification import BinaryAUROC
 
     y = rows["melanoma_target"].to_numpy().astype(int)
     groups = rows["group"].to_numpy()
-    scores = {name: referral_score(probs, name) for name in ("melanoma", "malignant")}
+    scores = {name: scored.scores[name] for name in ("melanoma", "malignant")}
     report = {"evaluation": evaluation, "out": str(dest), "split": split, "data_root": str(dm.root),
               **_checkpoints(run), "tta": tta, "skipped_bad_images": dm.skipped, "binary_target": "melanoma",
               "n_images": int(len(y)),
               "positives": int(y.sum()), "operating_points": {}}
     for name, s in scores.items():
         both = 0 < y.sum() < len(y)
-        report[f"auroc_{name}_vs_target"] = float(BinaryAUROC()(torch.from_numpy(s), torch.from_numpy(y))) if both else float("nan")
+        report[f"auroc_{name}_vs_target"] = (float(BinaryAUROC()(torch.from_numpy(s), torch.from_numpy(y))) if both
+                                             else float("nan"))
         op = cal["operating_points"].get(name)
         if op:
             report["operating_points"][name] = {
                 **referral_promise(op), **binary_stats(s, y, op["threshold"]),
-                "ci95": bootstrap_ci(s, y, groups, op["threshold"], int(cfg["calibration"]["bootstrap"]), int(cfg["seed"]))}
+                "ci95": bootstrap_ci(s, y, groups, op["threshold"], int(cfg["calibration"]["bootstrap"]),
+                                     int(cfg["seed"]))}
     with atomic_dir(dest) as folder:
-        write_predictions(predictions_frame(rows, probs, pred, "melanoma_target"), folder / "predictions.csv")
+        write_predictions(predictions_frame(rows, scored, "melanoma_target"), folder / "predictions.csv")
         atomic_write_json(folder / "metrics.json", report)
     return report
-
-
-def format_report(report: dict) -> str:
-    """The metrics as a plain-text table for the terminal."""
-    from .metrics import metric_text
-
-    if report.get("binary_target"):
-        lines = [f"{report['n_images']} images ({report['positives']} melanoma) from {report['data_root']}: "
-                 "melanoma/benign labels only",
-                 f"  AUROC of the melanoma probability   {metric_text(report['auroc_melanoma_vs_target'], '.4f')}",
-                 f"  AUROC of the malignancy probability {metric_text(report['auroc_malignant_vs_target'], '.4f')}"]
-        for name, op in report["operating_points"].items():
-            lines.append(f"  {name} referral at p >= {op['threshold']:.3f}: sensitivity "
-                         f"{metric_text(op['sensitivity'])}, specificity {metric_text(op['specificity'])}")
-        return "\n".join(lines)
-    views = "the mean of 8 flips/rotations per image" if report["tta"] else "one view per image"
-    lines = [f"{report['n_images']} images ({report['split']} split of {report['data_root']}), {views}"]
-    note = views_note(report["tta"], report.get("tta_calibrated", report["tta"]))
-    if note:
-        lines.append(note)
-    if len(report["classes_present"]) < len(report["per_class"]):
-        lines.append(f"metrics are over the {len(report['classes_present'])} classes present: "
-                     f"{', '.join(report['classes_present'])}")
-    if report.get("skipped_bad_images"):
-        lines.append(f"skipped {len(report['skipped_bad_images'])} missing or unreadable image(s) "
-                     "(listed in metrics.json)")
-    lines.append("")
-    cis = report.get("ci95", {})
-    image_only = report.get("clinical", {}).get("image_only", {})
-    for key in HEADLINE:
-        ci = f"  (95% CI {'-'.join(map(metric_text, cis[key]))}, lesions resampled)" if key in cis else ""
-        alone = f"  [image alone {metric_text(image_only[key], '.4f')}]" if key in image_only else ""
-        lines.append(f"  {key:<20} {metric_text(report[key], '.4f')}{ci}{alone}")
-    if image_only:
-        cl = report["clinical"]
-        lines.append(f"  (image fused with {', '.join(cl['fields'])}, weight {cl['weight']:.2f}; "
-                     f"{cl['images_with_metadata']} of {report['n_images']} images have metadata)")
-    lines += ["", f"  {'class':<6} {'precision':>9} {'recall':>7} {'f1':>6} {'auroc':>6} {'support':>8}"]
-    for code, m in report["per_class"].items():
-        lines.append(f"  {code:<6} {metric_text(m['precision']):>9} {metric_text(m['recall']):>7} "
-                     f"{metric_text(m['f1']):>6} {metric_text(m['auroc']):>6} {m['support']:>8d}")
-    c = report["calibration"]
-    lines += ["", f"  calibration (T = {c['temperature']:.3f}, class-prior weight {c['prior_weight']:.2f}): "
-                  f"ECE {c['ece_15_before']:.4f} -> {c['ece_15_after']:.4f}, "
-                  f"Brier {c['brier_before']:.4f} -> {c['brier_after']:.4f}, malignancy ECE "
-                  f"{c['malignancy_ece_15_before']:.4f} -> {c['malignancy_ece_15_after']:.4f}; classes named by the "
-                  f"'{c.get('decision', 'accuracy')}' rule"]
-    for name, op in report["operating_points"].items():
-        ci = op["ci95"]
-        lines.append(f"  {name} referral at p >= {op['threshold']:.3f}, {promise_text(op)}:")
-        lines.append("    on these images (95% CI, lesions resampled): "
-                     + ", ".join(f"{k} {metric_text(op[k])} [{', '.join(map(metric_text, ci[k]))}]"
-                                 for k in ("sensitivity", "specificity", "ppv", "npv")))
-    return "\n".join(lines)

@@ -59,7 +59,7 @@ def normalization_stats(model_cfg: dict, dataset_stats) -> tuple[list | None, li
     """The mean/std the network's inputs are normalised with (0..1 scale); (None, None): the weights' own,
     known once they are loaded (`model.normalization: auto` with weights). `dataset_stats()` gives the
     training split's, for a network trained from scratch or `model.normalization: dataset`."""
-    norm = model_cfg.get("normalization", "auto")
+    norm = model_cfg["normalization"]
     if isinstance(norm, dict):
         return list(norm["mean"]), list(norm["std"])
     if norm == "auto" and uses_weights(model_cfg) and model_cfg["name"] != "lesion_cnn":
