@@ -78,6 +78,25 @@ def fit_fusion_weight(probs: np.ndarray, ratio: np.ndarray, labels: np.ndarray, 
     return round(best[1], 6), best[0]
 
 
+def validation_decision_bias(config: dict, class_weights, class_prior, tau: float) -> list[float] | None:
+    """What validation adds to the logits so that its metrics score the class `calibration.decision` names.
+
+    The logits learn the class distribution the loss sees: the sampler's class prior times the loss's
+    class weights, less the part logit adjustment (tau) took out. Test names the class with the run's
+    decision rule (`decision_bias`: the balanced rule divides the prior out); validation, which picks the
+    checkpoint and stops early, does the same, so a sampler that is not class-balanced is judged as test
+    will judge it. The default balanced sampler has a uniform prior: no shift.
+    """
+    c = config["calibration"]
+    if not class_prior or not c["prior_correction"]:
+        return None  # calibrate then names the most probable class
+    prior = np.asarray(class_prior, dtype=np.float64)
+    if class_weights:
+        prior = prior * np.asarray(class_weights, dtype=np.float64)
+    bias = decision_bias((1.0 - tau) * np.log(prior / prior.sum()), c["decision"])
+    return None if bias is None or np.allclose(bias, 0.0) else bias
+
+
 def brier_score(probs: np.ndarray, labels: np.ndarray) -> float:
     """Multi-class Brier score: mean over images of the squared distance to the one-hot label."""
     onehot = np.zeros_like(probs)

@@ -1,10 +1,11 @@
 """The training loss: cross entropy over the label space (class weights, label smoothing), plus an optional
-binary cross entropy of malignant vs benign on the same logits."""
+binary cross entropy of malignant vs benign on the same logits (`loss.malignant_weight`)."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from .errors import LesionPLError
 from .scoring import score_indices
 
 
@@ -30,3 +31,11 @@ def training_loss(logits: torch.Tensor, soft: torch.Tensor, class_weights: torch
     if malignant_weight:
         loss = loss + malignant_weight * malignant_loss(logits, soft)
     return loss
+
+
+def malignant_weight(loss: dict) -> float:
+    """`loss.malignant_weight` as a float >= 0 (0: off)."""
+    value = loss["malignant_weight"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise LesionPLError(f"loss.malignant_weight must be a number >= 0, got {value!r}")
+    return float(value)

@@ -1,75 +1,20 @@
 """The LightningModule that trains: the network (passed in, or built from the config) with its normalisation,
-one shared step, the loss (lesion_pl/losses.py), the optimiser and schedule, metrics per stage."""
+one shared step, metrics per stage. The loss is lesion_pl/losses.py's, the optimiser and schedule
+lesion_pl/optim.py's, validation's decision rule calibration.validation_decision_bias."""
 from __future__ import annotations
 
-import math
-import time
-
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
-from torchvision.transforms import v2
 
-from .calibration import decision_bias
+from .calibration import validation_decision_bias
 from .classes import NUM_CLASSES
-from .config_rules import duration_seconds
+from .data.transforms import batch_mixer
 from .errors import LesionPLError
 from .evaluate.metrics import metric_collection
-from .losses import training_loss
-from .models.factory import Normalize, build_network, uses_weights
-from .models.weights import head_prefix
-
-
-def _batch_mixer(augment: dict):
-    """torchvision's MixUp and/or CutMix on whole training batches (None when both alphas are 0);
-    with both, each batch gets one of the two at random, as in timm."""
-    mixers = [cls(alpha=float(alpha), num_classes=NUM_CLASSES)
-              for cls, alpha in ((v2.MixUp, augment["mixup"]), (v2.CutMix, augment["cutmix"]))
-              if alpha and float(alpha) > 0]
-    if not mixers:
-        return None
-    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)
-
-
-def _balanced_rule_shift(config: dict, class_weights, class_prior, tau: float) -> torch.Tensor | None:
-    """What validation adds to the logits so that its metrics score the class `calibration.decision` names.
-
-    The logits learn the class distribution the loss sees: the sampler's class prior times the loss's
-    class weights, less the part logit adjustment (tau) took out. Test names the class with the run's
-    decision rule (`decision_bias`: the balanced rule divides the prior out); validation, which picks the
-    checkpoint and stops early, does the same, so a sampler that is not class-balanced is judged as test
-    will judge it. The default balanced sampler has a uniform prior: no shift.
-    """
-    c = config["calibration"]
-    if not class_prior or not c["prior_correction"]:
-        return None  # calibrate then names the most probable class
-    prior = np.asarray(class_prior, dtype=np.float64)
-    if class_weights:
-        prior = prior * np.asarray(class_weights, dtype=np.float64)
-    bias = decision_bias((1.0 - tau) * np.log(prior / prior.sum()), c["decision"])
-    return None if bias is None or np.allclose(bias, 0.0) else torch.tensor(bias, dtype=torch.float32)
-
-
-def _malignant_weight(loss: dict) -> float:
-    """`loss.malignant_weight` as a float >= 0 (0: off)."""
-    value = loss["malignant_weight"]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise LesionPLError(f"loss.malignant_weight must be a number >= 0, got {value!r}")
-    return float(value)
-
-
-def parameter_groups(net, optim: dict, pretrained: bool) -> list[dict]:
-    """AdamW's groups: no weight decay on norms and biases (1-D tensors); a network that starts from weights
-    trains its backbone at `optim.backbone_lr_scale` times the learning rate of its new head."""
-    head = head_prefix(net) + "."
-    scale = float(optim["backbone_lr_scale"]) if pretrained else 1.0
-    lr, decay = float(optim["lr"]), float(optim["weight_decay"])
-    groups: dict[tuple, list] = {}
-    for name, p in net.named_parameters():
-        groups.setdefault((name.startswith(head), p.ndim > 1), []).append(p)
-    return [{"params": params, "lr": lr * (1.0 if is_head else scale), "weight_decay": decay if decayed else 0.0}
-            for (is_head, decayed), params in groups.items()]
+from .losses import malignant_weight, training_loss
+from .models.factory import Normalize, build_network
+from .optim import optimizer_and_schedule
 
 
 class LesionClassifier(pl.LightningModule):
@@ -102,8 +47,8 @@ class LesionClassifier(pl.LightningModule):
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
         self.set_class_prior(class_prior)
-        self.mix = _batch_mixer(config["data"]["augment"])
-        self.malignant_weight = _malignant_weight(config["loss"])
+        self.mix = batch_mixer(config["data"]["augment"], NUM_CLASSES)
+        self.malignant_weight = malignant_weight(config["loss"])
         self.train_metrics = metric_collection(auroc=False).clone(prefix="train/")
         self.val_metrics = metric_collection(per_class=True).clone(prefix="val/")
 
@@ -117,7 +62,8 @@ class LesionClassifier(pl.LightningModule):
         # plain attributes, not buffers: the weight average (EMA) pairs the buffers of the model and of its
         # average one to one, and a shift can come and go as the prior changes
         self.logit_shift = shift
-        self.eval_shift = _balanced_rule_shift(self.config, weights, class_prior, tau)
+        bias = validation_decision_bias(self.config, weights, class_prior, tau)
+        self.eval_shift = None if bias is None else torch.tensor(bias, dtype=torch.float32)
 
     def _shifted(self, logits: torch.Tensor, name: str) -> torch.Tensor:
         """float logits plus the shift `name` (none: unchanged); the shift moves to their device once."""
@@ -183,27 +129,4 @@ class LesionClassifier(pl.LightningModule):
         self._log_epoch("val")
 
     def configure_optimizers(self):
-        o = self.config["optim"]
-        # fused: one kernel for all tensors; within a short benchmark's noise on 2 CPU cores, 1.19x for
-        # EfficientNet on one (benchmarks/RESULTS.md: "A longer fine-tune")
-        opt = torch.optim.AdamW(parameter_groups(self.net, o, uses_weights(self.config["model"])), lr=float(o["lr"]),
-                                fused=all(p.device.type in ("cpu", "cuda") for p in self.net.parameters()))
-        estimated = self.trainer.estimated_stepping_batches  # also sizes num_training_batches
-        per_epoch = self.trainer.num_training_batches
-        steps_per_epoch = max(1, int(per_epoch) if math.isfinite(per_epoch) else 1)
-        # max_epochs=-1: no step count ends the cosine, only max_time (if any)
-        total = max(1, int(estimated)) if math.isfinite(estimated) else 10 ** 12
-        warmup = min(total - 1, int(float(o["warmup_epochs"]) * steps_per_epoch))
-        budget = duration_seconds(self.config["trainer"].get("max_time"))
-        start = time.monotonic()
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = (step - warmup) / max(1, total - warmup)
-            if budget:  # with a time budget, the cosine also ends when the time runs out
-                progress = max(progress, (time.monotonic() - start) / budget)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return optimizer_and_schedule(self.net, self.config, self.trainer)

@@ -21,14 +21,18 @@ from .classes import CLASSES, MALIGNANT
 SCORES: dict[str, tuple[str, ...]] = {"malignant": MALIGNANT, "melanoma": ("mel",)}  # score -> classes summed
 
 
-def score_indices(name: str, classes: Sequence[str] = CLASSES) -> list[int]:
-    """The output columns a score sums, in a model's class order (`classes`)."""
-    return [i for i, c in enumerate(classes) if c in SCORES[name]]
+def score_indices(name: str, classes: Sequence[str] = CLASSES, malignant: Sequence[str] = MALIGNANT) -> list[int]:
+    """The output columns a score sums, in a model's class order (`classes`; `malignant`: its malignant set)."""
+    members = malignant if name == "malignant" else SCORES[name]
+    return [i for i, c in enumerate(classes) if c in members]
 
 
-def referral_score(probs: np.ndarray, name: str = "malignant", classes: Sequence[str] = CLASSES) -> np.ndarray:
-    """The score of each row of probabilities ([N, C] -> [N]; one row [C] -> a number)."""
-    return np.asarray(probs)[..., score_indices(name, classes)].sum(axis=-1)
+def referral_score(probs, name: str = "malignant", classes: Sequence[str] = CLASSES,
+                   malignant: Sequence[str] = MALIGNANT):
+    """The score of each row of probabilities ([N, C] -> [N]; one row [C] -> a number): the one place a score
+    is computed, for numpy arrays and (validation's metrics) torch tensors alike."""
+    probs = probs if hasattr(probs, "shape") else np.asarray(probs)
+    return probs[..., score_indices(name, classes, malignant)].sum(axis=-1)
 
 
 def is_positive(labels: np.ndarray, name: str = "malignant") -> np.ndarray:
@@ -121,11 +125,10 @@ class ScoringPolicy:
 
     def indices(self, name: str) -> list[int]:
         """The columns a score sums, in this policy's classes (the malignant list is the policy's own)."""
-        members = self.malignant if name == "malignant" else SCORES[name]
-        return [i for i, c in enumerate(self.classes) if c in members]
+        return score_indices(name, self.classes, self.malignant)
 
     def score(self, probs: np.ndarray, name: str = "malignant") -> np.ndarray:
-        return np.asarray(probs)[..., self.indices(name)].sum(axis=-1)
+        return referral_score(probs, name, self.classes, self.malignant)
 
     def image_probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities of the image alone: softmax(logits / T + class_bias), [N, C] or

@@ -327,7 +327,7 @@ def _validated_epochs(log: Path) -> int:
 
 def _require_readable(last: Path) -> None:
     """--resume needs a last.ckpt that loads; one line naming it otherwise (before anything is touched)."""
-    from .checkpoint import torch_load
+    from .safe_load import torch_load
 
     hint = "; without --resume, fit into a new --out"
     try:

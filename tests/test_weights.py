@@ -127,7 +127,7 @@ def test_offline_pretrained_fit_carries_the_weights_preprocessing(small_ham, tmp
     """A tiny fit from the package's weights, with no network: the run records the source and the weights'
     mean/std, the checkpoint reloads without the package, and the backbone trains at its own learning rate."""
     from lesion_pl.checkpoint import load_classifier
-    from lesion_pl.module import parameter_groups
+    from lesion_pl.optim import parameter_groups
 
     out = tmp_path / "pretrained"
     sets = ["model.name=efficientnet_lite0", "model.pretrained=true", "data.image_size=64", "data.batch_size=16",

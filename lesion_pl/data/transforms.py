@@ -1,4 +1,5 @@
-"""Training augmentation for a whole batch at once, as tensor ops on the device that trains.
+"""Training augmentation for a whole batch at once, as tensor ops on the device that trains (and
+`batch_mixer`: MixUp/CutMix over a batch's images and labels).
 
 One affine resample per image does the random resized crop, the rotation and both flips
 (`affine_grid` + `grid_sample`), then brightness, contrast, saturation and hue jitter are a few
@@ -177,3 +178,16 @@ def augment_batch(images: torch.Tensor, aug: dict, generator: torch.Generator | 
     if aug.get("jpeg"):
         x = jpeg(x, *map(float, aug["jpeg"]), generator)
     return x
+
+
+def batch_mixer(augment: dict, num_classes: int):
+    """torchvision's MixUp and/or CutMix on whole training batches (None when both alphas are 0);
+    with both, each batch gets one of the two at random, as in timm."""
+    from torchvision.transforms import v2
+
+    mixers = [cls(alpha=float(alpha), num_classes=num_classes)
+              for cls, alpha in ((v2.MixUp, augment["mixup"]), (v2.CutMix, augment["cutmix"]))
+              if alpha and float(alpha) > 0]
+    if not mixers:
+        return None
+    return mixers[0] if len(mixers) == 1 else v2.RandomChoice(mixers)

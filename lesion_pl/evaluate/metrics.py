@@ -25,12 +25,12 @@ from torchmetrics.wrappers import ClasswiseWrapper
 
 from ..calibration import lesion_bootstrap
 from ..classes import CLASSES, NUM_CLASSES
-from ..scoring import score_indices, scores_and_positives
+from ..scoring import referral_score, score_indices, scores_and_positives
 
 
 def malignancy(probs: torch.Tensor) -> torch.Tensor:
     """`scoring.referral_score(probs, "malignant")` for torch tensors."""
-    return probs[:, score_indices("malignant")].sum(dim=1)
+    return referral_score(probs, "malignant")
 
 
 def is_malignant(target: torch.Tensor) -> torch.Tensor:

@@ -107,7 +107,7 @@ def read_state(path: Path, what: str) -> dict:
     """A plain tensor file (.pth/.pt/.bin with weights_only, or .safetensors) -> state dict; never unpickles code."""
     import torch
 
-    from ..checkpoint import torch_load
+    from ..safe_load import torch_load
 
     if path.suffix != ".safetensors":
         state = torch_load(path, what)
