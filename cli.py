@@ -84,6 +84,7 @@ def fit(
     OUT/members/0..2, one after another, sharing trainer.max_time); every later command uses all of them.
     """
     from lesion_pl.config import load_config
+    from lesion_pl.terminal import format_fit
     from lesion_pl.training import fit as run_fit
 
     sets = list(overrides or [])
@@ -111,14 +112,7 @@ def fit(
     if summary["skipped_bad_images"]:
         typer.secho(f"warning: skipped {len(summary['skipped_bad_images'])} missing or unreadable image(s); "
                     f"listed in {out / 'summary.json'}", fg="yellow", err=True)
-    for i, m in enumerate(summary.get("members", [])):
-        typer.echo(f"member {i} (seed {m['seed']}): best val balanced accuracy {m['best_val_balanced_accuracy']:.4f} "
-                   f"(epoch {m['best_epoch']}), {m['epochs']} epochs in {m['fit_seconds']:.0f} s")
-    what = "the ensemble's calibrated val balanced accuracy" if summary.get("members") else "best val balanced accuracy"
-    best = summary["best_val_balanced_accuracy"]
-    epoch = "" if summary.get("members") else f" (epoch {summary['best_epoch']})"
-    typer.echo(f"{what} {'n/a' if best is None else f'{best:.4f}'}{epoch}, {summary['epochs']} epochs in "
-               f"{summary['fit_seconds']:.0f} s; run folder: {out}")
+    typer.echo(format_fit(summary, out))
 
 
 @app.command()
@@ -286,35 +280,13 @@ def data_summary(
     overrides: Optional[List[str]] = SET_OPT,
 ):
     """Images, lesions and class counts per split; checks that no lesion is in two splits."""
-    from lesion_pl.config import load_config, resolve_data_root
-    from lesion_pl.data.sources import read_source
-    from lesion_pl.data.splits import check_no_leak, make_splits, read_splits, summarize
+    from lesion_pl.config import load_config
+    from lesion_pl.data.splits import split_summary
+    from lesion_pl.terminal import format_data_summary
 
     sets = list(overrides or []) + ([f"data.root={data_root}"] if data_root else [])
     sets += [f"data.format={data_format}"] if data_format else []
-    cfg = load_config(config, sets)
-    root = resolve_data_root(cfg)
-    table = read_source(cfg["data"]["format"], root, cfg["data"])
-    s = cfg["data"]["splits"]
-    if splits:
-        split, how = read_splits(table, splits), f"split from {splits}"
-    elif "official_split" in table:
-        split, how = table["official_split"].rename("split"), "the source's official split"
-    else:
-        from lesion_pl.data.cache import default_cache_dir
-
-        seed = int(s.get("seed", cfg["seed"]))
-        split = make_splits(table, s, seed, cfg["data"].get("cache_dir") or default_cache_dir())
-        how = f"split seed {seed}"
-    typer.echo(f"{root}: {len(table)} images, {table['group'].nunique()} lesions, {how}")
-    typer.echo(summarize(table, split).to_string())
-    for label, count in table.attrs.get("dropped", {}).items():
-        typer.echo(f"left out (data.drop_labels): {count} image(s) labelled {label}")
-    if "note" in table.attrs:
-        typer.echo(f"note: {table.attrs['note']}")
-    else:
-        check_no_leak(table, split)
-        typer.echo("no lesion is in two splits")
+    typer.echo(format_data_summary(split_summary(load_config(config, sets), splits)))
 
 
 @data_app.command("download")

@@ -14,6 +14,28 @@ def metric_text(value: float | None, spec: str = ".3f") -> str:
     return "n/a" if value is None or value != value else format(value, spec)
 
 
+def format_fit(summary: dict, out) -> str:
+    """What `fit` trained: each member's best epoch (an ensemble), the best validation figure, the time."""
+    lines = [f"member {i} (seed {m['seed']}): best val balanced accuracy {m['best_val_balanced_accuracy']:.4f} "
+             f"(epoch {m['best_epoch']}), {m['epochs']} epochs in {m['fit_seconds']:.0f} s"
+             for i, m in enumerate(summary.get("members", []))]
+    what = "the ensemble's calibrated val balanced accuracy" if summary.get("members") else "best val balanced accuracy"
+    best = summary["best_val_balanced_accuracy"]
+    epoch = "" if summary.get("members") else f" (epoch {summary['best_epoch']})"
+    lines.append(f"{what} {'n/a' if best is None else f'{best:.4f}'}{epoch}, {summary['epochs']} epochs in "
+                 f"{summary['fit_seconds']:.0f} s; run folder: {out}")
+    return "\n".join(lines)
+
+
+def format_data_summary(d: dict) -> str:
+    """`data summary`: the data, its split and the class counts per split (`data.splits.split_summary`)."""
+    lines = [f"{d['root']}: {d['images']} images, {d['lesions']} lesions, {d['how']}", d["table"].to_string()]
+    lines += [f"left out (data.drop_labels): {count} image(s) labelled {label}"
+              for label, count in d["dropped"].items()]
+    lines.append(f"note: {d['note']}" if d["note"] is not None else "no lesion is in two splits")
+    return "\n".join(lines)
+
+
 def format_calibration(c: dict) -> str:
     """What `calibrate` fitted on validation, and what it did there."""
     lines = []

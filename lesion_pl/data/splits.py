@@ -117,3 +117,28 @@ def summarize(table: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
     counts.loc["images"] = counts.sum()
     counts.loc["lesions"] = [table["group"][split == s].nunique() for s in columns] + [table["group"].nunique()]
     return counts
+
+
+def split_summary(cfg: dict, splits_file: Path | None = None) -> dict:
+    """`data summary`: the config's data source read and split (from `splits_file`, the source's official split,
+    or made here), its class counts per split, what was left out, and the leak check (raises on a leak)."""
+    from ..config import resolve_data_root
+    from .cache import default_cache_dir
+    from .sources import read_source
+
+    root = resolve_data_root(cfg)
+    table = read_source(cfg["data"]["format"], root, cfg["data"])
+    s = cfg["data"]["splits"]
+    if splits_file:
+        split, how = read_splits(table, splits_file), f"split from {splits_file}"
+    elif "official_split" in table:
+        split, how = table["official_split"].rename("split"), "the source's official split"
+    else:
+        seed = int(s.get("seed", cfg["seed"]))
+        split = make_splits(table, s, seed, cfg["data"]["cache_dir"] or default_cache_dir())
+        how = f"split seed {seed}"
+    note = table.attrs.get("note")
+    if note is None:
+        check_no_leak(table, split)
+    return {"root": root, "images": len(table), "lesions": int(table["group"].nunique()), "how": how,
+            "table": summarize(table, split), "dropped": dict(table.attrs.get("dropped", {})), "note": note}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -67,16 +68,22 @@ def _table(df: pd.DataFrame, floats: str = "{:.3f}") -> str:
     return df.to_html(classes="t", border=0, float_format=lambda v: floats.format(v), na_rep="")
 
 
-def build_report(run_path: Path, data_root: Path | None = None, progress: bool = True,
-                 per_class: int = 4, per_confusion: int = 6, evaluation: str | None = None) -> Path:
-    """The report of one evaluation: the run's own test split (RUN/report/index.html), or evaluation NAME
-    (RUN/evaluations/NAME/report/index.html); the page lists the run's other evaluations."""
-    from ..checkpoint import load_run_model
-    from ..data.splits import summarize
-    from .gradcam import gradcam, mass_inside, overlay
+@dataclass
+class Tested:
+    """What the last `test` of an evaluation scored, with the images it read: the report's input."""
+    source: Path  # the evaluation's folder (RUN/test or RUN/evaluations/NAME)
+    metrics: dict
+    preds: pd.DataFrame  # its predictions.csv
+    cfg: dict
+    dm: object  # the datamodule that read the images
+    images: np.ndarray  # [N, S, S, 3] uint8, as the model saw them
+    probs: np.ndarray  # [N, C] as test reported them
+    target: np.ndarray
+    pred: np.ndarray  # the classes test named, by the run's decision rule (not always the most probable)
+    frame: pd.DataFrame  # the data table's rows with pred and wrong
 
-    run = RunDir(Path(run_path))
-    run.require_fitted()
+
+def _tested(run: RunDir, data_root: Path | None, progress: bool, evaluation: str | None) -> Tested:
     source = run.evaluation(evaluation)
     if evaluation is not None and not (source / "metrics.json").is_file():
         known = ", ".join(run.evaluation_names()) or "none yet"
@@ -89,7 +96,6 @@ def build_report(run_path: Path, data_root: Path | None = None, progress: bool =
     if "per_class" not in metrics:
         raise LesionPLError(f"the report covers a test on the seven classes, and {source} holds a test that "
                             f"scored melanoma vs the rest; report on a seven-class evaluation")
-    summary = json.loads(run.summary.read_text()) if run.summary.exists() else {}
     # the images the last `test` scored: the run's split, or (--split all) every image of the data it read
     whole = metrics.get("split") == "all"
     if whole and data_root is None:
@@ -100,91 +106,117 @@ def build_report(run_path: Path, data_root: Path | None = None, progress: bool =
     except LesionPLError as e:
         raise LesionPLError(f"{e} (the run's images are read from {cfg['data']['root'] or 'the default data root'}; "
                             f"the last `test` read {metrics.get('data_root')}: pass --data-root DIR)") from None
-
     row_of = pd.Series(np.arange(len(dm.table)), index=dm.table["image_id"])
     missing = preds["image_id"][~preds["image_id"].isin(row_of.index)]
     if len(missing):
         raise LesionPLError(f"{len(missing)} tested image(s) are not in the data at {dm.root}, e.g. "
                             f"{missing.iloc[0]}; rerun `{test_cmd}`")
     rows = row_of[preds["image_id"]].to_numpy()
-    images = np.asarray(dm.cache[rows])
-    probs = preds[[f"p_{c}" for c in CLASSES]].to_numpy()
     target = preds["dx"].map(CLASS_TO_INDEX).to_numpy()
-    # the classes `test` named by the run's decision rule (not always the most probable)
     pred = preds["pred"].map(CLASS_TO_INDEX).to_numpy(dtype=np.int64, copy=True)
     frame = dm.table.iloc[rows].reset_index(drop=True).assign(pred=[CLASSES[i] for i in pred], wrong=pred != target)
+    return Tested(source, metrics, preds, cfg, dm, np.asarray(dm.cache[rows]),
+                  preds[[f"p_{c}" for c in CLASSES]].to_numpy(), target, pred, frame)
 
-    # Grad-CAM for every tested image, in batches
+
+def _gradcams(run: RunDir, t: Tested) -> np.ndarray:
+    """Grad-CAM of the class named, for every tested image, in batches."""
+    from ..checkpoint import load_run_model
+    from .gradcam import gradcam
+
     model = load_run_model(run)
     cams = []
-    for i in range(0, len(images), 64):
-        x = torch.from_numpy(np.ascontiguousarray(images[i:i + 64])).permute(0, 3, 1, 2)
-        cams.append(gradcam(model, x, target=torch.from_numpy(pred[i:i + 64]))[0].numpy())
-    cams = np.concatenate(cams)
+    for i in range(0, len(t.images), 64):
+        x = torch.from_numpy(np.ascontiguousarray(t.images[i:i + 64])).permute(0, 3, 1, 2)
+        cams.append(gradcam(model, x, target=torch.from_numpy(t.pred[i:i + 64]))[0].numpy())
+    return np.concatenate(cams)
 
-    out_dir = run.path / "report" if evaluation is None else source / "report"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    pngs: dict[str, bytes] = {}
+
+def _galleries(t: Tested, cams: np.ndarray, per_class: int, per_confusion: int):
+    """A seeded sample per class, then the most confident errors of the largest confusions: (pngs, the
+    confusions' counts, [(true, predicted, count, png key)])."""
+    from .gradcam import overlay
 
     def item(k: int) -> dict:
-        return {"overlay": overlay(images[k], cams[k]), "true": CLASSES[target[k]], "pred": CLASSES[pred[k]],
-                "probs": probs[k], "image_id": preds["image_id"][k]}
+        return {"overlay": overlay(t.images[k], cams[k]), "true": CLASSES[t.target[k]], "pred": CLASSES[t.pred[k]],
+                "probs": t.probs[k], "image_id": t.preds["image_id"][k]}
 
-    # Galleries: a seeded sample per class, then the most confident errors of the largest confusions
-    rng = np.random.default_rng(int(cfg["seed"]))
+    rng = np.random.default_rng(int(t.cfg["seed"]))
     sample = []
     for c in range(len(CLASSES)):
-        idx = np.flatnonzero(target == c)
+        idx = np.flatnonzero(t.target == c)
         sample += sorted(rng.choice(idx, size=min(per_class, len(idx)), replace=False).tolist())
-    pngs["gallery"] = figs.gallery([item(k) for k in sample], f"Test images, {per_class} per class, with Grad-CAM "
-                                   "of the predicted class and the top-3 probabilities")
-    confusions = (frame[frame["wrong"]].groupby(["dx", "pred"]).size().sort_values(ascending=False))
-    conf_sections = []
-    for n, ((t, p), count) in enumerate(confusions.head(3).items()):
-        idx = np.flatnonzero((target == CLASS_TO_INDEX[t]) & (pred == CLASS_TO_INDEX[p]))
-        idx = idx[np.argsort(-probs[idx, CLASS_TO_INDEX[p]])][:per_confusion]
-        key = f"errors_{n + 1}_{t}_as_{p}"
-        pngs[key] = figs.gallery([item(k) for k in idx], f"{t} predicted as {p}: the {len(idx)} most confident "
-                                 f"of {count} errors", columns=3)
-        conf_sections.append((t, p, int(count), key))
+    pngs = {"gallery": figs.gallery([item(k) for k in sample], f"Test images, {per_class} per class, with Grad-CAM "
+                                    "of the predicted class and the top-3 probabilities")}
+    confusions = t.frame[t.frame["wrong"]].groupby(["dx", "pred"]).size().sort_values(ascending=False)
+    sections = []
+    for n, ((true, named), count) in enumerate(confusions.head(3).items()):
+        idx = np.flatnonzero((t.target == CLASS_TO_INDEX[true]) & (t.pred == CLASS_TO_INDEX[named]))
+        idx = idx[np.argsort(-t.probs[idx, CLASS_TO_INDEX[named]])][:per_confusion]
+        key = f"errors_{n + 1}_{true}_as_{named}"
+        pngs[key] = figs.gallery([item(k) for k in idx], f"{true} predicted as {named}: the {len(idx)} most "
+                                 f"confident of {count} errors", columns=3)
+        sections.append((true, named, int(count), key))
+    return pngs, confusions, sections
 
-    # Curves and subgroup tables
+
+def _cam_stats(t: Tested, cams: np.ndarray) -> dict | None:
+    """How much of the Grad-CAM mass falls on the lesion (its mask), overall and for right and wrong calls;
+    None where the data has no masks."""
+    from .gradcam import mass_inside
+
+    ids = t.preds["image_id"]
+    masks = lesion_masks(t.dm.root, ids, t.images.shape[1])
+    if not masks:
+        return None
+    have = np.array([i in masks for i in ids])
+    share = mass_inside(cams[have], np.stack([masks[i] for i in ids[have]]))
+    wrong = t.frame["wrong"].to_numpy()[have]
+    return {"images": int(have.sum()), "overall": float(np.nanmean(share)),
+            "correct": float(np.nanmean(share[~wrong])) if (~wrong).any() else float("nan"),
+            "wrong": float(np.nanmean(share[wrong])) if wrong.any() else float("nan"),
+            "lesion_area": float(np.mean([masks[i].mean() for i in ids[have]]))}
+
+
+def build_report(run_path: Path, data_root: Path | None = None, progress: bool = True,
+                 per_class: int = 4, per_confusion: int = 6, evaluation: str | None = None) -> Path:
+    """The report of one evaluation: the run's own test split (RUN/report/index.html), or evaluation NAME
+    (RUN/evaluations/NAME/report/index.html); the page lists the run's other evaluations."""
+    from ..data.splits import summarize
+
+    run = RunDir(Path(run_path))
+    run.require_fitted()
+    t = _tested(run, data_root, progress, evaluation)
+    summary = json.loads(run.summary.read_text()) if run.summary.exists() else {}
+    cams = _gradcams(run, t)
+    pngs, confusions, conf_sections = _galleries(t, cams, per_class, per_confusion)
     for n, trained in enumerate(run.members or [run]):  # an ensemble: each member's curves
         log_path = trained.path / "logs" / "metrics.csv"
         if log_path.exists():
-            key = f"training_curves{'_member' + str(n) if run.members else ''}"
-            pngs[key] = figs.training_curves(pd.read_csv(log_path))
-    mal_prob = preds["malignant_prob"].to_numpy()  # as test scored it
-    is_mal = is_positive(target, "malignant").astype(int)
-    pngs["precision_recall"] = figs.precision_recall(target, probs, mal_prob, is_mal)
-    overall_error = float(frame["wrong"].mean())
-    tables = error_tables(frame)
+            pngs[f"training_curves{'_member' + str(n) if run.members else ''}"] = figs.training_curves(
+                pd.read_csv(log_path))
+    pngs["precision_recall"] = figs.precision_recall(t.target, t.probs, t.preds["malignant_prob"].to_numpy(),
+                                                     is_positive(t.target, "malignant").astype(int))
+    overall_error = float(t.frame["wrong"].mean())
+    tables = error_tables(t.frame)
     if tables:
         pngs["subgroup_errors"] = figs.subgroup_errors(tables, overall_error)
-
-    masks = lesion_masks(dm.root, preds["image_id"], images.shape[1])
-    cam_stats = None
-    if masks:
-        have = np.array([i in masks for i in preds["image_id"]])
-        share = mass_inside(cams[have], np.stack([masks[i] for i in preds["image_id"][have]]))
-        wrong = frame["wrong"].to_numpy()[have]
-        cam_stats = {"images": int(have.sum()), "overall": float(np.nanmean(share)),
-                     "correct": float(np.nanmean(share[~wrong])) if (~wrong).any() else float("nan"),
-                     "wrong": float(np.nanmean(share[wrong])) if wrong.any() else float("nan"),
-                     "lesion_area": float(np.mean([masks[i].mean() for i in preds["image_id"][have]]))}
-
+    cam_stats = _cam_stats(t, cams)
+    test_cmd = f"python cli.py test --run {run.path}"
     for name in ("confusion_matrix", "roc", "reliability"):  # made by `test` (ROC with the operating point)
-        pngs[name] = run.require(source / f"{name}.png", test_cmd).read_bytes()
+        pngs[name] = run.require(t.source / f"{name}.png", test_cmd).read_bytes()
+
+    out_dir = run.path / "report" if evaluation is None else t.source / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
     for name, png in pngs.items():
         with atomic_path(out_dir / f"{name}.png") as tmp:
             tmp.write_bytes(png)
-
     shift_path = run.path / "shift.json"  # benchmarks/shift.py, on the run's own test split
     shift = json.loads(shift_path.read_text()) if evaluation is None and shift_path.is_file() else None
-    findings = _findings(metrics, frame, confusions, tables, overall_error, cam_stats, shift)
+    findings = _findings(t.metrics, t.frame, confusions, tables, overall_error, cam_stats, shift)
     others = (["the run's own test split (report --run RUN)"] if evaluation is not None else [])
     others += [f"'{name}'" for name in run.evaluation_names() if name != evaluation]
-    page = _html(run, cfg, summary, metrics, summarize(dm.table, dm.split), tables, conf_sections, cam_stats,
+    page = _html(run, t.cfg, summary, t.metrics, summarize(t.dm.table, t.dm.split), tables, conf_sections, cam_stats,
                  findings, pngs, others, shift)
     index = out_dir / "index.html"
     atomic_write_text(index, page)
