@@ -209,7 +209,9 @@ def promise_text(p: dict) -> str:
             f"confidence ({seen}; {bound})")
 
 
-def binary_stats(scores: np.ndarray, positive: np.ndarray, threshold: float) -> dict:
+def binary_stats(scores: np.ndarray, positive: np.ndarray, threshold) -> dict:
+    """Sensitivity, specificity, PPV, NPV and the counts of flagging `scores >= threshold` (one threshold, or
+    one per image)."""
     flag = scores >= threshold
     pos = positive.astype(bool)
     tp, fn = int((flag & pos).sum()), int((~flag & pos).sum())
@@ -242,13 +244,15 @@ def lesion_bootstrap(groups: np.ndarray, statistic, n_boot: int = 1000, seed: in
     return out
 
 
-def bootstrap_ci(scores: np.ndarray, positive: np.ndarray, groups: np.ndarray, threshold: float,
+def bootstrap_ci(scores: np.ndarray, positive: np.ndarray, groups: np.ndarray, threshold,
                  n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    """Percentile CIs of sensitivity, specificity, PPV and NPV, resampling lesions (groups), not images."""
+    """Percentile CIs of sensitivity, specificity, PPV and NPV, resampling lesions (groups), not images
+    (`threshold`: one, or one per image)."""
     keys = ("sensitivity", "specificity", "ppv", "npv")
+    per_image = np.ndim(threshold) > 0
 
     def stats(pick):
-        s = binary_stats(scores[pick], positive[pick], threshold)
+        s = binary_stats(scores[pick], positive[pick], threshold[pick] if per_image else threshold)
         return {k: s[k] for k in keys}
 
     return lesion_bootstrap(groups, stats, n_boot, seed, level)

@@ -107,7 +107,10 @@ def format_report(report: dict) -> str:
                   f"'{c.get('decision', 'accuracy')}' rule"]
     for name, op in report["operating_points"].items():
         ci = op["ci95"]
-        lines.append(f"  {name} referral at p >= {op['threshold']:.3f}, {promise_text(op)}:")
+        alone = op.get("images_on_image_only_threshold")
+        also = (f" ({alone} image(s) without metadata on the image-only threshold, as predict refers them)"
+                if alone else "")
+        lines.append(f"  {name} referral at p >= {op['threshold']:.3f}{also}, {promise_text(op)}:")
         lines.append("    on these images (95% CI, lesions resampled): "
                      + ", ".join(f"{k} {metric_text(op[k])} [{', '.join(map(metric_text, ci[k]))}]"
                                  for k in ("sensitivity", "specificity", "ppv", "npv")))

@@ -302,3 +302,17 @@ def test_predict_says_refer_or_not(trained_run, small_ham):
     for f, refer in zip(files, res.refer):
         line = next(out for out in r.output.splitlines() if out.startswith(str(f)))
         assert line.endswith("refer") if refer else line.endswith("no referral at this threshold")
+
+
+def test_referral_figures_take_a_threshold_per_image():
+    """test refers each image on its own threshold (fused or image-only), as predict does."""
+    rng = np.random.default_rng(7)
+    scores, positive = rng.random(300), rng.random(300) < 0.3
+    groups = np.arange(300) // 2
+    same = np.full(300, 0.4)
+    assert binary_stats(scores, positive, same) == binary_stats(scores, positive, 0.4)
+    assert bootstrap_ci(scores, positive, groups, same, 50) == bootstrap_ci(scores, positive, groups, 0.4, 50)
+    mixed = np.where(np.arange(300) < 150, 0.4, 0.0)  # the second half: everyone referred
+    got = binary_stats(scores, positive, mixed)
+    first, second = binary_stats(scores[:150], positive[:150], 0.4), binary_stats(scores[150:], positive[150:], 0.0)
+    assert got["tp"] == first["tp"] + second["tp"] and got["fp"] == first["fp"] + second["fp"]

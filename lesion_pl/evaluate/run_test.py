@@ -11,19 +11,23 @@ from ..calibration import binary_stats, bootstrap_ci, brier_score, referral_prom
 from ..errors import LesionPLError
 from ..io import atomic_dir, atomic_write_json
 from ..run import RunDir
-from ..scoring import ScoringPolicy, is_positive, scores_and_positives, softmax
+from ..scoring import Scored, ScoringPolicy, is_positive, softmax
 from ..terminal import HEADLINE
 from .predictions import predictions_frame, write_predictions
 
 
-def operating_points(cal: dict, probs: np.ndarray, target: np.ndarray, groups: np.ndarray,
-                     n_boot: int, seed: int) -> dict:
-    """Each validation-chosen threshold applied to these images, with lesion-bootstrap 95% CIs."""
+def operating_points(policy: ScoringPolicy, scored: Scored, positives: dict, groups: np.ndarray, n_boot: int,
+                     seed: int) -> dict:
+    """Each validation-chosen referral applied to these images as predict applies it (each image on its own
+    threshold: the fused one where its metadata was fused, the image-only one elsewhere), with lesion-bootstrap
+    95% CIs. `positives`: score name -> which images count as positive."""
     out = {}
-    for name, op in cal["operating_points"].items():
-        scores, positive = scores_and_positives(probs, target, name)
-        out[name] = {**referral_promise(op), **binary_stats(scores, positive, op["threshold"]),
-                     "ci95": bootstrap_ci(scores, positive, groups, op["threshold"], n_boot, seed)}
+    for name, op in policy.operating_points.items():
+        scores, positive, threshold = scored.scores[name], positives[name], scored.thresholds[name]
+        out[name] = {**referral_promise(op), **binary_stats(scores, positive, threshold),
+                     "ci95": bootstrap_ci(scores, positive, groups, threshold, n_boot, seed)}
+        if scored.with_metadata is not None and not scored.with_metadata.all():
+            out[name]["images_on_image_only_threshold"] = int((~scored.with_metadata).sum())
     return out
 
 
@@ -102,7 +106,7 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     scored = policy(logits, rows)
     raw, probs, pred = softmax(logits), scored.probabilities, scored.top_index
     if "melanoma_target" in rows:
-        return _binary_test(run, cfg, cal, scored, rows, split, dm, tta, dest, evaluation)
+        return _binary_test(run, cfg, policy, scored, rows, split, dm, tta, dest, evaluation)
     target = np.asarray(ds.labels)
     t_target = torch.from_numpy(target)
     report = metrics_report(torch.from_numpy(probs).float(), t_target, torch.from_numpy(pred))
@@ -126,8 +130,9 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
         report["clinical"] = {"weight": cal["clinical"]["weight"], "fields": sorted(cal["clinical"]["columns"]),
                               "images_with_metadata": int(scored.with_metadata.sum()),
                               "image_only": {k: image_report[k] for k in HEADLINE}}
-    report["operating_points"] = operating_points(cal, probs, target, rows["group"].to_numpy(),
-                                                  int(cfg["calibration"]["bootstrap"]), int(cfg["seed"]))
+    report["operating_points"] = operating_points(policy, scored, {n: is_positive(target, n) for n in scored.scores},
+                                                  rows["group"].to_numpy(), int(cfg["calibration"]["bootstrap"]),
+                                                  int(cfg["seed"]))
 
     with atomic_dir(dest) as folder:
         write_predictions(predictions_frame(rows, scored), folder / "predictions.csv")
@@ -140,29 +145,25 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     return report
 
 
-def _binary_test(run: RunDir, cfg: dict, cal: dict, scored, rows: pd.DataFrame, split: str, dm, tta: bool,
-                 dest: Path, evaluation: str | None) -> dict:
+def _binary_test(run: RunDir, cfg: dict, policy: ScoringPolicy, scored: Scored, rows: pd.DataFrame, split: str, dm,
+                 tta: bool, dest: Path, evaluation: str | None) -> dict:
     """A source with only melanoma/benign labels (ISIC 2020): AUROC of the melanoma and malignancy
     outputs against them, and the run's two referral thresholds applied to them."""
     from torchmetrics.classification import BinaryAUROC
 
     y = rows["melanoma_target"].to_numpy().astype(int)
     groups = rows["group"].to_numpy()
-    scores = {name: scored.scores[name] for name in ("melanoma", "malignant")}
     report = {"evaluation": evaluation, "out": str(dest), "split": split, "data_root": str(dm.root),
               **_checkpoints(run), "tta": tta, "skipped_bad_images": dm.skipped, "binary_target": "melanoma",
               "n_images": int(len(y)),
-              "positives": int(y.sum()), "operating_points": {}}
-    for name, s in scores.items():
+              "positives": int(y.sum())}
+    for name in ("melanoma", "malignant"):
+        s = scored.scores[name]
         both = 0 < y.sum() < len(y)
         report[f"auroc_{name}_vs_target"] = (float(BinaryAUROC()(torch.from_numpy(s), torch.from_numpy(y))) if both
                                              else float("nan"))
-        op = cal["operating_points"].get(name)
-        if op:
-            report["operating_points"][name] = {
-                **referral_promise(op), **binary_stats(s, y, op["threshold"]),
-                "ci95": bootstrap_ci(s, y, groups, op["threshold"], int(cfg["calibration"]["bootstrap"]),
-                                     int(cfg["seed"]))}
+    report["operating_points"] = operating_points(policy, scored, {n: y.astype(bool) for n in scored.scores}, groups,
+                                                  int(cfg["calibration"]["bootstrap"]), int(cfg["seed"]))
     with atomic_dir(dest) as folder:
         write_predictions(predictions_frame(rows, scored, "melanoma_target"), folder / "predictions.csv")
         atomic_write_json(folder / "metrics.json", report)
