@@ -15,7 +15,6 @@ from lesion_pl.io import atomic_write_json, atomic_write_text, read_utf8, requir
 
 from .runtime import LesionOnnxClassifier
 
-REFER, NO_REFER = "refer", "no referral at this threshold"
 KEY_COLUMNS = ("image", "image_id", "image_name", "file")
 
 
@@ -71,16 +70,7 @@ def predict_table(model: Path, files: list[Path], out: Path | None, batch_size: 
         _echo_metadata_use(metadata, metadata_csv, clf)
     done, preds, errors = clf.predict_files(files, batch_size=batch_size, tta=tta, progress=progress,
                                             metadata=metadata)
-    refer = preds.refer if preds.refer is not None else [None] * len(preds)
-    used = preds.with_metadata if preds.with_metadata is not None else [None] * len(preds)
-    rows = []
-    for path, top, p, mal, r, u, probs in zip(done, preds.top_class, preds.top_probability, preds.malignancy, refer,
-                                              used, preds.probabilities):
-        rows.append({"file": str(path), "top_class": top, "probability": round(float(p), 6),
-                     "malignancy": round(float(mal), 6), "referral": "" if r is None else (REFER if r else NO_REFER),
-                     **({} if u is None else {"metadata": "yes" if u else "no"}),
-                     **{f"p_{c}": round(float(v), 6) for c, v in zip(clf.classes, probs)},
-                     "warning": clf.warnings.get(path, "")})
+    rows = preds.rows(done, clf.warnings)
     points = {"": clf.operating_points_image_only}
     if metadata is not None and any(preds.with_metadata):
         points = {" (with metadata)": clf.operating_points}

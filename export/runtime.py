@@ -38,6 +38,7 @@ from lesion_pl.scoring import Scored, ScoringPolicy
 from .metadata import PREFIX, REQUIRED
 
 ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+REFER, NO_REFER = "refer", "no referral at this threshold"
 Metadata = Optional[Mapping[str, object]]  # one image's age, sex and site
 
 
@@ -87,6 +88,21 @@ class Predictions:
 
     def __len__(self) -> int:
         return len(self.probabilities)
+
+    def rows(self, names: Sequence[str], warnings: Mapping[str, str] | None = None) -> list[dict]:
+        """One plain dict per image (as `predict --out x.json` writes them): its name, top class and probability,
+        malignancy, referral, whether metadata was fused, every class's probability, and any warning."""
+        refer = self.refer if self.refer is not None else [None] * len(self)
+        used = self.with_metadata if self.with_metadata is not None else [None] * len(self)
+        out = []
+        for name, top, p, mal, r, u, probs in zip(names, self.top_class, self.top_probability, self.malignancy, refer,
+                                                  used, self.probabilities):
+            out.append({"file": str(name), "top_class": top, "probability": round(float(p), 6),
+                        "malignancy": round(float(mal), 6), "referral": "" if r is None else (REFER if r else NO_REFER),
+                        **({} if u is None else {"metadata": "yes" if u else "no"}),
+                        **{f"p_{c}": round(float(v), 6) for c, v in zip(self.classes, probs)},
+                        "warning": (warnings or {}).get(name, "")})
+        return out
 
 
 def _array_to_image(arr: np.ndarray) -> Image.Image:
