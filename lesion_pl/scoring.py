@@ -148,7 +148,7 @@ class ScoringPolicy:
     def decide(self, probs: np.ndarray) -> np.ndarray:
         return decide(probs, self.decision_bias)
 
-    def thresholds(self, with_metadata: np.ndarray | None, n: int) -> dict[str, float | np.ndarray]:
+    def thresholds(self, with_metadata: np.ndarray | None) -> dict[str, float | np.ndarray]:
         """Each score's referral threshold for these rows: the fused one where metadata was fused, the
         image-only one elsewhere (one number where all rows share it)."""
         out = {}
@@ -163,7 +163,7 @@ class ScoringPolicy:
         image_probs = np.asarray(image_probs)
         probs, used = self.fuse(image_probs, records)
         return Scored(probs, image_probs, used, self.decide(probs), {n: self.score(probs, n) for n in SCORES},
-                      self.thresholds(used, len(probs)))
+                      self.thresholds(used))
 
     def __call__(self, logits: np.ndarray, records: Mapping[str, Sequence] | None = None) -> Scored:
         """Network logits [N, C] or [N, views, C] -> Scored."""
