@@ -210,6 +210,11 @@ class LesionOnnxClassifier:
                        metadata: Sequence[Metadata] | None = None) -> Predictions:
         """Preprocessed uint8 [N, size, size, 3] -> predictions; `tta` averages the 8 flips/rotations
         (None: as the run was calibrated, `self.tta`); `metadata`: one dict (age, sex, site) or None per image."""
+        return self._result(self._probabilities(batch, tta), metadata)
+
+    def _probabilities(self, batch: np.ndarray, tta: bool | None) -> np.ndarray:
+        """The graph's calibrated image probabilities [N, C] (views averaged), not yet scored: callers that
+        predict in chunks score the whole set once."""
         batch = np.asarray(batch, dtype=np.uint8)
         if self.tta if tta is None else tta:
             views = [np.rot90(batch, k, axes=(1, 2)) for k in range(4)]
@@ -218,7 +223,7 @@ class LesionOnnxClassifier:
             probs = self.policy.mean_views(out.reshape(len(views), len(batch), -1))
         else:
             probs = self.session.run(["probabilities"], {"images": np.ascontiguousarray(batch)})[0]
-        return self._result(probs, metadata)
+        return probs
 
     def predict(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 32, tta: bool | None = None,
                 metadata: Metadata | Sequence[Metadata] | None = None) -> Predictions:
@@ -228,7 +233,7 @@ class LesionOnnxClassifier:
         parts = []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
-            parts.append(self.predict_arrays(np.stack([self.preprocess(im) for im in chunk]), tta).probabilities)
+            parts.append(self._probabilities(np.stack([self.preprocess(im) for im in chunk]), tta))
         return self._result(np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), np.float32), metadata)
 
     def predict_files(self, paths: Iterable[str | os.PathLike], batch_size: int = 32, tta: bool | None = None,
@@ -245,7 +250,7 @@ class LesionOnnxClassifier:
 
         def flush():
             if batch:
-                probs.append(self.predict_arrays(np.stack(batch), tta).probabilities)
+                probs.append(self._probabilities(np.stack(batch), tta))
                 done.extend(batch_paths)
                 batch.clear()
                 batch_paths.clear()

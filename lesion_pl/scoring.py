@@ -150,7 +150,7 @@ class ScoringPolicy:
 
     def thresholds(self, with_metadata: np.ndarray | None) -> dict[str, float | np.ndarray]:
         """Each score's referral threshold for these rows: the fused one where metadata was fused, the
-        image-only one elsewhere (one number where all rows share it)."""
+        image-only one elsewhere (one number where no metadata was given)."""
         out = {}
         for name, op in self.operating_points_image_only.items():
             alone = float(op["threshold"])
