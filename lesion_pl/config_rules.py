@@ -103,11 +103,51 @@ def _balance(nullable: bool = False):
     return f"one of {', '.join(BALANCE_POWER)} or a power in [0, 1]" + (", or null" if nullable else ""), ok
 
 
+def _bool():
+    return "true or false", lambda v: isinstance(v, bool)
+
+
+def _text_or_null():
+    return "a path or name (text), or null", lambda v: v is None or (isinstance(v, str) and v != "")
+
+
+def _mapping():
+    return "a mapping of keys to values ({} for none)", lambda v: isinstance(v, dict)
+
+
+# the readers' names (data.sources.READERS, tested to agree) and auto
+FORMATS = ("auto", "ham10000", "isic-csv", "isic2020", "csv", "folder", "dermamnist")
+# keys whose values are checked where they are read, against the data (their own, longer messages)
+CHECKED_WHERE_READ = ("data.splits", "data.columns")
+
+
 # What each key takes; a bad value would otherwise fail deep inside torch or Lightning (with a traceback
 # that names neither the key nor the file), or not at all. Keys with their own checks (splits,
 # the data columns) are checked where they are read.
 CHECKS = {
     "seed": _whole(0),
+    "data.format": _one_of(*FORMATS),
+    "data.dermamnist_size": _one_of(None, 28, 64, 128, 224),
+    "data.root": _text_or_null(),
+    "data.csv": _text_or_null(),
+    "data.label_map": _mapping(),
+    "data.drop_labels": ("a list of source labels", lambda v: isinstance(v, list)),
+    "data.skip_bad_images": _bool(),
+    "data.splits_file": _text_or_null(),
+    "data.cache_dir": _text_or_null(),
+    "data.cache_on_device": _bool(),
+    "data.augment.hflip": _bool(),
+    "data.augment.vflip": _bool(),
+    "model.name": ("a network name (lesion_cnn, or a timm model)", lambda v: isinstance(v, str) and v != ""),
+    "model.weights": _text_or_null(),
+    "model.widths": ("a list of whole numbers >= 1 (channels per stage)",
+                     lambda v: isinstance(v, list) and bool(v) and all(_whole(1)[1](w) for w in v)),
+    "calibration.prior_correction": _bool(),
+    "calibration.tta": _bool(),
+    "calibration.clinical": _bool(),
+    "calibration.clinical_columns": _mapping(),
+    "trainer.strategy": ("a Lightning strategy name (auto, ddp, ...)", lambda v: isinstance(v, str) and v != ""),
+    "trainer.channels_last": _bool(),
     "data.image_size": (f"auto or a whole number of pixels from 8 to {MAX_IMAGE_SIZE}",
                         lambda v: v == "auto" or (_whole(8)[1](v) and v <= MAX_IMAGE_SIZE)),
     "data.batch_size": _whole(1),

@@ -180,3 +180,26 @@ def test_an_older_config_gets_the_defaults_it_lacks():
     assert filled["data"]["color_constancy"] is None and filled["calibration"]["prior_correction"] is True
     assert filled["trainer"]["channels_last"] is False  # what the old config said stays
     assert "color_constancy" not in old["data"]  # the old one is not changed
+
+
+def test_every_key_of_the_default_config_has_its_rule():
+    """Each key's default and doc are in the YAML, its rule in config_rules.CHECKS (or it is checked against the
+    data where it is read): none is left unchecked at load."""
+    from lesion_pl.config_rules import CHECKED_WHERE_READ, CHECKS, FORMATS
+    from lesion_pl.data.sources import READERS
+
+    def leaves(node, prefix=""):
+        for key, value in node.items():
+            name = prefix + key
+            if isinstance(value, dict) and value and name not in CHECKED_WHERE_READ + (
+                    "data.label_map", "calibration.clinical_columns"):
+                yield from leaves(value, name + ".")
+            else:
+                yield name
+
+    assert [k for k in leaves(load_config()) if k not in CHECKS and k not in CHECKED_WHERE_READ] == []
+    assert set(FORMATS) == {"auto", *READERS}
+    with pytest.raises(LesionPLError, match="data.format must be one of auto, ham10000"):
+        load_config(None, ["data.format=excel"])
+    with pytest.raises(LesionPLError, match="calibration.tta must be true or false, got 'yes please'"):
+        load_config(None, ["calibration.tta=yes please"])
