@@ -10,10 +10,9 @@ from torch import nn
 from .calibration import validation_decision_bias
 from .classes import NUM_CLASSES
 from .data.transforms import batch_mixer
-from .errors import LesionPLError
 from .evaluate.metrics import metric_collection
 from .losses import malignant_weight, training_loss
-from .models.factory import Normalize, build_network
+from .models.factory import Normalize, build_network, weights_normalization
 from .optim import optimizer_and_schedule
 
 
@@ -34,11 +33,7 @@ class LesionClassifier(pl.LightningModule):
         self.config = config
         self.net = net if net is not None else build_network(config["model"])
         if mean is None:  # the weights' own preprocessing, recorded so that a reloaded model needs no weights
-            loaded = self.net.loaded_weights
-            if loaded is None or loaded.mean is None:
-                raise LesionPLError("model.normalization: auto needs weights that name their mean and std; "
-                                    "give model.normalization={mean: [...], std: [...]} or dataset")
-            mean, std = list(loaded.mean), list(loaded.std)
+            mean, std = weights_normalization(self.net)
             self.hparams.update(mean=mean, std=std)
         self.normalize = Normalize(mean, std, config["data"]["color_constancy"])
         self.channels_last = bool(config["trainer"]["channels_last"])
@@ -85,10 +80,7 @@ class LesionClassifier(pl.LightningModule):
 
     def forward_normalized(self, x: torch.Tensor) -> torch.Tensor:
         """Standardised float NCHW images -> logits."""
-        return self.net(self._prepare(x))
-
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return self.net(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
 
     def _step(self, batch, stage: str):
         images, target = batch

@@ -1,5 +1,5 @@
 """The package's shape: no import cycle between its modules (deferred imports inside functions count too),
-and one place that computes the referral scores. No data set needed."""
+and one place that computes the referral scores; the install names every package. No data set needed."""
 from __future__ import annotations
 
 import ast
@@ -59,3 +59,17 @@ def test_the_malignant_classes_are_summed_in_one_place():
     found = [f"{p.relative_to(PROJECT)}:{i}" for p in _modules().values()
              for i, line in enumerate(p.read_text().splitlines(), 1) if summing.search(line)]
     assert found == ["lesion_pl/scoring.py:" + found[0].split(":")[1]] and len(found) == 1, found
+
+
+def test_the_install_lists_every_package_and_the_command():
+    """`pip install -e .` installs what pyproject.toml names: a new subpackage left out of it would be missing
+    from the installed `lesion-pl`, and the command must point at cli.py's app."""
+    import tomllib
+
+    project = tomllib.loads((PROJECT / "pyproject.toml").read_text())
+    packages = {".".join(p.parent.relative_to(PROJECT).parts) for package in PACKAGES
+                for p in (PROJECT / package).rglob("__init__.py")}
+    assert set(project["tool"]["setuptools"]["packages"]) == packages
+    assert project["project"]["scripts"] == {"lesion-pl": "cli:app"}
+    assert project["tool"]["setuptools"]["py-modules"] == ["cli"]
+    assert re.search(r"^app = typer\.Typer\(", (PROJECT / "cli.py").read_text(), re.M)

@@ -11,6 +11,7 @@ from sklearn.metrics import balanced_accuracy_score
 
 from lesion_pl.classes import CLASSES
 from lesion_pl.evaluate.metrics import balanced_accuracy, binary_auroc, headline_ci, metric_collection, metrics_report
+from lesion_pl.scoring import scores_and_positives
 
 IDX = {c: i for i, c in enumerate(CLASSES)}
 
@@ -133,3 +134,27 @@ def test_one_balanced_accuracy_in_numpy_torchmetrics_and_sklearn():
         if classes == 7:  # validation's torchmetrics macro recall, over all seven classes present
             val = metric_collection()["balanced_accuracy"]
             assert ours == pytest.approx(float(val(probs, torch.from_numpy(target))), abs=1e-6)
+
+
+def test_one_auroc_in_numpy_torchmetrics_and_sklearn():
+    """The rank AUROC (the bootstrap, calibrate, shift, the ROC plot) is metrics_report's torchmetrics one (test)
+    and sklearn's, with ties (rounded scores) and in the macro over the classes present."""
+    from sklearn.metrics import roc_auc_score
+    from torchmetrics.classification import BinaryAUROC
+
+    rng = np.random.default_rng(3)
+    for n, decimals in ((500, 6), (300, 1), (40, 2)):  # 1 decimal: many ties
+        positive = rng.random(n) < 0.3
+        scores = np.round(np.clip(rng.normal(positive * 0.8, 1.0) / 4 + 0.5, 0, 1), decimals)
+        ours = binary_auroc(scores, positive)
+        assert ours == pytest.approx(roc_auc_score(positive, scores), abs=1e-12)
+        assert ours == pytest.approx(float(BinaryAUROC()(torch.from_numpy(scores), torch.from_numpy(positive))),
+                                     abs=1e-6)
+    target = rng.integers(0, 5, 400)  # two classes absent: the macro is over the five present
+    probs = torch.softmax(torch.from_numpy(rng.normal(size=(400, 7)) + 1.5 * np.eye(7)[target]), 1).float()
+    p = probs.numpy()
+    macro = np.mean([binary_auroc(p[:, c], target == c) for c in range(5)])
+    r = metrics_report(probs, torch.from_numpy(target))
+    assert macro == pytest.approx(r["auroc_macro"], abs=1e-6)
+    mal_score, mal = scores_and_positives(p, target, "malignant")
+    assert binary_auroc(mal_score, mal) == pytest.approx(r["auroc_malignant"], abs=1e-6)

@@ -49,7 +49,9 @@ def confusion_matrix_png(target: np.ndarray, pred: np.ndarray, path: Path) -> np
 def roc_png(target: np.ndarray, probs: np.ndarray, malignant_prob: np.ndarray, is_malignant: np.ndarray,
             path: Path, operating_point: dict | None = None) -> None:
     """ROC per class (one vs rest) and malignant vs benign, with the referral operating point if given."""
-    from sklearn.metrics import roc_auc_score, roc_curve
+    from sklearn.metrics import roc_curve
+
+    from .metrics import binary_auroc
 
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(14, 6))
@@ -59,10 +61,10 @@ def roc_png(target: np.ndarray, probs: np.ndarray, malignant_prob: np.ndarray, i
             continue
         fpr, tpr, _ = roc_curve(y, probs[:, i])
         axes[0].plot(fpr, tpr, color=PALETTE[code],
-                     label=f"{code}: {DISPLAY_NAMES[code]} (AUROC {roc_auc_score(y, probs[:, i]):.3f})")
+                     label=f"{code}: {DISPLAY_NAMES[code]} (AUROC {binary_auroc(probs[:, i], y):.3f})")
     if 0 < is_malignant.sum() < len(is_malignant):
         fpr, tpr, _ = roc_curve(is_malignant, malignant_prob)
-        auc = roc_auc_score(is_malignant, malignant_prob)
+        auc = binary_auroc(malignant_prob, is_malignant)
         axes[1].plot(fpr, tpr, color="crimson", label=f"malignant vs benign (AUROC {auc:.3f})")
         op = operating_point
         if op:

@@ -67,6 +67,15 @@ def normalization_stats(model_cfg: dict, dataset_stats) -> tuple[list | None, li
     return dataset_stats()
 
 
+def weights_normalization(net: nn.Module) -> tuple[list, list]:
+    """The mean/std that `net`'s loaded weights were trained with (`normalization_stats` gave None for them)."""
+    loaded = getattr(net, "loaded_weights", None)
+    if loaded is None or loaded.mean is None:
+        raise LesionPLError("model.normalization: auto needs weights that name their mean and std; "
+                            "give model.normalization={mean: [...], std: [...]} or dataset")
+    return list(loaded.mean), list(loaded.std)
+
+
 def _create_timm(name: str, num_classes: int, dropout: float):
     import timm
 
