@@ -83,3 +83,31 @@ def test_gpu_speed_script_runs_as_a_cpu_smoke_run(small_ham):
     out = run_script("benchmarks/gpu_speed.py", "--model", "lesion_cnn", "--size", 32, "--batch", 8, "--steps", 2,
                      "--warmup", 1, "--set", f"data.root={small_ham}").stdout
     assert "lesion_cnn   32 px, batch 8" in out and "images/s" in out
+
+
+def _scored_run(folder, drops: dict, bal_acc: float, auroc: float):
+    """A run folder with only what shift_rule.py reads: shift_val.json's drops and calibration.json's figures."""
+    folder.mkdir()
+    shifts = {name: {"drop": {"auroc_malignant": a, "referral_sensitivity": s}} for name, (a, s) in drops.items()}
+    (folder / "shift_val.json").write_text(json.dumps({"shifts": shifts}))
+    figures = {"val_balanced_accuracy": bal_acc, "val_auroc_malignant": auroc}
+    (folder / "calibration.json").write_text(json.dumps(figures))
+    return folder
+
+
+def test_shift_rule_counts_held_shifts_and_applies_all_three_tests(tmp_path):
+    """A shift fails on either bar (AUROC down > 0.02, sensitivity down > 0.05); the candidate is adopted only
+    where it holds more, drops less at worst, and keeps its unshifted validation figures."""
+    default = _scored_run(tmp_path / "d", {"cast": (-0.05, -0.2), "jpeg": (-0.01, -0.06), "zoom": (0.01, 0.0)},
+                          0.71, 0.915)
+    better = _scored_run(tmp_path / "c", {"cast": (-0.019, -0.049), "jpeg": (-0.01, -0.01), "zoom": (0.0, 0.0)},
+                         0.70, 0.911)
+    weaker = _scored_run(tmp_path / "w", {"cast": (-0.0, 0.0), "jpeg": (0.0, 0.0), "zoom": (0.0, 0.0)},
+                         0.65, 0.89)
+    out = run_script("benchmarks/shift_rule.py", "--default", default, "--candidate", better).stdout
+    assert "d                held 1/3  worst AUROC drop 0.050" in out and "fails: cast (AUROC -0.050" in out
+    assert "c                held 3/3  worst AUROC drop 0.019" in out
+    assert out.rstrip().endswith("candidate becomes the default: yes")
+    out = run_script("benchmarks/shift_rule.py", "--default", default, "--candidate", weaker).stdout
+    assert "(a) more held: True  (b) smaller worst drop: True  (c) unshifted within 0.01 / 0.005: False" in out
+    assert out.rstrip().endswith("candidate becomes the default: no")
