@@ -112,6 +112,8 @@ def fit(
     if summary["skipped_bad_images"]:
         typer.secho(f"warning: skipped {len(summary['skipped_bad_images'])} missing or unreadable image(s); "
                     f"listed in {out / 'summary.json'}", fg="yellow", err=True)
+    if summary["split_note"]:
+        typer.secho(f"warning: {summary['split_note']}", fg="yellow", err=True)
     typer.echo(format_fit(summary, out))
 
 

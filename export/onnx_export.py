@@ -11,7 +11,7 @@ from torch import nn
 
 from lesion_pl import __version__
 from lesion_pl.calibration import referral_promise
-from lesion_pl.classes import CLASSES, DISPLAY_NAMES, MALIGNANT, NUM_CLASSES
+from lesion_pl.classes import LabelSpace, parse_label_space
 from lesion_pl.errors import LesionPLError
 from lesion_pl.io import atomic_path, to_json
 from lesion_pl.preprocess import RESIZE_POLICY
@@ -24,7 +24,7 @@ PARITY_TOLERANCE = 1e-4
 
 
 class OnnxWrapper(nn.Module):
-    """uint8 images [N, H, W, 3] -> (calibrated probabilities [N, 7], logits [N, 7]).
+    """uint8 images [N, H, W, 3] -> (calibrated probabilities [N, C], logits [N, C]), C the run's classes.
 
     The probabilities are softmax(logits / T + class_bias), with T and the class-prior bias from the
     run's calibration.json (none given: plain softmax).
@@ -36,7 +36,7 @@ class OnnxWrapper(nn.Module):
         self.classifier = classifier
         self.classifier.channels_last = False  # a memory layout hint means nothing in ONNX
         self.temperature = float(cal.get("temperature", 1.0))
-        bias = cal.get("class_bias") or [0.0] * NUM_CLASSES
+        bias = cal.get("class_bias") or [0.0] * calibration_space(cal).num_classes
         self.register_buffer("class_bias", torch.tensor(bias, dtype=torch.float32))
 
     def forward(self, images: torch.Tensor):
@@ -45,17 +45,25 @@ class OnnxWrapper(nn.Module):
         return (logits / self.temperature + self.class_bias).softmax(dim=1), logits
 
 
-def _operating_points(points: dict | None) -> dict:
-    return {name: {**referral_promise(op), "score": describe(name)}
+def calibration_space(calibration: dict) -> LabelSpace:
+    """The label space a calibration.json records (one from before spaces were recorded: HAM10000's)."""
+    return parse_label_space(calibration.get("label_space"))
+
+
+def _operating_points(points: dict | None, space: LabelSpace) -> dict:
+    return {name: {**referral_promise(op), "score": describe(name, space)}
             for name, op in (points or {}).items()}
 
 
 def metadata(run_summary: dict, image_size: int, mean: list, std: list, calibration: dict,
              color_constancy: float | None = None) -> dict[str, str]:
+    space = calibration_space(calibration)
+    zeros = [0.0] * space.num_classes
     meta = {
-        "classes": to_json(list(CLASSES)),
-        "display_names": to_json([DISPLAY_NAMES[c] for c in CLASSES]),
-        "malignant": to_json(list(MALIGNANT)),
+        "classes": to_json(list(space.classes)),
+        "display_names": to_json([space.name(c) for c in space.classes]),
+        "malignant": to_json(list(space.malignant)),
+        "melanoma": to_json(space.melanoma),
         "input_height": str(image_size),
         "input_width": str(image_size),
         "input_layout": "NHWC",
@@ -68,15 +76,16 @@ def metadata(run_summary: dict, image_size: int, mean: list, std: list, calibrat
         "members": str(len(run_summary.get("members", [])) or 1),  # >1: one graph averaging an ensemble
         "val_metrics": to_json(run_summary.get("best_val_metrics", {})),
         "temperature": repr(float(calibration["temperature"])),
-        "class_bias": to_json(calibration.get("class_bias") or [0.0] * NUM_CLASSES),
+        "class_bias": to_json(calibration.get("class_bias") or zeros),
         "decision_rule": calibration.get("decision", "accuracy"),
-        "decision_bias": to_json(calibration.get("decision_bias") or [0.0] * NUM_CLASSES),
+        "decision_bias": to_json(calibration.get("decision_bias") or zeros),
         # the thresholds and metadata weight were fitted on 8-view TTA scores: the runtime's default
         "tta": to_json(bool(calibration.get("tta", False))),
         "clinical": to_json(calibration.get("clinical")),  # metadata model (lesion_pl.clinical) or null
-        "operating_points": to_json(_operating_points(calibration["operating_points"])),
+        "operating_points": to_json(_operating_points(calibration["operating_points"], space)),
         # thresholds for images predicted without metadata, where the run fused it
-        "operating_points_image_only": to_json(_operating_points(calibration.get("operating_points_image_only"))),
+        "operating_points_image_only": to_json(_operating_points(calibration.get("operating_points_image_only"),
+                                                                 space)),
     }
     return {PREFIX + k: v for k, v in meta.items()}
 

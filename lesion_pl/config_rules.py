@@ -2,6 +2,7 @@
 so a bad value is one line naming the key, what it takes and the value, before anything runs."""
 from __future__ import annotations
 
+from .classes import parse_label_space
 from .errors import LesionPLError
 
 MAX_IMAGE_SIZE = 1024  # px: dermoscopy models train at 64-600; 10,000 images at 1024 px are a 31 GB cache
@@ -127,6 +128,8 @@ CHECKED_WHERE_READ = ("data.splits", "data.columns")
 CHECKS = {
     "seed": _whole(0),
     "data.format": _one_of(*FORMATS),
+    # parse_label_space says what is wrong with a space (a code, a key) in its own words
+    "data.classes": ("a preset name or a mapping of codes", lambda v: parse_label_space(v) is not None),
     "data.dermamnist_size": _one_of(None, 28, 64, 128, 224),
     "data.root": _text_or_null(),
     "data.csv": _text_or_null(),

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .calibration import validation_decision_bias
-from .classes import NUM_CLASSES
+from .classes import label_space
 from .data.transforms import batch_mixer
 from .evaluate.metrics import metric_collection
 from .losses import malignant_weight, training_loss
@@ -22,7 +22,7 @@ class LesionClassifier(pl.LightningModule):
     `mean`/`std` are the channel statistics the inputs are normalised with (0..1 scale): the training
     split's, or None for the pretrained weights' own (`models.normalization_stats`). They are buffers of
     the model and hyperparameters of the checkpoint, so they travel into test, export and the ONNX graph.
-    `net`: the network to train (`models.build_network(config["model"])`, which is what a checkpoint rebuilds;
+    `net`: the network to train (`models.build_network(config["model"], classes)`, which is what a checkpoint rebuilds;
     built here where not given).
     """
 
@@ -31,7 +31,8 @@ class LesionClassifier(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.config = config
-        self.net = net if net is not None else build_network(config["model"])
+        self.space = label_space(config)
+        self.net = net if net is not None else build_network(config["model"], self.space.num_classes)
         if mean is None:  # the weights' own preprocessing, recorded so that a reloaded model needs no weights
             mean, std = weights_normalization(self.net)
             self.hparams.update(mean=mean, std=std)
@@ -42,10 +43,10 @@ class LesionClassifier(pl.LightningModule):
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
         self.set_class_prior(class_prior)
-        self.mix = batch_mixer(config["data"]["augment"], NUM_CLASSES)
+        self.mix = batch_mixer(config["data"]["augment"], self.space.num_classes)
         self.malignant_weight = malignant_weight(config["loss"])
-        self.train_metrics = metric_collection(auroc=False).clone(prefix="train/")
-        self.val_metrics = metric_collection(per_class=True).clone(prefix="val/")
+        self.train_metrics = metric_collection(auroc=False, space=self.space).clone(prefix="train/")
+        self.val_metrics = metric_collection(per_class=True, space=self.space).clone(prefix="val/")
 
     def set_class_prior(self, class_prior: list | None) -> None:
         """The class prior of the training batches, and the logit shifts that follow from it."""
@@ -92,7 +93,7 @@ class LesionClassifier(pl.LightningModule):
             logits, soft = self(images), target
         shifted = self._shifted(logits, "logit_shift") if stage == "train" else logits.float()
         loss = training_loss(shifted, soft, self.class_weights, float(self.config["loss"]["label_smoothing"]),
-                             self.malignant_weight)
+                             self.malignant_weight, self.space)
         metrics = getattr(self, f"{stage}_metrics")
         scored = self._shifted(logits, "eval_shift") if stage != "train" else logits.float()
         metrics.update(scored.softmax(dim=1), target)

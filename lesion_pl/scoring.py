@@ -16,37 +16,50 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from . import clinical
-from .classes import CLASSES, MALIGNANT
-
-SCORES: dict[str, tuple[str, ...]] = {"malignant": MALIGNANT, "melanoma": ("mel",)}  # score -> classes summed
+from .classes import HAM10000, LabelSpace, parse_label_space
 
 
-def score_indices(name: str, classes: Sequence[str] = CLASSES, malignant: Sequence[str] = MALIGNANT) -> list[int]:
-    """The output columns a score sums, in a model's class order (`classes`; `malignant`: its malignant set)."""
-    members = malignant if name == "malignant" else SCORES[name]
-    return [i for i, c in enumerate(classes) if c in members]
+def score_classes(name: str, space: LabelSpace = HAM10000) -> tuple[str, ...]:
+    """The classes a score sums: "malignant" the space's malignant set, "melanoma" its melanoma class."""
+    if name == "malignant":
+        return space.malignant
+    if name == "melanoma" and space.melanoma is not None:
+        return (space.melanoma,)
+    raise KeyError(f"the label space {', '.join(space.classes)} has no {name} score")
 
 
-def referral_score(probs, name: str = "malignant", classes: Sequence[str] = CLASSES,
-                   malignant: Sequence[str] = MALIGNANT):
+def score_names(space: LabelSpace = HAM10000) -> tuple[str, ...]:
+    """The referral scores a space has: malignant (where any class is), melanoma (where it has one)."""
+    return tuple(n for n, ok in (("malignant", bool(space.malignant)), ("melanoma", space.melanoma is not None))
+                 if ok)
+
+
+def score_indices(name: str, space: LabelSpace = HAM10000) -> list[int]:
+    """The output columns a score sums, in the space's class order."""
+    members = score_classes(name, space)
+    return [i for i, c in enumerate(space.classes) if c in members]
+
+
+def referral_score(probs, name: str = "malignant", space: LabelSpace = HAM10000):
     """The score of each row of probabilities ([N, C] -> [N]; one row [C] -> a number): the one place a score
     is computed, for numpy arrays and (validation's metrics) torch tensors alike."""
     probs = probs if hasattr(probs, "shape") else np.asarray(probs)
-    return probs[..., score_indices(name, classes, malignant)].sum(axis=-1)
+    return probs[..., score_indices(name, space)].sum(axis=-1)
 
 
-def is_positive(labels: np.ndarray, name: str = "malignant") -> np.ndarray:
-    """Which class indices (in CLASSES order) count as positive for a score."""
-    return np.isin(labels, score_indices(name))
+def is_positive(labels: np.ndarray, name: str = "malignant", space: LabelSpace = HAM10000) -> np.ndarray:
+    """Which labels (class indices of the space) count as positive for a score."""
+    return np.isin(labels, score_indices(name, space))
 
 
-def scores_and_positives(probs: np.ndarray, labels: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
-    return referral_score(probs, name), is_positive(labels, name)
+def scores_and_positives(probs: np.ndarray, labels: np.ndarray, name: str,
+                         space: LabelSpace = HAM10000) -> tuple[np.ndarray, np.ndarray]:
+    return referral_score(probs, name, space), is_positive(labels, name, space)
 
 
-def describe(name: str) -> str:
+def describe(name: str, space: LabelSpace = HAM10000) -> str:
     """The score in words, for the ONNX metadata."""
-    return "sum of the probabilities of " + ", ".join(SCORES[name])
+    return "sum of the probabilities of " + ", ".join(score_classes(name, space))
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0, bias=None) -> np.ndarray:
@@ -68,6 +81,17 @@ def decide(probs: np.ndarray, decision_bias=None) -> np.ndarray:
     return (np.log(np.clip(probs, 1e-300, None)) + np.asarray(decision_bias)).argmax(axis=-1)
 
 
+def metadata_space(value) -> LabelSpace:
+    """The label space an ONNX model's metadata states (`value(key, default)` reads one key): its classes,
+    display names, malignant list and melanoma class; a model from before spaces were named: HAM10000's,
+    with its own classes and malignant list where it lists them."""
+    classes = value("classes", list(HAM10000.classes))
+    names = value("display_names", None)
+    melanoma = value("melanoma", "mel" if "mel" in classes else None)
+    return parse_label_space({"codes": classes, "names": dict(zip(classes, names)) if names else {},
+                              "malignant": value("malignant", list(HAM10000.malignant)), "melanoma": melanoma})
+
+
 @dataclass
 class Scored:
     """What a policy makes of a batch of images."""
@@ -77,6 +101,7 @@ class Scored:
     top_index: np.ndarray  # [N] the class named, by the run's decision rule
     scores: dict[str, np.ndarray]  # score name -> [N]
     thresholds: dict[str, float | np.ndarray]  # score name -> its referral threshold (per image where they differ)
+    classes: tuple[str, ...] = HAM10000.classes  # the columns' class codes (the policy's label space)
 
     def refer(self, name: str = "malignant") -> np.ndarray | None:
         """True where the score reaches its referral threshold (None: the run has no threshold for it)."""
@@ -85,8 +110,7 @@ class Scored:
 
 @dataclass(frozen=True)
 class ScoringPolicy:
-    classes: tuple[str, ...] = CLASSES
-    malignant: tuple[str, ...] = MALIGNANT
+    space: LabelSpace = HAM10000
     temperature: float = 1.0
     class_bias: np.ndarray | None = None  # added to logits / T (the training prior, `calibration.prior_correction`)
     decision_bias: np.ndarray | None = None  # added to log-probabilities to name a class (None: the most probable)
@@ -98,37 +122,47 @@ class ScoringPolicy:
     in_graph: bool = False  # temperature and class bias already applied (an ONNX model's probabilities output)
 
     @classmethod
-    def from_calibration(cls, cal: Mapping | None, classes: Sequence[str] = CLASSES) -> "ScoringPolicy":
-        """A run's calibration.json (None or {}: uncalibrated, the most probable class named)."""
+    def from_calibration(cls, cal: Mapping | None, space: LabelSpace = HAM10000) -> "ScoringPolicy":
+        """A run's calibration.json (None or {}: uncalibrated, the most probable class named); its label space
+        is the one it records (calibrations made before spaces existed: HAM10000's), else `space`."""
         cal = cal or {}
         points = dict(cal.get("operating_points") or {})
 
         def array(key):
             return None if cal.get(key) is None else np.asarray(cal[key], dtype=np.float64)
-        return cls(tuple(classes), MALIGNANT, float(cal.get("temperature", 1.0)), array("class_bias"),
+        space = parse_label_space(cal["label_space"]) if cal.get("label_space") else space
+        return cls(space, float(cal.get("temperature", 1.0)), array("class_bias"),
                    array("decision_bias"), cal.get("decision", "accuracy"), cal.get("clinical"), points,
                    dict(cal.get("operating_points_image_only") or points), bool(cal.get("tta", False)))
 
     @classmethod
     def from_onnx_metadata(cls, meta: Mapping[str, str]) -> "ScoringPolicy":
         """An exported model's lesion-pl metadata (keys without the prefix), read as the file states it:
-        its own classes and malignant list; the temperature and class bias are inside the graph."""
+        its own label space; the temperature and class bias are inside the graph."""
         def value(key, default):
             return json.loads(meta[key]) if key in meta else default
-        classes = tuple(value("classes", list(CLASSES)))
+        space = metadata_space(value)
         bias = value("decision_bias", None)
         points = value("operating_points", {})
-        return cls(classes, tuple(value("malignant", list(MALIGNANT))), float(meta.get("temperature", 1.0)),
+        return cls(space, float(meta.get("temperature", 1.0)),
                    None, None if bias is None else np.asarray(bias, dtype=np.float64),
                    meta.get("decision_rule", "accuracy"), value("clinical", None), points,
                    value("operating_points_image_only", {}) or points, bool(value("tta", False)), in_graph=True)
 
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.space.classes
+
+    @property
+    def score_names(self) -> tuple[str, ...]:
+        return score_names(self.space)
+
     def indices(self, name: str) -> list[int]:
-        """The columns a score sums, in this policy's classes (the malignant list is the policy's own)."""
-        return score_indices(name, self.classes, self.malignant)
+        """The columns a score sums, in this policy's classes."""
+        return score_indices(name, self.space)
 
     def score(self, probs: np.ndarray, name: str = "malignant") -> np.ndarray:
-        return referral_score(probs, name, self.classes, self.malignant)
+        return referral_score(probs, name, self.space)
 
     def image_probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities of the image alone: softmax(logits / T + class_bias), [N, C] or
@@ -162,8 +196,8 @@ class ScoringPolicy:
         """Calibrated image probabilities [N, C] (and optional metadata columns) -> everything reported."""
         image_probs = np.asarray(image_probs)
         probs, used = self.fuse(image_probs, records)
-        return Scored(probs, image_probs, used, self.decide(probs), {n: self.score(probs, n) for n in SCORES},
-                      self.thresholds(used))
+        return Scored(probs, image_probs, used, self.decide(probs), {n: self.score(probs, n) for n in self.score_names},
+                      self.thresholds(used), self.classes)
 
     def __call__(self, logits: np.ndarray, records: Mapping[str, Sequence] | None = None) -> Scored:
         """Network logits [N, C] or [N, views, C] -> Scored."""

@@ -8,6 +8,7 @@ import time
 import warnings
 from pathlib import Path
 
+from .classes import label_space
 from .config import save_config
 from .config_rules import duration_seconds
 from .errors import LesionPLError
@@ -138,7 +139,7 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
     _trainer(cfg, quiet=True, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     _max_time(cfg["trainer"].get("max_time"))
     from .models import build_network
-    net = build_network(cfg["model"])
+    net = build_network(cfg["model"], label_space(cfg).num_classes)
     if resume and members == 1:
         _require_readable(run.last)
     from .data.splits import write_splits
@@ -214,8 +215,8 @@ def _train_members(cfg: dict, run: RunDir, dm, members: int, progress: bool, sta
     epochs = sum(d["epochs"] for d in done)
     fit_seconds = round(sum(d["fit_seconds"] for d in done), 1)
     return {
-        **{k: first[k] for k in ("data_root", "images", "left_out", "skipped_bad_images", "model", "image_size",
-                                 "precision")},
+        **{k: first[k] for k in ("data_root", "images", "left_out", "skipped_bad_images", "split_note", "model",
+                                 "image_size", "precision")},
         "members": [{"run": str(Path("members") / str(i)), "seed": int(cfg["seed"]) + i,
                      **{k: d[k] for k in ("epochs", "best_epoch", "best_val_balanced_accuracy", "fit_seconds",
                                           "seconds_per_epoch")}} for i, d in enumerate(done)],
@@ -269,6 +270,7 @@ def _train(cfg: dict, run: RunDir, dm, resume: bool, progress: bool, started: fl
         "images": {s: int((dm.split == s).sum()) for s in ("train", "val", "test")},
         "left_out": dm.table.attrs.get("dropped", {}),
         "skipped_bad_images": dm.skipped,
+        "split_note": dm.table.attrs.get("note"),  # e.g. a source without groups: the split may leak
         "model": cfg["model"]["name"],
         "image_size": int(cfg["data"]["image_size"]),
         "precision": precision_for(cfg),  # what "auto" meant on the machine that trained

@@ -12,7 +12,7 @@ import yaml
 
 from lesion_pl import clinical
 from lesion_pl.calibration import fit_fusion_weight
-from lesion_pl.classes import CLASS_TO_INDEX, MALIGNANT_INDICES, NUM_CLASSES
+from lesion_pl.classes import CLASS_TO_INDEX, MALIGNANT_INDICES, NUM_CLASSES, parse_label_space
 from lesion_pl.evaluate.metrics import binary_auroc
 from lesion_pl.scoring import ScoringPolicy
 
@@ -84,7 +84,7 @@ def test_fusion_weight_follows_how_informative_the_metadata_is():
     model = {"columns": COLUMNS, "sexes": [], "sites": [], "coef": np.zeros((3, 10)).tolist(),
              "intercept": [5.0, 0, 0], "log_prior": np.log([1 / 3] * 3).tolist(), "weight": 1.0}
     no_metadata = {"age": [None] * 2000}
-    policy = ScoringPolicy(classes=("a", "b", "c"), clinical=model)
+    policy = ScoringPolicy(parse_label_space({"codes": ["a", "b", "c"]}), clinical=model)
     fused, used = policy.fuse(image, no_metadata)
     np.testing.assert_allclose(fused, image)  # rows without: image only
     assert not used.any()

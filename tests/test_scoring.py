@@ -8,9 +8,9 @@ import json
 import numpy as np
 import torch
 
-from lesion_pl.classes import CLASSES, MALIGNANT
+from lesion_pl.classes import CLASSES, MALIGNANT, parse_label_space
 from lesion_pl.evaluate.metrics import is_malignant, malignancy
-from lesion_pl.scoring import ScoringPolicy, describe, is_positive, referral_score, score_indices
+from lesion_pl.scoring import ScoringPolicy, describe, is_positive, referral_score, score_indices, score_names
 
 
 def test_the_scores_sum_their_classes():
@@ -23,8 +23,15 @@ def test_the_scores_sum_their_classes():
     assert [CLASSES[i] for i in labels[is_positive(labels, "malignant")]] == sorted(MALIGNANT)
     # another class order (an ONNX file's) picks the same classes by name
     order = list(reversed(CLASSES))
-    assert [order[i] for i in score_indices("malignant", order)] == sorted(MALIGNANT, reverse=True)
+    reordered = parse_label_space({"codes": order, "malignant": list(MALIGNANT), "melanoma": "mel"})
+    assert [order[i] for i in score_indices("malignant", reordered)] == sorted(MALIGNANT, reverse=True)
     assert describe("malignant") == "sum of the probabilities of " + ", ".join(MALIGNANT)
+    # a space without melanoma has no melanoma score; a binary one sums its one malignant class
+    assert score_names(parse_label_space({"codes": ["benign", "malignant"], "malignant": ["malignant"]})) == (
+        "malignant",)
+    two = parse_label_space("melanoma")
+    assert score_names(two) == ("malignant", "melanoma")
+    np.testing.assert_allclose(referral_score(np.array([[0.3, 0.7]]), "melanoma", two), [0.3])
 
 
 def test_the_torch_metrics_use_the_same_score():

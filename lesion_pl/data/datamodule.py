@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from ..classes import NUM_CLASSES
+from ..classes import label_space
 from ..config import resolve_data_root
 from ..config_rules import balance_power
 from ..errors import LesionPLError
@@ -96,6 +96,13 @@ class LesionDataModule(pl.LightningDataModule):
             for name in SPLITS:
                 if not (split == name).any():
                     raise LesionPLError(f"the {name} split is empty ({len(table)} images, fractions {d['splits']})")
+            space = label_space(self.cfg)
+            trained = set(table["dx"][(split == "train").to_numpy()])
+            unseen = [c for c in space.classes if c not in trained]
+            if unseen and d.get("classes") is not None:  # a space the user named: each class must be learnt
+                raise LesionPLError(f"no training image of class(es) {', '.join(unseen)} of data.classes "
+                                    f"({', '.join(space.classes)}) in {self.root}: map labels into them with "
+                                    "data.label_map, or leave them out of data.classes")
         self.cache = build_cache(table["path"].tolist(), image_size_for(self.cfg), d.get("cache_dir"),
                                  progress=self.progress, in_memory_max_gb=float(d["cache_in_memory_max_gb"]))
         self.table, self.split = table, split
@@ -112,7 +119,7 @@ class LesionDataModule(pl.LightningDataModule):
 
     def class_counts(self, split: str = "train") -> np.ndarray:
         labels = self.table["label"].to_numpy()[self.indices(split)]
-        return np.bincount(labels, minlength=NUM_CLASSES)
+        return np.bincount(labels, minlength=label_space(self.cfg).num_classes)
 
     def class_weights(self) -> list[float] | None:
         """Loss weights count^-p, scaled to average 1 over the training images."""

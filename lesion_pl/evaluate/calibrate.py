@@ -19,20 +19,20 @@ from ..calibration import (
     nll,
     referral_threshold,
 )
-from ..classes import NUM_CLASSES
+from ..classes import HAM10000, LabelSpace, label_space
 from ..io import atomic_write_json
 from ..run import RunDir
-from ..scoring import ScoringPolicy, scores_and_positives, softmax
+from ..scoring import ScoringPolicy, score_names, scores_and_positives, softmax
 from .predictions import predictions_frame, write_predictions
 
 
-def fit_clinical(dm, val_ds, val_probs: np.ndarray, val_labels: np.ndarray, columns: dict):
+def fit_clinical(dm, val_ds, val_probs: np.ndarray, val_labels: np.ndarray, columns: dict, space: LabelSpace):
     """The metadata model on the train split and its fusion weight on validation, and what that did
     on validation; (None, {"used": False, "reason": ...}) where the data has no metadata columns."""
     from .metrics import binary_auroc
 
     train = dm.table.iloc[dm.indices("train")]
-    model = clinical.fit(train, train["label"].to_numpy(), columns, NUM_CLASSES)
+    model = clinical.fit(train, train["label"].to_numpy(), columns, space.num_classes)
     if model is None:
         reason = (f"the data has none of the columns {', '.join(columns.values())}"
                   if not clinical.present(train, columns) else "the train split has fewer than two classes")
@@ -44,16 +44,20 @@ def fit_clinical(dm, val_ds, val_probs: np.ndarray, val_labels: np.ndarray, colu
                    "val_images_with_metadata": int(with_metadata.sum()),
                    "val_nll_image_only": nll(val_probs, val_labels), "val_nll_fused": fused_nll,
                    "val_auroc_malignant_image_only": binary_auroc(*scores_and_positives(val_probs, val_labels,
-                                                                                         "malignant")),
-                   "val_auroc_malignant_fused": binary_auroc(*scores_and_positives(fused, val_labels, "malignant"))}
+                                                                                         "malignant", space)),
+                   "val_auroc_malignant_fused": binary_auroc(*scores_and_positives(fused, val_labels, "malignant",
+                                                                                     space))}
 
 
-def fit_operating_points(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, c: dict, seed: int) -> dict:
-    """Per referral score: the highest threshold that reaches the configured sensitivity with the configured
-    confidence on new lesions (`calibration.referral_confidence`), and what it gives on these images."""
+def fit_operating_points(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, c: dict, seed: int,
+                         space: LabelSpace = HAM10000) -> dict:
+    """Per referral score of the space: the highest threshold that reaches the configured sensitivity
+    (`calibration.malignant_sensitivity`, `melanoma_sensitivity`) with the configured confidence on new lesions
+    (`calibration.referral_confidence`), and what it gives on these images."""
     out = {}
-    for name, target in (("malignant", c["malignant_sensitivity"]), ("melanoma", c["melanoma_sensitivity"])):
-        scores, positive = scores_and_positives(probs, labels, name)
+    for name in score_names(space):
+        target = c[f"{name}_sensitivity"]
+        scores, positive = scores_and_positives(probs, labels, name, space)
         if positive.any():
             op = referral_threshold(scores, positive, groups, float(target), c["referral_confidence"],
                                     int(c["bootstrap"]), seed)
@@ -61,17 +65,17 @@ def fit_operating_points(probs: np.ndarray, labels: np.ndarray, groups: np.ndarr
     return out
 
 
-def calibration_errors(probs: np.ndarray, labels: np.ndarray) -> dict:
+def calibration_errors(probs: np.ndarray, labels: np.ndarray, space: LabelSpace = HAM10000) -> dict:
     """The two calibration errors test reports: top-class ECE and the malignancy probability's ECE."""
     import torch
 
     from .metrics import expected_calibration_error, malignancy_calibration_error
 
     return {"ece": expected_calibration_error(torch.from_numpy(probs).float(), torch.from_numpy(labels)),
-            "malignancy_ece": malignancy_calibration_error(probs, labels)}
+            "malignancy_ece": malignancy_calibration_error(probs, labels, space=space)}
 
 
-def keep_errors_down(result: dict, final_probs, labels: np.ndarray, before: dict,
+def keep_errors_down(result: dict, final_probs, labels: np.ndarray, before: dict, space: LabelSpace = HAM10000,
                      factors=np.geomspace(0.5, 2.0, 41)) -> dict:
     """The NLL fit can leave one of the reported calibration errors above the raw softmax's (issue #27: top-class
     ECE 0.026 -> 0.035 while the malignancy ECE fell). Where it does, the temperature is scaled by the factor in
@@ -82,7 +86,7 @@ def keep_errors_down(result: dict, final_probs, labels: np.ndarray, before: dict
 
     def score(factor: float):
         probs = final_probs(fitted * factor)
-        errs = calibration_errors(probs, labels)
+        errs = calibration_errors(probs, labels, space)
         return max(errs[k] - before[k] for k in before), nll(probs, labels), float(factor), errs
 
     rise, _, _, errs = score(1.0)
@@ -111,7 +115,8 @@ def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool 
     c = cfg["calibration"]
     tta = bool(c["tta"])  # the scores thresholds are chosen on must be the scores they will be applied to
     logits = predict_logits(load_run_model(run), ds, tta=tta, progress=progress)
-    result = {"split": "val", "n_images": int(len(labels)), "tta": tta}
+    space = label_space(cfg)
+    result = {"split": "val", "n_images": int(len(labels)), "tta": tta, "label_space": space.as_config()}
     if c["prior_correction"]:
         counts = np.maximum(dm.class_counts("train"), 1)
         log_prior = np.log(counts / counts.sum())
@@ -127,27 +132,27 @@ def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool 
     probs = ScoringPolicy.from_calibration(result)(logits).probabilities
     records = None
     if c["clinical"]:
-        result["clinical"], result["clinical_fit"] = fit_clinical(dm, ds, probs, labels, c["clinical_columns"])
+        result["clinical"], result["clinical_fit"] = fit_clinical(dm, ds, probs, labels, c["clinical_columns"], space)
         records = rows if result["clinical"] else None
-    before = calibration_errors(softmax(logits), labels)
+    before = calibration_errors(softmax(logits), labels, space)
     guard = keep_errors_down(
         result, lambda t: ScoringPolicy.from_calibration({**result, "temperature": t})(logits, records).probabilities,
-        labels, before)
+        labels, before, space)
     result["calibration_errors"] = {"val_before": before, "val_after": guard.pop("after"), **guard}
     policy = ScoringPolicy.from_calibration(result)
     scored = policy(logits, records)
     if records is not None:
         # images that come without metadata (predict) are referred on image-only thresholds
         result["operating_points_image_only"] = fit_operating_points(scored.image_probabilities, labels, groups, c,
-                                                                     seed)
+                                                                     seed, space)
         result["clinical_fit"]["val_balanced_accuracy_image_only"] = balanced_accuracy(
             labels, policy.decide(scored.image_probabilities))
     probs, pred = scored.probabilities, scored.top_index
     result.update(val_nll_before=nll(softmax(logits), labels), val_nll_after=nll(probs, labels),
                   val_balanced_accuracy=balanced_accuracy(labels, pred),
                   val_balanced_accuracy_argmax_logits=balanced_accuracy(labels, softmax(logits).argmax(1)),
-                  val_auroc_malignant=binary_auroc(*scores_and_positives(probs, labels, "malignant")),
-                  operating_points=fit_operating_points(probs, labels, groups, c, seed))
+                  val_auroc_malignant=binary_auroc(*scores_and_positives(probs, labels, "malignant", space)),
+                  operating_points=fit_operating_points(probs, labels, groups, c, seed, space))
     # the scores the thresholds were chosen on, for benchmarks/referral.py and anyone re-checking them
     write_predictions(predictions_frame(rows, scored), run.path / "val_predictions.csv")
     atomic_write_json(run.path / "calibration.json", result)

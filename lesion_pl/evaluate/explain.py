@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..classes import CLASSES, DISPLAY_NAMES
+from ..classes import label_space
 from ..io import atomic_path
 from ..preprocess import ImageReadError, preprocess_file
 from ..run import RunDir
@@ -28,7 +28,8 @@ def explain_images(paths: list[Path], run_path: Path, out_dir: Path | None = Non
     size = int(cfg["data"]["image_size"])
     cal_path = run.path / "calibration.json"
     cal = json.loads(cal_path.read_text()) if cal_path.exists() else {}
-    policy = ScoringPolicy.from_calibration(cal)
+    policy = ScoringPolicy.from_calibration(cal, label_space(cfg))
+    classes, space = policy.classes, policy.space
     model = load_run_model(run)
     out_dir = Path(out_dir) if out_dir else run.path / "explain"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -52,19 +53,19 @@ def explain_images(paths: list[Path], run_path: Path, out_dir: Path | None = Non
         axes[0].imshow(img)
         axes[0].set_title("model input")
         axes[1].imshow(overlay(img, cam[0].numpy()))
-        axes[1].set_title(f"Grad-CAM for {CLASSES[top]}")
+        axes[1].set_title(f"Grad-CAM for {classes[top]}")
         for ax in axes[:2]:
             ax.set_xticks([])
             ax.set_yticks([])
         order = np.argsort(probs)
-        axes[2].barh([CLASSES[i] for i in order], probs[order], color="tab:blue")
+        axes[2].barh([classes[i] for i in order], probs[order], color="tab:blue")
         axes[2].set(xlim=(0, 1), xlabel="probability (calibrated" + (", 8 views" if policy.tta else "")
                     + (", image only)" if policy.clinical else ")"))
         refer = "" if refer is None else (" - refer" if refer[0] else " - no referral at this threshold")
-        fig.suptitle(f"{Path(path).name}: {DISPLAY_NAMES[CLASSES[top]]} ({probs[top]:.2f}), "
+        fig.suptitle(f"{Path(path).name}: {space.name(classes[top])} ({probs[top]:.2f}), "
                      f"malignancy {mal:.2f}{refer}", fontsize=10)
         target = out_dir / f"{Path(path).stem}_gradcam.png"
         with atomic_path(target) as tmp:
             tmp.write_bytes(_png(fig))
-        done.append((path, target, CLASSES[top], float(probs[top]), mal))
+        done.append((path, target, classes[top], float(probs[top]), mal))
     return done, errors

@@ -24,28 +24,32 @@ from torchmetrics.classification import (
 from torchmetrics.wrappers import ClasswiseWrapper
 
 from ..calibration import lesion_bootstrap
-from ..classes import CLASSES, NUM_CLASSES
+from ..classes import HAM10000, LabelSpace
 from ..scoring import referral_score, score_indices, scores_and_positives
 
 
-def malignancy(probs: torch.Tensor) -> torch.Tensor:
+def malignancy(probs: torch.Tensor, space: LabelSpace = HAM10000) -> torch.Tensor:
     """`scoring.referral_score(probs, "malignant")` for torch tensors."""
-    return referral_score(probs, "malignant")
+    return referral_score(probs, "malignant", space)
 
 
-def is_malignant(target: torch.Tensor) -> torch.Tensor:
-    return torch.isin(target, torch.tensor(score_indices("malignant"), device=target.device)).long()
+def is_malignant(target: torch.Tensor, space: LabelSpace = HAM10000) -> torch.Tensor:
+    return torch.isin(target, torch.tensor(score_indices("malignant", space), device=target.device)).long()
 
 
 class MalignantAUROC(BinaryAUROC):
-    """AUROC of malignant (mel, bcc, akiec) vs benign, from 7-class probabilities."""
+    """AUROC of the space's malignant classes (HAM10000: mel, bcc, akiec) vs the rest, from class probabilities."""
+
+    def __init__(self, space: LabelSpace = HAM10000, **kwargs):
+        super().__init__(**kwargs)
+        self.space = space
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        super().update(malignancy(preds), is_malignant(target))
+        super().update(malignancy(preds, self.space), is_malignant(target, self.space))
 
 
-def metric_collection(per_class: bool = False, auroc: bool = True) -> MetricCollection:
-    c = NUM_CLASSES
+def metric_collection(per_class: bool = False, auroc: bool = True, space: LabelSpace = HAM10000) -> MetricCollection:
+    c, classes = space.num_classes, space.classes
     metrics: dict = {
         "accuracy": MulticlassAccuracy(c, average="micro"),
         "balanced_accuracy": MulticlassRecall(c, average="macro"),
@@ -55,11 +59,11 @@ def metric_collection(per_class: bool = False, auroc: bool = True) -> MetricColl
     }
     if auroc:
         metrics["auroc_macro"] = MulticlassAUROC(c, average="macro")
-        metrics["auroc_malignant"] = MalignantAUROC()
+        metrics["auroc_malignant"] = MalignantAUROC(space)
     if per_class:
-        metrics["recall"] = ClasswiseWrapper(MulticlassRecall(c, average=None), labels=list(CLASSES), prefix="recall_")
+        metrics["recall"] = ClasswiseWrapper(MulticlassRecall(c, average=None), labels=list(classes), prefix="recall_")
         if auroc:
-            metrics["auroc"] = ClasswiseWrapper(MulticlassAUROC(c, average=None), labels=list(CLASSES),
+            metrics["auroc"] = ClasswiseWrapper(MulticlassAUROC(c, average=None), labels=list(classes),
                                                 prefix="auroc_")
     # no compute groups: in a group with the macro recall, the per-class wrapper's own recall is never
     # updated after a reset, and torchmetrics warns "compute before update" every epoch (its values
@@ -67,7 +71,8 @@ def metric_collection(per_class: bool = False, auroc: bool = True) -> MetricColl
     return MetricCollection(metrics, compute_groups=False)
 
 
-def metrics_report(probs: torch.Tensor, target: torch.Tensor, pred: torch.Tensor | None = None) -> dict:
+def metrics_report(probs: torch.Tensor, target: torch.Tensor, pred: torch.Tensor | None = None,
+                   space: LabelSpace = HAM10000) -> dict:
     """The test metrics as plain numbers: the overall scores and `per_class` {code: {...}}.
 
     Accuracy, precision, recall and F1 score `pred` (the most probable classes where not given);
@@ -78,29 +83,31 @@ def metrics_report(probs: torch.Tensor, target: torch.Tensor, pred: torch.Tensor
     absent class's own figures are NaN (null in metrics.json).
     """
     pred = probs.argmax(1) if pred is None else pred
+    n, classes = space.num_classes, space.classes
     with warnings.catch_warnings():  # torchmetrics warns of each absent class, which is NaN below
         warnings.filterwarnings("ignore", message="No positive samples in targets")
         per = {
-            "precision": MulticlassPrecision(NUM_CLASSES, average=None)(pred, target),
-            "recall": MulticlassRecall(NUM_CLASSES, average=None)(pred, target),
-            "f1": MulticlassF1Score(NUM_CLASSES, average=None)(pred, target),
-            "auroc": MulticlassAUROC(NUM_CLASSES, average=None)(probs, target),
+            "precision": MulticlassPrecision(n, average=None)(pred, target),
+            "recall": MulticlassRecall(n, average=None)(pred, target),
+            "f1": MulticlassF1Score(n, average=None)(pred, target),
+            "auroc": MulticlassAUROC(n, average=None)(probs, target),
         }
-    support = torch.bincount(target, minlength=NUM_CLASSES)
+    support = torch.bincount(target, minlength=n)
     present = support > 0
-    mal = is_malignant(target)
+    mal = is_malignant(target, space)
     out = {
         "n_images": int(len(target)),
-        "classes_present": [c for c, p in zip(CLASSES, present) if p],
+        "classes_present": [c for c, p in zip(classes, present) if p],
         "accuracy": float((pred == target).float().mean()),
         "balanced_accuracy": float(per["recall"][present].mean()),
         "precision_macro": float(per["precision"][present].mean()),
         "recall_macro": float(per["recall"][present].mean()),
         "f1_macro": float(per["f1"][present].mean()),
         "auroc_macro": float(per["auroc"][present].mean()) if present.sum() > 1 else float("nan"),
-        "auroc_malignant": float(BinaryAUROC()(malignancy(probs), mal)) if 0 < mal.sum() < len(mal) else float("nan"),
+        "auroc_malignant": float(BinaryAUROC()(malignancy(probs, space), mal)) if 0 < mal.sum() < len(mal)
+        else float("nan"),
     }
-    predicted = torch.bincount(pred, minlength=NUM_CLASSES) > 0
+    predicted = torch.bincount(pred, minlength=n) > 0
 
     def value(name: str, i: int) -> float:
         # a class the data lacks has no recall, F1 or AUROC (torchmetrics says 0), and no precision
@@ -110,7 +117,11 @@ def metrics_report(probs: torch.Tensor, target: torch.Tensor, pred: torch.Tensor
         return float(per[name][i])
 
     out["per_class"] = {code: {**{k: value(k, i) for k in per}, "support": int(support[i])}
-                        for i, code in enumerate(CLASSES)}
+                        for i, code in enumerate(classes)}
+    if space.binary and len(space.malignant) == 1:  # a two-class task: the named class's sensitivity and specificity
+        positive = space.index[space.malignant[0]]
+        out["sensitivity"] = value("recall", positive)
+        out["specificity"] = value("recall", 1 - positive)
     return out
 
 
@@ -132,24 +143,24 @@ def balanced_accuracy(target: np.ndarray, pred: np.ndarray) -> float:
     """Mean recall over the classes present in `target`: `metrics_report`'s definition, in numpy, for the
     bootstrap's thousands of calls and for numpy callers (calibrate, export's int8 check, benchmarks)."""
     target, pred = np.asarray(target), np.asarray(pred)
-    support = np.bincount(target, minlength=NUM_CLASSES)
+    support = np.bincount(target)
     present = np.flatnonzero(support)
-    return float((np.bincount(target[pred == target], minlength=NUM_CLASSES)[present] / support[present]).mean())
+    return float((np.bincount(target[pred == target], minlength=len(support))[present] / support[present]).mean())
 
 
 def headline_ci(probs: np.ndarray, target: np.ndarray, groups: np.ndarray, n_boot: int = 1000,
-                seed: int = 0, pred: np.ndarray | None = None) -> dict:
+                seed: int = 0, pred: np.ndarray | None = None, space: LabelSpace = HAM10000) -> dict:
     """95% intervals of balanced accuracy, macro AUROC and malignant AUROC, resampling lesions.
 
     The same definitions as `metrics_report` (macro over the classes present in each resample), in
     numpy, so a thousand resamples take seconds.
     """
     pred = probs.argmax(1) if pred is None else pred
-    mal_score, mal = scores_and_positives(probs, target, "malignant")
+    mal_score, mal = scores_and_positives(probs, target, "malignant", space)
 
     def stats(pick):
         t = target[pick]
-        present = np.flatnonzero(np.bincount(t, minlength=NUM_CLASSES))
+        present = np.flatnonzero(np.bincount(t))
         return {"balanced_accuracy": balanced_accuracy(t, pred[pick]),
                 "auroc_macro": float(np.nanmean([binary_auroc(probs[pick, c], t == c) for c in present]))
                 if len(present) > 1 else float("nan"),
@@ -160,10 +171,11 @@ def headline_ci(probs: np.ndarray, target: np.ndarray, groups: np.ndarray, n_boo
 
 def expected_calibration_error(probs: torch.Tensor, target: torch.Tensor, n_bins: int = 15) -> float:
     """Top-label ECE with `n_bins` equal-width confidence bins (torchmetrics, L1 norm)."""
-    return float(MulticlassCalibrationError(NUM_CLASSES, n_bins=n_bins, norm="l1")(probs, target))
+    return float(MulticlassCalibrationError(probs.shape[1], n_bins=n_bins, norm="l1")(probs, target))
 
 
-def malignancy_calibration_error(probs: np.ndarray, target: np.ndarray, n_bins: int = 15) -> float:
+def malignancy_calibration_error(probs: np.ndarray, target: np.ndarray, n_bins: int = 15,
+                                 space: LabelSpace = HAM10000) -> float:
     """ECE of the malignancy probability against malignant/benign, `n_bins` equal-width bins."""
-    score = malignancy(torch.as_tensor(probs, dtype=torch.float32)).clamp(0, 1)
-    return float(BinaryCalibrationError(n_bins=n_bins, norm="l1")(score, is_malignant(torch.as_tensor(target))))
+    score = malignancy(torch.as_tensor(probs, dtype=torch.float32), space).clamp(0, 1)
+    return float(BinaryCalibrationError(n_bins=n_bins, norm="l1")(score, is_malignant(torch.as_tensor(target), space)))

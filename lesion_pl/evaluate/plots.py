@@ -5,11 +5,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..classes import CLASSES, DISPLAY_NAMES
+from ..classes import CLASSES, HAM10000, LabelSpace
 from ..io import atomic_path
 
-# one colour per class in every figure
+# one colour per class in every figure: HAM10000's codes keep theirs in any space
 PALETTE = dict(zip(CLASSES, ["#8c564b", "#d62728", "#2ca02c", "#9467bd", "#1f1f1f", "#1f77b4", "#e377c2"]))
+OTHER_COLOURS = ["#ff7f0e", "#17becf", "#bcbd22", "#7f7f7f", "#aec7e8", "#98df8a", "#c5b0d5", "#c49c94"]
+
+
+def palette(space: LabelSpace = HAM10000) -> dict[str, str]:
+    """A colour for each class of the space."""
+    others = iter(OTHER_COLOURS * (1 + space.num_classes // len(OTHER_COLOURS)))
+    return {c: PALETTE[c] if c in PALETTE else next(others) for c in space.classes}
 
 
 def _plt():
@@ -25,18 +32,19 @@ def _save(fig, path: Path) -> None:
     _plt().close(fig)
 
 
-def confusion_matrix_png(target: np.ndarray, pred: np.ndarray, path: Path) -> np.ndarray:
+def confusion_matrix_png(target: np.ndarray, pred: np.ndarray, path: Path, space: LabelSpace = HAM10000) -> np.ndarray:
     import seaborn as sns
 
     plt = _plt()
-    k = len(CLASSES)
+    classes = list(space.classes)
+    k = len(classes)
     cm = np.bincount(target * k + pred, minlength=k * k).reshape(k, k)
     rows = np.maximum(cm.sum(axis=1, keepdims=True), 1)
     fig, axes = plt.subplots(1, 2, figsize=(15, 6.2))
     sns.heatmap(cm, annot=True, fmt="d", cmap="Blues", cbar=False, ax=axes[0],
-                xticklabels=CLASSES, yticklabels=CLASSES)
+                xticklabels=classes, yticklabels=classes)
     sns.heatmap(cm / rows, annot=True, fmt=".2f", cmap="Blues", vmin=0, vmax=1, ax=axes[1],
-                xticklabels=CLASSES, yticklabels=CLASSES)
+                xticklabels=classes, yticklabels=classes)
     for ax, title in zip(axes, ("Counts", "Row-normalised (recall on the diagonal)")):
         ax.set_title(title)
         ax.set_xlabel("Predicted class")
@@ -47,7 +55,7 @@ def confusion_matrix_png(target: np.ndarray, pred: np.ndarray, path: Path) -> np
 
 
 def roc_png(target: np.ndarray, probs: np.ndarray, malignant_prob: np.ndarray, is_malignant: np.ndarray,
-            path: Path, operating_point: dict | None = None) -> None:
+            path: Path, operating_point: dict | None = None, space: LabelSpace = HAM10000) -> None:
     """ROC per class (one vs rest) and malignant vs benign, with the referral operating point if given."""
     from sklearn.metrics import roc_curve
 
@@ -55,13 +63,14 @@ def roc_png(target: np.ndarray, probs: np.ndarray, malignant_prob: np.ndarray, i
 
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(14, 6))
-    for i, code in enumerate(CLASSES):
+    colours = palette(space)
+    for i, code in enumerate(space.classes):
         y = target == i
         if y.all() or not y.any():
             continue
         fpr, tpr, _ = roc_curve(y, probs[:, i])
-        axes[0].plot(fpr, tpr, color=PALETTE[code],
-                     label=f"{code}: {DISPLAY_NAMES[code]} (AUROC {binary_auroc(probs[:, i], y):.3f})")
+        axes[0].plot(fpr, tpr, color=colours[code],
+                     label=f"{code}: {space.name(code)} (AUROC {binary_auroc(probs[:, i], y):.3f})")
     if 0 < is_malignant.sum() < len(is_malignant):
         fpr, tpr, _ = roc_curve(is_malignant, malignant_prob)
         auc = binary_auroc(malignant_prob, is_malignant)

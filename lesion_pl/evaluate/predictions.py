@@ -7,14 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..classes import CLASSES
 from ..io import atomic_path
 from ..scoring import Scored
 
 
-def predictions_frame(rows: pd.DataFrame, scored: Scored, label_column: str = "dx",
-                      classes: tuple[str, ...] = CLASSES) -> pd.DataFrame:
-    probs = scored.probabilities
+def predictions_frame(rows: pd.DataFrame, scored: Scored, label_column: str = "dx") -> pd.DataFrame:
+    probs, classes = scored.probabilities, scored.classes
     return pd.DataFrame({"image_id": rows["image_id"].to_numpy(), "group": rows["group"].to_numpy(),
                          label_column: rows[label_column].to_numpy(), "pred": [classes[i] for i in scored.top_index],
                          "malignant_prob": scored.scores["malignant"],

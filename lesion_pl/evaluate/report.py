@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from ..calibration import promise_text
-from ..classes import CLASS_TO_INDEX, CLASSES, DISPLAY_NAMES
+from ..classes import LabelSpace, label_space
 from ..errors import LesionPLError
 from ..io import atomic_path, atomic_write_text
 from ..run import RunDir
@@ -81,6 +81,7 @@ class Tested:
     target: np.ndarray
     pred: np.ndarray  # the classes test named, by the run's decision rule (not always the most probable)
     frame: pd.DataFrame  # the data table's rows with pred and wrong
+    space: LabelSpace  # the run's classes
 
 
 def _tested(run: RunDir, data_root: Path | None, progress: bool, evaluation: str | None) -> Tested:
@@ -112,11 +113,13 @@ def _tested(run: RunDir, data_root: Path | None, progress: bool, evaluation: str
         raise LesionPLError(f"{len(missing)} tested image(s) are not in the data at {dm.root}, e.g. "
                             f"{missing.iloc[0]}; rerun `{test_cmd}`")
     rows = row_of[preds["image_id"]].to_numpy()
-    target = preds["dx"].map(CLASS_TO_INDEX).to_numpy()
-    pred = preds["pred"].map(CLASS_TO_INDEX).to_numpy(dtype=np.int64, copy=True)
-    frame = dm.table.iloc[rows].reset_index(drop=True).assign(pred=[CLASSES[i] for i in pred], wrong=pred != target)
+    space = label_space(cfg)
+    target = preds["dx"].map(space.index).to_numpy()
+    pred = preds["pred"].map(space.index).to_numpy(dtype=np.int64, copy=True)
+    frame = dm.table.iloc[rows].reset_index(drop=True).assign(pred=[space.classes[i] for i in pred],
+                                                               wrong=pred != target)
     return Tested(source, metrics, preds, cfg, dm, np.asarray(dm.cache[rows]),
-                  preds[[f"p_{c}" for c in CLASSES]].to_numpy(), target, pred, frame)
+                  preds[[f"p_{c}" for c in space.classes]].to_numpy(), target, pred, frame, space)
 
 
 def _gradcams(run: RunDir, t: Tested) -> np.ndarray:
@@ -137,25 +140,27 @@ def _galleries(t: Tested, cams: np.ndarray, per_class: int, per_confusion: int):
     confusions' counts, [(true, predicted, count, png key)])."""
     from .gradcam import overlay
 
+    classes, index = t.space.classes, t.space.index
+
     def item(k: int) -> dict:
-        return {"overlay": overlay(t.images[k], cams[k]), "true": CLASSES[t.target[k]], "pred": CLASSES[t.pred[k]],
+        return {"overlay": overlay(t.images[k], cams[k]), "true": classes[t.target[k]], "pred": classes[t.pred[k]],
                 "probs": t.probs[k], "image_id": t.preds["image_id"][k]}
 
     rng = np.random.default_rng(int(t.cfg["seed"]))
     sample = []
-    for c in range(len(CLASSES)):
+    for c in range(len(classes)):
         idx = np.flatnonzero(t.target == c)
         sample += sorted(rng.choice(idx, size=min(per_class, len(idx)), replace=False).tolist())
     pngs = {"gallery": figs.gallery([item(k) for k in sample], f"Test images, {per_class} per class, with Grad-CAM "
-                                    "of the predicted class and the top-3 probabilities")}
+                                    "of the predicted class and the top-3 probabilities", space=t.space)}
     confusions = t.frame[t.frame["wrong"]].groupby(["dx", "pred"]).size().sort_values(ascending=False)
     sections = []
     for n, ((true, named), count) in enumerate(confusions.head(3).items()):
-        idx = np.flatnonzero((t.target == CLASS_TO_INDEX[true]) & (t.pred == CLASS_TO_INDEX[named]))
-        idx = idx[np.argsort(-t.probs[idx, CLASS_TO_INDEX[named]])][:per_confusion]
+        idx = np.flatnonzero((t.target == index[true]) & (t.pred == index[named]))
+        idx = idx[np.argsort(-t.probs[idx, index[named]])][:per_confusion]
         key = f"errors_{n + 1}_{true}_as_{named}"
         pngs[key] = figs.gallery([item(k) for k in idx], f"{true} predicted as {named}: the {len(idx)} most "
-                                 f"confident of {count} errors", columns=3)
+                                 f"confident of {count} errors", columns=3, space=t.space)
         sections.append((true, named, int(count), key))
     return pngs, confusions, sections
 
@@ -196,7 +201,7 @@ def build_report(run_path: Path, data_root: Path | None = None, progress: bool =
             pngs[f"training_curves{'_member' + str(n) if run.members else ''}"] = figs.training_curves(
                 pd.read_csv(log_path))
     pngs["precision_recall"] = figs.precision_recall(t.target, t.probs, t.preds["malignant_prob"].to_numpy(),
-                                                     is_positive(t.target, "malignant").astype(int))
+                                                     is_positive(t.target, "malignant", t.space).astype(int), t.space)
     overall_error = float(t.frame["wrong"].mean())
     tables = error_tables(t.frame)
     if tables:
@@ -213,11 +218,11 @@ def build_report(run_path: Path, data_root: Path | None = None, progress: bool =
             tmp.write_bytes(png)
     shift_path = run.path / "shift.json"  # benchmarks/shift.py, on the run's own test split
     shift = json.loads(shift_path.read_text()) if evaluation is None and shift_path.is_file() else None
-    findings = _findings(t.metrics, t.frame, confusions, tables, overall_error, cam_stats, shift)
+    findings = _findings(t.metrics, t.frame, confusions, tables, overall_error, cam_stats, t.space, shift)
     others = (["the run's own test split (report --run RUN)"] if evaluation is not None else [])
     others += [f"'{name}'" for name in run.evaluation_names() if name != evaluation]
     page = _html(run, t.cfg, summary, t.metrics, summarize(t.dm.table, t.dm.split), tables, conf_sections, cam_stats,
-                 findings, pngs, others, shift)
+                 findings, pngs, others, shift, t.space)
     index = out_dir / "index.html"
     atomic_write_text(index, page)
     return index
@@ -249,14 +254,14 @@ def shift_table(shift: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
-def _findings(metrics, frame, confusions, tables, overall_error, cam_stats, shift=None) -> list[str]:
+def _findings(metrics, frame, confusions, tables, overall_error, cam_stats, space, shift=None) -> list[str]:
     out = []
     support = frame["dx"].value_counts()
     for (t, p), count in confusions.head(3).items():
         out.append(f"{count} of {support[t]} {t} test images ({count / support[t]:.1%}) were predicted as {p}.")
     recalls = {c: v["recall"] for c, v in metrics["per_class"].items() if v["support"] > 0}
     worst = min(recalls, key=recalls.get)
-    out.append(f"Lowest recall: {worst} ({DISPLAY_NAMES[worst]}) {recalls[worst]:.3f} over "
+    out.append(f"Lowest recall: {worst} ({space.name(worst)}) {recalls[worst]:.3f} over "
                f"{metrics['per_class'][worst]['support']} images; highest: {max(recalls, key=recalls.get)} "
                f"{max(recalls.values()):.3f}.")
     for name, t in tables.items():
@@ -316,7 +321,7 @@ table.t th{background:#f4f4f4}
 
 
 def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_stats, findings, pngs,
-          others=(), shift=None) -> str:
+          others=(), shift=None, space: LabelSpace | None = None) -> str:
     import yaml
 
     from .. import __version__
@@ -325,7 +330,8 @@ def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_st
                                                        "recall_macro", "f1_macro", "auroc_macro", "auroc_malignant")},
                            index=[f"test ({metrics['n_images']} images)"])
     per_class = pd.DataFrame(metrics["per_class"]).T
-    per_class.insert(0, "diagnosis", [DISPLAY_NAMES[c] for c in per_class.index])
+    space = space or label_space(cfg)
+    per_class.insert(0, "diagnosis", [space.name(c) for c in per_class.index])
     per_class["support"] = per_class["support"].astype(int)
     members = len(summary.get("members", []))
     facts = {"trained on": summary.get("data_root", str(cfg["data"]["root"])), "tested on": _scored(metrics),

@@ -7,8 +7,8 @@ import io
 import numpy as np
 import pandas as pd
 
-from ..classes import CLASSES
-from .plots import PALETTE
+from ..classes import HAM10000, LabelSpace
+from .plots import palette
 
 
 def _plt():
@@ -51,16 +51,17 @@ def training_curves(log: pd.DataFrame) -> bytes:
     return _png(fig)
 
 
-def precision_recall(target, probs, mal_prob, is_mal) -> bytes:
+def precision_recall(target, probs, mal_prob, is_mal, space: LabelSpace = HAM10000) -> bytes:
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 6))
-    for i, code in enumerate(CLASSES):
+    colours = palette(space)
+    for i, code in enumerate(space.classes):
         y = target == i
         if y.any():
             p, r, _ = precision_recall_curve(y, probs[:, i])
-            ax.plot(r, p, color=PALETTE[code], label=f"{code} (AP {average_precision_score(y, probs[:, i]):.3f})")
+            ax.plot(r, p, color=colours[code], label=f"{code} (AP {average_precision_score(y, probs[:, i]):.3f})")
     if is_mal.any():
         p, r, _ = precision_recall_curve(is_mal, mal_prob)
         ax.plot(r, p, color="crimson", ls="--", lw=2,
@@ -71,9 +72,10 @@ def precision_recall(target, probs, mal_prob, is_mal) -> bytes:
     return _png(fig)
 
 
-def gallery(items: list[dict], title: str, columns: int = 4) -> bytes:
+def gallery(items: list[dict], title: str, columns: int = 4, space: LabelSpace = HAM10000) -> bytes:
     """items: {image, cam overlay, true, pred, probs}; each cell is the overlay and a top-3 bar chart."""
     plt = _plt()
+    colours, classes = palette(space), space.classes
     rows = max(1, int(np.ceil(len(items) / columns)))
     fig = plt.figure(figsize=(columns * 3.6, rows * 2.3))
     grid = fig.add_gridspec(rows, columns * 2, width_ratios=[1.25, 1] * columns, wspace=0.35, hspace=0.55)
@@ -88,8 +90,8 @@ def gallery(items: list[dict], title: str, columns: int = 4) -> bytes:
         ax.set_yticks([])
         bar = fig.add_subplot(grid[r, 2 * c + 1])
         top = np.argsort(it["probs"])[::-1][:3]
-        bar.barh(range(3), it["probs"][top][::-1], color=[PALETTE[CLASSES[i]] for i in top][::-1])
-        bar.set_yticks(range(3), [CLASSES[i] for i in top][::-1], fontsize=7)
+        bar.barh(range(len(top)), it["probs"][top][::-1], color=[colours[classes[i]] for i in top][::-1])
+        bar.set_yticks(range(len(top)), [classes[i] for i in top][::-1], fontsize=7)
         bar.set_xlim(0, 1)
         bar.tick_params(axis="x", labelsize=6)
     fig.suptitle(title, fontsize=11)

@@ -8,6 +8,7 @@ import pandas as pd
 import torch
 
 from ..calibration import binary_stats, bootstrap_ci, brier_score, referral_promise
+from ..classes import label_space
 from ..errors import LesionPLError
 from ..io import atomic_dir, atomic_write_json
 from ..run import RunDir
@@ -102,20 +103,22 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
         tta = bool(cal.get("tta", False))
     logits = predict_logits(load_run_model(run), ds, tta=tta, progress=progress)
     rows = dm.table.iloc[ds.indices]
-    policy = ScoringPolicy.from_calibration(cal)
+    space = label_space(cfg)
+    policy = ScoringPolicy.from_calibration(cal, space)
     scored = policy(logits, rows)
     raw, probs, pred = softmax(logits), scored.probabilities, scored.top_index
     if "melanoma_target" in rows:
         return _binary_test(run, cfg, policy, scored, rows, split, dm, tta, dest, evaluation)
     target = np.asarray(ds.labels)
     t_target = torch.from_numpy(target)
-    report = metrics_report(torch.from_numpy(probs).float(), t_target, torch.from_numpy(pred))
+    report = metrics_report(torch.from_numpy(probs).float(), t_target, torch.from_numpy(pred), space)
     report = {"evaluation": evaluation, "out": str(dest), "split": split, "data_root": str(dm.root),
               "data_format": data_format, **_checkpoints(run), "tta": tta,
-              "tta_calibrated": bool(cal.get("tta", False)), "skipped_bad_images": dm.skipped, **report}
+              "tta_calibrated": bool(cal.get("tta", False)), "skipped_bad_images": dm.skipped,
+              "classes": list(space.classes), **report}
     report["ci95"] = headline_ci(probs, target, rows["group"].to_numpy(), int(cfg["calibration"]["bootstrap"]),
-                                 int(cfg["seed"]), pred)
-    before, after = calibration_errors(raw, target), calibration_errors(probs, target)
+                                 int(cfg["seed"]), pred, space)
+    before, after = calibration_errors(raw, target, space), calibration_errors(probs, target, space)
     report["calibration"] = {
         "temperature": cal["temperature"],
         "prior_weight": cal.get("prior_weight", 0.0),
@@ -126,20 +129,20 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     }
     if cal.get("clinical"):
         image_report = metrics_report(torch.from_numpy(scored.image_probabilities).float(), t_target,
-                                      torch.from_numpy(policy.decide(scored.image_probabilities)))
+                                      torch.from_numpy(policy.decide(scored.image_probabilities)), space)
         report["clinical"] = {"weight": cal["clinical"]["weight"], "fields": sorted(cal["clinical"]["columns"]),
                               "images_with_metadata": int(scored.with_metadata.sum()),
                               "image_only": {k: image_report[k] for k in HEADLINE}}
-    report["operating_points"] = operating_points(policy, scored, {n: is_positive(target, n) for n in scored.scores},
-                                                  rows["group"].to_numpy(), int(cfg["calibration"]["bootstrap"]),
-                                                  int(cfg["seed"]))
+    positives = {n: is_positive(target, n, space) for n in scored.scores}
+    report["operating_points"] = operating_points(policy, scored, positives, rows["group"].to_numpy(),
+                                                  int(cfg["calibration"]["bootstrap"]), int(cfg["seed"]))
 
     with atomic_dir(dest) as folder:
         write_predictions(predictions_frame(rows, scored), folder / "predictions.csv")
-        confusion_matrix_png(target, pred, folder / "confusion_matrix.png")
-        is_mal = is_positive(target, "malignant").astype(int)
+        confusion_matrix_png(target, pred, folder / "confusion_matrix.png", space)
+        is_mal = is_positive(target, "malignant", space).astype(int)
         roc_png(target, probs, scored.scores["malignant"], is_mal, folder / "roc.png",
-                report["operating_points"].get("malignant"))
+                report["operating_points"].get("malignant"), space)
         reliability_png(raw, probs, target, folder / "reliability.png")
         atomic_write_json(folder / "metrics.json", report)
     return report
@@ -157,7 +160,7 @@ def _binary_test(run: RunDir, cfg: dict, policy: ScoringPolicy, scored: Scored, 
               **_checkpoints(run), "tta": tta, "skipped_bad_images": dm.skipped, "binary_target": "melanoma",
               "n_images": int(len(y)),
               "positives": int(y.sum())}
-    for name in ("melanoma", "malignant"):
+    for name in scored.scores:
         s = scored.scores[name]
         both = 0 < y.sum() < len(y)
         report[f"auroc_{name}_vs_target"] = (float(BinaryAUROC()(torch.from_numpy(s), torch.from_numpy(y))) if both

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from ...classes import CLASS_TO_INDEX, CLASSES
+from ...classes import LabelSpace, parse_label_space
 from ...errors import LesionPLError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+UNGROUPED = ("the source names no lesion or patient: the split is by image, so two images of one lesion may land "
+             "in two splits and the test figures may be optimistic (name a group column: data.columns.group)")
 
 
 def index_images(root: Path) -> dict[str, Path]:
@@ -85,26 +87,42 @@ def read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     return df
 
 
-def map_labels(raw: pd.Series, where: str, label_map: dict | None = None, drop: list | tuple = ()) -> tuple[pd.Series, dict]:
-    """Source labels -> class codes (case-insensitive; `label_map` first). Labels in `drop` are
-    removed (returned as {label: count}); any other unknown label is an error naming it."""
-    lmap = {str(k).strip().lower(): str(v).strip().lower() for k, v in (label_map or {}).items()}
+def space_of(options: dict) -> LabelSpace:
+    """The label space a reader maps into: the run's `data.classes` (HAM10000's seven by default)."""
+    return parse_label_space(options.get("classes"))
+
+
+def map_labels(raw: pd.Series, where: str, options: dict, source_map: dict | None = None) -> tuple[pd.Series, dict]:
+    """Source labels -> the run's class codes (case-insensitive): `data.label_map` first, then the reader's
+    `source_map` and the space's own (HAM10000's codes into a coarser space). Labels in `data.drop_labels` are
+    removed (returned as {label: count}); any other label outside the space is an error naming it."""
+    space = space_of(options)
+    codes = space.classes
+    lmap = {str(k).strip().lower(): str(v).strip().lower() for k, v in (options.get("label_map") or {}).items()}
     for k, v in lmap.items():
-        if v not in CLASSES:
-            raise LesionPLError(f"data.label_map maps '{k}' to '{v}', which is not a class ({', '.join(CLASSES)})")
+        if v not in codes:
+            raise LesionPLError(f"data.label_map maps '{k}' to '{v}', which is not a class ({', '.join(codes)})")
+    # a reader's or the space's mapping applies only where it lands in the space
+    lmap = {**{k.lower(): v for k, v in {**(source_map or {}), **space.source_map}.items() if v in codes}, **lmap}
     norm = raw.astype(str).str.strip().str.lower()
-    dropping = {str(d).strip().lower() for d in drop}
+    dropping = {str(d).strip().lower() for d in options.get("drop_labels") or ()}
     dropped = norm.isin(dropping) & ~norm.isin(lmap)
     dx = norm.map(lambda v: lmap.get(v, v))
-    unknown = sorted(set(dx[~dropped]) - set(CLASSES))
+    unknown = sorted(set(dx[~dropped]) - set(codes))
     if unknown:
         bad = dx.isin(unknown) & ~dropped
         first = int(raw.index[bad][0]) + 2  # header line, 1-based
         raise LesionPLError(f"{where}: unknown label(s) {', '.join(map(repr, unknown))} in {int(bad.sum())} row(s) "
-                            f"(first at line {first}); known: {', '.join(CLASSES)}; map them with "
+                            f"(first at line {first}); known: {', '.join(codes)}; map them with "
                             "--set data.label_map={LABEL: code} or leave them out with --set data.drop_labels=[LABEL]")
     counts = raw[dropped].astype(str).value_counts().to_dict()
     return dx.where(~dropped), counts
+
+
+def labelled(table: pd.DataFrame, options: dict) -> pd.DataFrame:
+    """`table` with its class index (`label`) in the run's space."""
+    table["label"] = table["dx"].map(space_of(options).index).astype(int)
+    return table
 
 
 def inside_root(root: Path, rel: str, where: str) -> Path:
@@ -134,23 +152,26 @@ def missing_files(images: pd.Series, paths: pd.Series, where: str, root: Path, s
     return {str(i): f"image not found: {i} is listed in {where} but is not under {root}" for i in images[paths.isna()]}
 
 
-def finish(images: pd.Series, paths: pd.Series, dx: pd.Series, groups: pd.Series, meta: pd.DataFrame | None,
-           where: str, root: Path, dropped: dict, skip_missing: bool = False) -> pd.DataFrame:
-    """The reader's table, with missing files reported together (or, `skip_missing`, left out and listed in
-    attrs["missing"]) and dropped rows recorded in attrs."""
-    missing = missing_files(images[dx.notna()], paths[dx.notna()], where, root, skip_missing)
+def finish(images: pd.Series, paths: pd.Series, dx: pd.Series, groups: pd.Series | None, meta: pd.DataFrame | None,
+           where: str, root: Path, dropped: dict, options: dict) -> pd.DataFrame:
+    """The reader's table, with missing files reported together (or, with data.skip_bad_images, left out and listed in
+    attrs["missing"]) and dropped rows recorded in attrs. `groups` None: each image its own group, and
+    attrs["note"] says the split may leak."""
+    missing = missing_files(images[dx.notna()], paths[dx.notna()], where, root, bool(options.get("skip_bad_images")))
     keep = dx.notna() & paths.notna()
     require_inside(paths[keep], root)
     dup = images[keep].duplicated()
     if dup.any():
         raise LesionPLError(f"{where}: image listed twice: {', '.join(images[keep][dup][:5])}")
     table = pd.DataFrame({"image_id": images, "path": paths.map(lambda p: str(Path(p).resolve()) if pd.notna(p) else p),
-                          "dx": dx, "group": groups})
+                          "dx": dx, "group": images if groups is None else groups})
     if meta is not None:
         for col in meta.columns:
             table[col] = meta[col]
     table = table[keep].reset_index(drop=True)
-    table["label"] = table["dx"].map(CLASS_TO_INDEX).astype(int)
+    table = labelled(table, options)
     table.attrs["dropped"] = dropped
     table.attrs["missing"] = missing
+    if groups is None:
+        table.attrs["note"] = UNGROUPED
     return table

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ...classes import CLASS_TO_INDEX
 from ...errors import LesionPLError
-from .common import require_root
+from .common import labelled, map_labels, require_root
 
 SIZES = (28, 64, 128, 224)
 # medmnist's INFO["dermamnist"]["label"] names -> our codes (checked against INFO at read time)
@@ -66,7 +65,8 @@ def read_dermamnist(root: str | Path, options: dict | None = None) -> pd.DataFra
             image_id = f"dermamnist_{split}_{i:05d}"
             rows.append((image_id, str(path), codes[int(ds.labels[i][0])], image_id, split))
     table = pd.DataFrame(rows, columns=["image_id", "path", "dx", "group", "official_split"])
-    table["label"] = table["dx"].map(CLASS_TO_INDEX).astype(int)
-    table.attrs["dropped"] = {}
+    table["dx"], dropped = map_labels(table["dx"], str(npz), options)  # into the run's space
+    table = labelled(table[table["dx"].notna()].reset_index(drop=True), options)
+    table.attrs["dropped"] = dropped
     table.attrs["note"] = SPLIT_NOTE
     return table

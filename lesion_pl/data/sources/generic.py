@@ -24,12 +24,12 @@ def read_generic_csv(root: str | Path, options: dict | None = None) -> pd.DataFr
     df = read_csv(csv, (image_col, label_col) + ((group_col,) if group_col else ()))
     paths = pd.Series([inside_root(root, rel, str(csv)) for rel in df[image_col]], index=df.index)
     paths = paths.where(paths.map(Path.is_file))
-    dx, dropped = map_labels(df[label_col], str(csv), options.get("label_map"), options.get("drop_labels", ()))
+    dx, dropped = map_labels(df[label_col], str(csv), options)
     images = df[image_col].map(lambda rel: Path(rel).stem)
-    groups = df[group_col] if group_col else images
+    groups = df[group_col] if group_col else None
     extra = df[[col for col in df.columns if col not in (image_col, label_col, group_col)]]
     return finish(images, paths.astype(object).where(paths.notna()), dx, groups, extra, str(csv), root, dropped,
-                  skip_missing=bool(options.get("skip_bad_images")))
+                  options)
 
 
 def read_folder(root: str | Path, options: dict | None = None) -> pd.DataFrame:
@@ -41,7 +41,7 @@ def read_folder(root: str | Path, options: dict | None = None) -> pd.DataFrame:
         raise LesionPLError(f"{root} has no class sub-folders with images (expected ROOT/<class>/<image>.jpg)")
     paths = pd.Series([str(p) for p, _ in rows])
     raw = pd.Series([label for _, label in rows])
-    dx, dropped = map_labels(raw, f"the sub-folders of {root}", options.get("label_map"), options.get("drop_labels", ()))
+    dx, dropped = map_labels(raw, f"the sub-folders of {root}", options)
     images = pd.Series([str(p.relative_to(root).with_suffix("")) for p, _ in rows])
-    return finish(images, paths, dx, images, None, str(root), root, dropped,
-                  skip_missing=bool(options.get("skip_bad_images")))
+    return finish(images, paths, dx, None, None, str(root), root, dropped,
+                  options)

@@ -35,10 +35,10 @@ def read_ham10000(root: str | Path, options: dict | None = None) -> pd.DataFrame
     if csv is None:
         raise LesionPLError(f"no {METADATA} in {root}. {HOW_TO_GET}")
     meta = read_csv(csv, REQUIRED)
-    dx, dropped = map_labels(meta["dx"], str(csv), options.get("label_map"), options.get("drop_labels", ()))
+    dx, dropped = map_labels(meta["dx"], str(csv), options)
     images = index_images(root)
     extra = meta[[c for c in meta.columns if c not in REQUIRED]].copy()
     if "age" in extra:
         extra["age"] = pd.to_numeric(extra["age"], errors="coerce")
     return finish(meta["image_id"], meta["image_id"].map(images), dx, meta["lesion_id"], extra, str(csv), root, dropped,
-                  skip_missing=bool(options.get("skip_bad_images")))
+                  options)

@@ -10,6 +10,7 @@ import pandas as pd
 from ...errors import LesionPLError
 from .common import find_csv, finish, locate_csv, index_images, map_labels, read_csv, require_root
 
+# column -> class code, where the run's space has that code (AK is akiec in HAM10000's space, ak in isic2019's)
 ISIC_CODES = {"MEL": "mel", "NV": "nv", "BCC": "bcc", "AKIEC": "akiec", "AK": "akiec", "BKL": "bkl",
               "DF": "df", "VASC": "vasc", "SCC": "scc", "UNK": "unk"}
 
@@ -31,11 +32,9 @@ def read_isic_csv(root: str | Path, options: dict | None = None) -> pd.DataFrame
         raise LesionPLError(f"{csv}: {int(bad.sum())} row(s) without exactly one class set to 1 "
                             f"(first at line {first + 2}, image {gt['image'][first]})")
     raw = pd.Series([classes[i] for i in onehot.argmax(axis=1)], index=gt.index)
-    label_map = {**{k: v for k, v in ISIC_CODES.items() if v in ("mel", "nv", "bcc", "akiec", "bkl", "df", "vasc")},
-                 **(options.get("label_map") or {})}
-    dx, dropped = map_labels(raw, str(csv), label_map, options.get("drop_labels", ()))
-    groups = gt["lesion_id"].fillna(gt["image"]) if "lesion_id" in gt else gt["image"]
+    dx, dropped = map_labels(raw, str(csv), options, ISIC_CODES)
+    groups = gt["lesion_id"].fillna(gt["image"]) if "lesion_id" in gt else None
     images = index_images(root)
     extra = gt[[c for c in gt.columns if c not in classes and c not in ("image", "lesion_id")]]
     return finish(gt["image"], gt["image"].map(images), dx, groups, extra, str(csv), root, dropped,
-                  skip_missing=bool(options.get("skip_bad_images")))
+                  options)
