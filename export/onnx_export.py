@@ -11,11 +11,11 @@ from torch import nn
 
 from lesion_pl import __version__
 from lesion_pl.calibration import referral_promise
-from lesion_pl.classes import LabelSpace, parse_label_space
+from lesion_pl.classes import LabelSpace
 from lesion_pl.errors import LesionPLError
 from lesion_pl.io import atomic_path, to_json
 from lesion_pl.preprocess import RESIZE_POLICY
-from lesion_pl.scoring import describe
+from lesion_pl.scoring import ScoringPolicy, describe
 
 from .metadata import PREFIX
 
@@ -36,18 +36,13 @@ class OnnxWrapper(nn.Module):
         self.classifier = classifier
         self.classifier.channels_last = False  # a memory layout hint means nothing in ONNX
         self.temperature = float(cal.get("temperature", 1.0))
-        bias = cal.get("class_bias") or [0.0] * calibration_space(cal).num_classes
+        bias = cal.get("class_bias") or [0.0] * ScoringPolicy.from_calibration(cal).space.num_classes
         self.register_buffer("class_bias", torch.tensor(bias, dtype=torch.float32))
 
     def forward(self, images: torch.Tensor):
         # normalised before the transpose, where onnxruntime's int8 graph does it anyway (Normalize.nhwc)
         logits = self.classifier.forward_normalized(self.classifier.normalize.nhwc(images).permute(0, 3, 1, 2))
         return (logits / self.temperature + self.class_bias).softmax(dim=1), logits
-
-
-def calibration_space(calibration: dict) -> LabelSpace:
-    """The label space a calibration.json records (one from before spaces were recorded: HAM10000's)."""
-    return parse_label_space(calibration.get("label_space"))
 
 
 def _operating_points(points: dict | None, space: LabelSpace) -> dict:
@@ -57,7 +52,7 @@ def _operating_points(points: dict | None, space: LabelSpace) -> dict:
 
 def metadata(run_summary: dict, image_size: int, mean: list, std: list, calibration: dict,
              color_constancy: float | None = None) -> dict[str, str]:
-    space = calibration_space(calibration)
+    space = ScoringPolicy.from_calibration(calibration).space  # the space calibrate recorded (older: HAM10000's)
     zeros = [0.0] * space.num_classes
     meta = {
         "classes": to_json(list(space.classes)),

@@ -47,10 +47,6 @@ class LabelSpace:
         return {c: i for i, c in enumerate(self.classes)}
 
     @property
-    def malignant_indices(self) -> tuple[int, ...]:
-        return tuple(self.index[c] for c in self.malignant)
-
-    @property
     def binary(self) -> bool:
         return self.num_classes == 2
 

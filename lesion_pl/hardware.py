@@ -61,12 +61,13 @@ def faster_on_cpu(network: str, size: int, batch: int, channels_last: bool, step
 
     import torch
 
+    from .classes import NUM_CLASSES
     from .models import build_network
 
     cfg = {**json.loads(network), "pretrained": False, "weights": None}
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, size, size, generator=g)
-    y = torch.randint(0, 7, (batch,), generator=g)  # a speed probe: the number of classes does not matter
+    y = torch.randint(0, NUM_CLASSES, (batch,), generator=g)
     rates = {}
     for precision, bf16 in (("32-true", False), ("bf16-mixed", True)):
         with torch.random.fork_rng():  # the networks' random initialisation leaves fit's seeding alone

@@ -101,7 +101,7 @@ class Scored:
     top_index: np.ndarray  # [N] the class named, by the run's decision rule
     scores: dict[str, np.ndarray]  # score name -> [N]
     thresholds: dict[str, float | np.ndarray]  # score name -> its referral threshold (per image where they differ)
-    classes: tuple[str, ...] = HAM10000.classes  # the columns' class codes (the policy's label space)
+    classes: tuple[str, ...]  # the columns' class codes (the policy's label space)
 
     def refer(self, name: str = "malignant") -> np.ndarray | None:
         """True where the score reaches its referral threshold (None: the run has no threshold for it)."""

@@ -15,6 +15,7 @@ from export.runtime import LesionOnnxClassifier
 from lesion_pl.classes import HAM10000, PRESETS, parse_label_space
 from lesion_pl.config import load_config
 from lesion_pl.errors import LesionPLError
+from lesion_pl.scoring import score_indices
 
 from .conftest import FAST, invoke, sample_meta
 
@@ -26,7 +27,7 @@ def test_presets_and_custom_spaces():
     assert mel.source_map["nv"] == "other" and "mel" not in mel.source_map
     space = parse_label_space({"codes": ["Benign", "suspicious", "malignant"], "malignant": ["malignant"]})
     assert space.classes == ("benign", "suspicious", "malignant") and space.melanoma is None
-    assert space.name("suspicious") == "suspicious" and space.malignant_indices == (2,)
+    assert space.name("suspicious") == "suspicious" and score_indices("malignant", space) == [2]
     for bad, message in ((["mel"], "must be a preset name"), ({"codes": ["a"]}, "two or more different codes"),
                          ({"codes": ["a", "b"], "malignant": ["c"]}, "names 'c' as malignant"),
                          ({"codes": ["a", "b"], "melanoma": "a"}, "must also be in data.classes.malignant"),

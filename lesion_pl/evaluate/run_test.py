@@ -103,8 +103,8 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
         tta = bool(cal.get("tta", False))
     logits = predict_logits(load_run_model(run), ds, tta=tta, progress=progress)
     rows = dm.table.iloc[ds.indices]
-    space = label_space(cfg)
-    policy = ScoringPolicy.from_calibration(cal, space)
+    policy = ScoringPolicy.from_calibration(cal, label_space(cfg))
+    space = policy.space
     scored = policy(logits, rows)
     raw, probs, pred = softmax(logits), scored.probabilities, scored.top_index
     if "melanoma_target" in rows:
