@@ -1,4 +1,4 @@
-"""lesion-pl command line: fit, calibrate, test, report, explain, export and predict, plus data tools.
+"""lesion-pl command line: fit, calibrate, test, report, explain, export, predict and serve, plus data tools.
 
 Thin on purpose: parses arguments and calls lesion_pl; heavy imports happen inside the commands.
 """
@@ -177,6 +177,11 @@ def export(
     per_channel: Optional[bool] = typer.Option(
         None, "--per-channel/--per-tensor", help="int8 weight scales per output channel or per tensor (default: per "
         "channel where the network has depthwise convolutions, e.g. EfficientNet-Lite, else per tensor)."),
+    web: Optional[Path] = typer.Option(None, "--web", help="Also write an offline page into this folder: the model "
+                                       "runs in the browser (onnxruntime-web), images never leave the device."),
+    web_int8: bool = typer.Option(False, "--web-int8", help="The offline page runs model.int8.onnx (implies --int8)."),
+    ort_web: Optional[Path] = typer.Option(None, "--ort-web", help="onnxruntime-web's npm tarball, where the npm "
+                                           "registry cannot be reached (default: fetched once, then cached)."),
     data_root: Optional[Path] = DATA_ROOT_OPT,
     quiet: bool = QUIET_OPT,
 ):
@@ -185,8 +190,17 @@ def export(
     from lesion_pl.terminal import format_export
 
     with RunDir(run).lock("export"):
-        r = export_run(run, opset=opset, int8=int8, data_root=data_root, progress=not quiet, per_channel=per_channel)
+        r = export_run(run, opset=opset, int8=int8 or web_int8, data_root=data_root, progress=not quiet,
+                       per_channel=per_channel)
     typer.echo(format_export(r))
+    if web is not None:
+        from export.web_export import export_web
+
+        w = export_web(run / "export" / ("model.int8.onnx" if web_int8 else "model.onnx"), web, ort_web,
+                       progress=not quiet)
+        typer.echo(f"offline page: {w['folder']} ({w['bytes'] / 2**20:.1f} MB, onnxruntime-web "
+                   f"{w['onnxruntime_web']}); open it through any static server, e.g. "
+                   f"`python -m http.server --directory {w['folder']} 8080`, then http://127.0.0.1:8080/")
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -230,6 +244,34 @@ def predict(
                            metadata_csv=metadata)
     if failed:
         raise typer.Exit(1)
+
+
+@app.command()
+@friendly_errors
+def serve(
+    model: Path = typer.Option(..., "--model", "-m", help="An ONNX file made by `export`."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface; put it behind TLS)."),
+    port: int = typer.Option(8000, min=1, max=65535),
+    token: Optional[str] = typer.Option(None, envvar="LESION_PL_TOKEN", show_envvar=True,
+                                        help="Every API call must send 'Authorization: Bearer TOKEN'."),
+    max_image_mb: float = typer.Option(20.0, min=0.01, help="Largest file accepted, per image."),
+    max_images: int = typer.Option(16, min=1, help="Most images in one request."),
+    max_megapixels: float = typer.Option(64.0, min=0.01, help="Largest decoded image (refused before decoding)."),
+    max_batch: int = typer.Option(32, min=1, help="Images of concurrent requests run together (1: no batching)."),
+    threads: Optional[int] = typer.Option(None, min=1, help="onnxruntime threads (default: its own choice, the "
+                                          "machine's physical cores)."),
+):
+    """Serve an exported model over HTTP (no torch): POST /predict, GET /model, /health, a page at /, docs at /docs."""
+    import uvicorn
+
+    from export.serve import Limits, create_app
+
+    app_ = create_app(model, token=token, limits=Limits(max_image_mb, max_images, max_megapixels),
+                      max_batch=max_batch, threads=threads)
+    where = f"http://{host}:{port}"
+    typer.echo(f"serving {model} at {where} (page {where}/, docs {where}/docs)"
+               + ("; every API call needs the token" if token else "; no token: whoever reaches the port can call it"))
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
 @app.command()

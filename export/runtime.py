@@ -195,7 +195,9 @@ class LesionOnnxClassifier:
             raise LesionPLError(f"cannot predict on a {type(image).__name__}: give a path, a PIL image or an array")
         return img
 
-    def _result(self, probs: np.ndarray, metadata: Sequence[Metadata] | None = None) -> Predictions:
+    def score(self, probs: np.ndarray, metadata: Sequence[Metadata] | None = None) -> Predictions:
+        """The graph's probabilities [N, C] (from `probabilities`) scored by the run's policy, with one metadata
+        dict (or None) per image where given."""
         records = None
         if metadata is not None:
             if len(metadata) != len(probs):
@@ -210,9 +212,9 @@ class LesionOnnxClassifier:
                        metadata: Sequence[Metadata] | None = None) -> Predictions:
         """Preprocessed uint8 [N, size, size, 3] -> predictions; `tta` averages the 8 flips/rotations
         (None: as the run was calibrated, `self.tta`); `metadata`: one dict (age, sex, site) or None per image."""
-        return self._result(self._probabilities(batch, tta), metadata)
+        return self.score(self.probabilities(batch, tta), metadata)
 
-    def _probabilities(self, batch: np.ndarray, tta: bool | None) -> np.ndarray:
+    def probabilities(self, batch: np.ndarray, tta: bool | None = None) -> np.ndarray:
         """The graph's calibrated image probabilities [N, C] (views averaged), not yet scored: callers that
         predict in chunks score the whole set once."""
         batch = np.asarray(batch, dtype=np.uint8)
@@ -233,8 +235,8 @@ class LesionOnnxClassifier:
         parts = []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
-            parts.append(self._probabilities(np.stack([self.preprocess(im) for im in chunk]), tta))
-        return self._result(np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), np.float32), metadata)
+            parts.append(self.probabilities(np.stack([self.preprocess(im) for im in chunk]), tta))
+        return self.score(np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), np.float32), metadata)
 
     def predict_files(self, paths: Iterable[str | os.PathLike], batch_size: int = 32, tta: bool | None = None,
                       progress: bool = False, metadata: Sequence[Metadata] | None = None):
@@ -250,7 +252,7 @@ class LesionOnnxClassifier:
 
         def flush():
             if batch:
-                probs.append(self._probabilities(np.stack(batch), tta))
+                probs.append(self.probabilities(np.stack(batch), tta))
                 done.extend(batch_paths)
                 batch.clear()
                 batch_paths.clear()
@@ -270,4 +272,4 @@ class LesionOnnxClassifier:
                 flush()
         flush()
         all_probs = np.concatenate(probs) if probs else np.zeros((0, len(self.classes)), np.float32)
-        return done, self._result(all_probs, None if metadata is None else done_meta), errors
+        return done, self.score(all_probs, None if metadata is None else done_meta), errors

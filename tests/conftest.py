@@ -112,3 +112,33 @@ def evaluate_copy(trained_run: Path, dest: Path, data_root: Path):
     """`test --split all` of a copy of the trained run (without its outputs) on other data."""
     shutil.copytree(trained_run, dest, ignore=shutil.ignore_patterns("test", "report", "export"))
     return invoke("test", "--run", dest, "--data-root", data_root, "--split", "all", "--quiet")
+
+
+@pytest.fixture(scope="session")
+def served_model(trained_run, tmp_path_factory) -> Path:
+    """The trained run exported, copied out of the run (other tests re-export the run with other options)."""
+    r = invoke("export", "--run", trained_run, "--quiet")
+    assert r.exit_code == 0, r.output
+    dest = tmp_path_factory.mktemp("served") / "model.onnx"
+    shutil.copy(trained_run / "export" / "model.onnx", dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's headless chromium through chromedriver (selenium)."""
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1300,2000"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+    yield driver
+    driver.quit()

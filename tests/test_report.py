@@ -52,32 +52,16 @@ def test_findings_are_computed_from_the_predictions(report, trained_run):
             f"{m['balanced_accuracy']:.3f})") in report.read_text()
 
 
-def test_report_renders_in_headless_chromium(report):
-    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver_path):
-        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1300,2000"):
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
-    try:
-        driver.get(report.as_uri())
-        assert driver.title.startswith("lesion-pl report")
-        counts = driver.execute_script(
-            "const imgs = [...document.images];"
-            "return [imgs.length, imgs.filter(i => !i.complete || i.naturalWidth === 0).length];")
-        assert counts[0] >= 9 and counts[1] == 0, f"{counts[1]} of {counts[0]} images broken"
-        shot = report.parent / "screenshot.png"
-        driver.save_screenshot(str(shot))
-        assert shot.stat().st_size > 20_000
-    finally:
-        driver.quit()
+def test_report_renders_in_headless_chromium(report, browser):
+    browser.get(report.as_uri())
+    assert browser.title.startswith("lesion-pl report")
+    counts = browser.execute_script(
+        "const imgs = [...document.images];"
+        "return [imgs.length, imgs.filter(i => !i.complete || i.naturalWidth === 0).length];")
+    assert counts[0] >= 9 and counts[1] == 0, f"{counts[1]} of {counts[0]} images broken"
+    shot = report.parent / "screenshot.png"
+    browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 20_000
 
 
 def test_explain_writes_overlays_and_names_bad_files(trained_run, small_ham, tmp_path):
