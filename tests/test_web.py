@@ -210,3 +210,28 @@ def test_javascript_states_the_referral_promise_as_python_does(served_model, tmp
            {**op, "val_lower_bound": op["target_sensitivity"] + 0.01, "val_positive_lesions": 0}]
     got = node("console.log(JSON.stringify(input.ops.map(L.promiseText)));", {"ops": ops}, tmp_path)
     assert got == [promise_text(o) for o in ops]
+
+
+def test_a_tarball_that_is_not_the_pinned_onnxruntime_web_is_refused(served_model, tmp_path):
+    from export.web_export import ORT_WEB_VERSION, export_web
+    from lesion_pl.errors import LesionPLError
+
+    fake = tmp_path / f"onnxruntime-web-{ORT_WEB_VERSION}.tgz"
+    fake.write_bytes(b"not the package")
+    with pytest.raises(LesionPLError, match=f"is not onnxruntime-web {ORT_WEB_VERSION} as the npm registry"):
+        export_web(served_model, tmp_path / "web", fake, progress=False)
+    with pytest.raises(LesionPLError, match="does not exist"):
+        export_web(served_model, tmp_path / "web", tmp_path / "missing.tgz", progress=False)
+    assert not (tmp_path / "web").exists()  # refused before anything is written
+
+
+def test_offline_page_runs_the_int8_model(trained_run, small_ham, tmp_path, browser):
+    web = tmp_path / "web8"
+    r = invoke("export", "--run", trained_run, "--web", web, "--web-int8", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert (web / "model.onnx").read_bytes() == (trained_run / "export" / "model.int8.onnx").read_bytes()
+    clf = LesionOnnxClassifier(web / "model.onnx")
+    paths = sorted((small_ham / "images").glob("*.jpg"))[5:7]
+    with StaticServer(web) as site:
+        rows = drive_page(browser, site.url, paths, None, "web_offline_int8.png")
+    assert_shows_the_runtime(rows, clf, paths, None)
