@@ -168,6 +168,13 @@ def page(mode: str) -> str:
     return html.replace('content="offline"', f'content="{mode}"', 1)
 
 
+def _script(text: str):
+    """A route answering with this JavaScript."""
+    async def script():
+        return Response(text, media_type="text/javascript")
+    return script
+
+
 def create_app(model: str | os.PathLike, token: str | None = None, limits: Limits = Limits(),
                max_batch: int = 32, threads: int | None = None):
     """The FastAPI app serving one exported model."""
@@ -215,11 +222,8 @@ def create_app(model: str | os.PathLike, token: str | None = None, limits: Limit
     async def index():
         return page("service")
 
-    @app.get("/lesion.js", include_in_schema=False)
-    @app.get("/page.js", include_in_schema=False)
-    async def script(request: Request):
-        name = request.url.path.lstrip("/")  # one of the two routes above, never a path from the client
-        return Response((WEB / name).read_text(encoding="utf-8"), media_type="text/javascript")
+    for name in ("page.js", "lesion.js"):  # the page's two scripts, by fixed names: no path from a client
+        app.get(f"/{name}", include_in_schema=False)(_script((WEB / name).read_text(encoding="utf-8")))
 
     @app.get("/health", dependencies=[Depends(authorised)])
     async def health():
