@@ -257,7 +257,8 @@ def serve(
     max_image_mb: float = typer.Option(20.0, min=0.01, help="Largest file accepted, per image."),
     max_images: int = typer.Option(16, min=1, help="Most images in one request."),
     max_megapixels: float = typer.Option(64.0, min=0.01, help="Largest decoded image (refused before decoding)."),
-    max_batch: int = typer.Option(32, min=1, help="Images of concurrent requests run together (1: no batching)."),
+    max_batch: int = typer.Option(1, min=1, help="Run the images of concurrent requests together, up to this many "
+                                  "(1: each request on its own, the faster on a 2-core CPU: benchmarks/RESULTS.md)."),
     threads: Optional[int] = typer.Option(None, min=1, help="onnxruntime threads (default: its own choice, the "
                                           "machine's physical cores)."),
 ):

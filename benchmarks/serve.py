@@ -4,8 +4,8 @@
                                [--bad 0.1] [--json out.json]
 
 Starts `cli.py serve` (with a token) as its own process, once batching the images of concurrent requests
-(the default, --max-batch 32) and once without (--max-batch 1: each request through the session on its
-own, the plain way), and sends the same requests to each: single real HAM10000 images, and a share of bad
+(--max-batch 32, or this script's --max-batch) and once without (--max-batch 1, the default: each request
+through the session on its own, the plain way), and sends the same requests to each: single real HAM10000 images, and a share of bad
 ones (not an image, empty, truncated, a wrong field name, no token) that must each get their 4xx. Checks
 that every good request got 200 with the same probabilities for the same image in both servers, every bad
 one its 4xx, and that the server still answers /health; prints throughput and p50/p95 latency of the good
@@ -148,6 +148,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--bad", type=float, default=0.1, help="share of bad requests mixed in")
     ap.add_argument("--images", type=int, default=64, help="distinct real images sent")
+    ap.add_argument("--max-batch", type=int, default=32, help="the batched server's --max-batch")
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args()
     import httpx
@@ -159,7 +160,7 @@ def main() -> None:
     print(f"model {args.model}; {args.requests} requests of one image each from {args.concurrency} concurrent "
           f"clients, {sum(k != 'good' for k, _ in requests)} of them bad; `cli.py serve` on 127.0.0.1")
     figures, errors = {}, []
-    for label, batch in (("batched (--max-batch 32)", 32), ("plain (--max-batch 1)", 1)):
+    for label, batch in ((f"batched (--max-batch {args.max_batch})", args.max_batch), ("plain (--max-batch 1)", 1)):
         with Server(args.model, batch) as server:
             r = load(server.url, images, requests, args.concurrency)
             if httpx.get(server.url + "/health", headers=auth()).status_code != 200:

@@ -10,8 +10,9 @@
 With a token (`--token` or $LESION_PL_TOKEN) every call of /predict, /model and /health must carry
 `Authorization: Bearer TOKEN`; the page, the docs and the schema hold no data and stay open (the page asks
 for the token). Bad input is a 4xx with a one-line `detail`; nothing from a request is written anywhere or
-used as a path. One onnxruntime session serves every request, and the images of requests that arrive
-together run as one batch (benchmarks/serve.py measures what that buys).
+used as a path. One onnxruntime session serves every request; with `max_batch` > 1 the images of requests
+that arrive together run as one batch (benchmarks/serve.py measures what that buys: on a 2-core CPU with an
+8-view model, nothing, so it is off by default).
 """
 from __future__ import annotations
 
@@ -176,7 +177,7 @@ def _script(text: str):
 
 
 def create_app(model: str | os.PathLike, token: str | None = None, limits: Limits = Limits(),
-               max_batch: int = 32, threads: int | None = None):
+               max_batch: int = 1, threads: int | None = None):
     """The FastAPI app serving one exported model."""
     clf = LesionOnnxClassifier(model, threads=threads)
     identity = model_identity(clf)
