@@ -5,8 +5,9 @@
 
 Starts `cli.py serve` (with a token) as its own process, once batching the images of concurrent requests
 (--max-batch 32, or this script's --max-batch) and once without (--max-batch 1, the default: each request
-through the session on its own, the plain way), and sends the same requests to each: single real HAM10000 images, and a share of bad
-ones (not an image, empty, truncated, a wrong field name, no token) that must each get their 4xx. Checks
+through the session on its own, the plain way), and sends the same requests to each: single real HAM10000
+images, and a share of bad ones (not an image, empty, truncated, a wrong field name, no token) that must
+each get their 4xx. Checks
 that every good request got 200 with the same probabilities for the same image in both servers, every bad
 one its 4xx, and that the server still answers /health; prints throughput and p50/p95 latency of the good
 requests, and the ratio. Exits 1 on any error.
