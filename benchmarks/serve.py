@@ -7,10 +7,9 @@ Starts `cli.py serve` (with a token) as its own process, once batching the image
 (--max-batch 32, or this script's --max-batch) and once without (--max-batch 1, the default: each request
 through the session on its own, the plain way), and sends the same requests to each: single real HAM10000
 images, and a share of bad ones (not an image, empty, truncated, a wrong field name, no token) that must
-each get their 4xx. Checks
-that every good request got 200 with the same probabilities for the same image in both servers, every bad
-one its 4xx, and that the server still answers /health; prints throughput and p50/p95 latency of the good
-requests, and the ratio. Exits 1 on any error.
+each get their 4xx. Checks that every good request got 200 with the same probabilities for the same image
+in both servers, every bad one its 4xx, and that the server still answers /health; prints throughput and
+p50/p95 latency of the good requests, and the ratio. Exits 1 on any error.
 """
 from __future__ import annotations
 
@@ -48,11 +47,11 @@ def free_port() -> int:
 class Server:
     """`cli.py serve` in its own process, until the block ends."""
 
-    def __init__(self, model: Path, max_batch: int, extra: tuple = ()):
+    def __init__(self, model: Path, max_batch: int):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.cmd = [sys.executable, str(ROOT / "cli.py"), "serve", "--model", str(model), "--port", str(self.port),
-                    "--max-batch", str(max_batch), *extra]
+                    "--max-batch", str(max_batch)]
 
     def __enter__(self):
         import httpx

@@ -17,13 +17,11 @@ that arrive together run as one batch (benchmarks/serve.py measures what that bu
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import io
 import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from fastapi import Depends, File, Form, HTTPException, Request, UploadFile
@@ -35,12 +33,13 @@ from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 
 from lesion_pl import __version__
+from lesion_pl.data.download import file_hash
 from lesion_pl.preprocess import image_warning, resize_center_crop, to_rgb
 
 from .metadata import PREFIX
 from .runtime import LesionOnnxClassifier
+from .web_export import WEB
 
-WEB = Path(__file__).resolve().parent / "web"
 TOKEN_ENV = "LESION_PL_TOKEN"
 FIELDS = ("images", "age", "sex", "site")
 
@@ -141,7 +140,7 @@ class Batcher:
 
 def model_identity(clf: LesionOnnxClassifier) -> dict:
     """What names the model a response came from: its file's hash, classes, input size and versions."""
-    digest = hashlib.sha256(clf.path.read_bytes()).hexdigest()
+    digest = file_hash(clf.path, "sha256").hexdigest()
     return {"file": clf.path.name, "sha256": digest, "classes": list(clf.classes),
             "display_names": list(clf.display_names), "input_size": clf.size, "tta": clf.tta,
             "clinical_fields": list(clf.clinical_fields), "exported_with": clf.metadata.get("version"),
@@ -219,9 +218,11 @@ def create_app(model: str | os.PathLike, token: str | None = None, limits: Limit
                                                f"images of {limits.max_image_mb:g} MB)"}, status_code=413)
         return await call_next(request)
 
+    index_html = page("service")  # read once, as the scripts below
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index():
-        return page("service")
+        return index_html
 
     for name in ("page.js", "lesion.js"):  # the page's two scripts, by fixed names: no path from a client
         app.get(f"/{name}", include_in_schema=False)(_script((WEB / name).read_text(encoding="utf-8")))

@@ -13,7 +13,6 @@ dist.integrity`) and run tests/test_web.py, which drives both pages in headless 
 from __future__ import annotations
 
 import base64
-import hashlib
 import shutil
 import tarfile
 from pathlib import Path
@@ -32,11 +31,9 @@ WEB = Path(__file__).resolve().parent / "web"
 
 def integrity_of(path: Path) -> str:
     """npm's integrity string of a file: sha512-BASE64."""
-    h = hashlib.sha512()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return "sha512-" + base64.b64encode(h.digest()).decode()
+    from lesion_pl.data.download import file_hash
+
+    return "sha512-" + base64.b64encode(file_hash(path, "sha512").digest()).decode()
 
 
 def ort_web_tarball(source: Path | None = None, progress: bool = True) -> Path:

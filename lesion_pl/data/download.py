@@ -48,12 +48,17 @@ def _open(url: str, start: int = 0):
         raise ConnectionError(f"cannot reach {host}: {getattr(e, 'reason', e)}") from None
 
 
-def md5_of(path: Path) -> str:
-    h = hashlib.md5()
+def file_hash(path: Path, algorithm: str):
+    """The hashlib object of a file's bytes, read in blocks (downloads are GBs)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return h.hexdigest()
+    return h
+
+
+def md5_of(path: Path) -> str:
+    return file_hash(path, "md5").hexdigest()
 
 
 def fetch(url: str, dest: Path, md5: str | None, progress: bool = True, manual_hint: str = "") -> Path:
