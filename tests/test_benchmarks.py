@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from lesion_pl.config import load_config
+
 from .conftest import PROJECT, invoke
 
 
@@ -39,8 +41,10 @@ def test_referral_benchmark_reproduces_the_runs_own_thresholds(trained_run):
             if len(p) > 2 and p[0] == trained_run.name and p[1] in ("malignant", "melanoma")}
     assert set(rows) == {(s, r) for s in ("malignant", "melanoma") for r in ("point", "0.90", "0.95", "0.99")}
     cal = json.loads((trained_run / "calibration.json").read_text())
-    for name in ("malignant", "melanoma"):  # the run was calibrated at the default, 95% confidence
-        assert float(rows[name, "0.95"][3]) == pytest.approx(cal["operating_points"][name]["threshold"], abs=1e-4)
+    default = f"{cal['operating_points']['malignant']['confidence']:.2f}"  # the run was calibrated at the default
+    assert default == f"{load_config()['calibration']['referral_confidence']:.2f}"
+    for name in ("malignant", "melanoma"):
+        assert float(rows[name, default][3]) == pytest.approx(cal["operating_points"][name]["threshold"], abs=1e-4)
         thresholds = [float(rows[name, r][3]) for r in ("point", "0.90", "0.95", "0.99")]
         assert thresholds == sorted(thresholds, reverse=True)  # more confidence, lower threshold
     assert "val ECE" in out and "test ECE" in out

@@ -26,12 +26,15 @@ from lesion_pl.calibration import (
     threshold_for_sensitivity,
 )
 from lesion_pl.classes import CLASSES
+from lesion_pl.config import load_config
 from lesion_pl.errors import LesionPLError
 from lesion_pl.evaluate.calibrate import calibration_errors, keep_errors_down
 from lesion_pl.evaluate.metrics import expected_calibration_error, malignancy_calibration_error
 from lesion_pl.scoring import decide, softmax
 
 from .conftest import clinical_metadata, invoke
+
+CONFIDENCE = load_config()["calibration"]["referral_confidence"]  # the default the fixture run was calibrated at
 
 
 def test_temperature_scaling_lowers_validation_nll_on_real_predictions(trained_run):
@@ -216,9 +219,9 @@ def test_calibrate_writes_the_scores_its_thresholds_were_chosen_on(trained_run):
         assert all(errs["val_after"][k] <= errs["val_before"][k] for k in errs["val_before"])
     positive = val["dx"].isin(["mel", "bcc", "akiec"]).to_numpy()
     op = cal["operating_points"]["malignant"]
-    again = referral_threshold(val["malignant_prob"].to_numpy(), positive, val["group"].to_numpy(), 0.9, 0.95,
-                               n_boot=1000, seed=42)
-    assert op["confidence"] == 0.95 and again["threshold"] == pytest.approx(op["threshold"], abs=2e-6)
+    again = referral_threshold(val["malignant_prob"].to_numpy(), positive, val["group"].to_numpy(), 0.9,
+                               CONFIDENCE, n_boot=1000, seed=42)
+    assert op["confidence"] == CONFIDENCE and again["threshold"] == pytest.approx(op["threshold"], abs=2e-6)
     assert op["lower_bound"] == min(op["bootstrap_bound"], op["binomial_bound"]) == again["lower_bound"]
     assert op["val"]["sensitivity"] >= 0.9  # at or below the point rule's threshold
 
@@ -243,7 +246,7 @@ def test_test_reports_calibration_and_operating_points(trained_run):
     assert 0 <= c["ece_15_after"] <= 1 and 0 <= c["brier_after"] <= 2
     for name in ("malignant", "melanoma"):
         op = m["operating_points"][name]
-        assert op["target_sensitivity"] == 0.9 and op["val_sensitivity"] >= 0.9 and op["confidence"] == 0.95
+        assert op["target_sensitivity"] == 0.9 and op["val_sensitivity"] >= 0.9 and op["confidence"] == CONFIDENCE
         assert 0 < op["val_lower_bound"] <= op["val_sensitivity"] and op["val_positive_lesions"] > 0
         for k in ("sensitivity", "specificity", "ppv", "npv"):
             lo, hi = op["ci95"][k]
@@ -294,7 +297,7 @@ def test_predict_says_refer_or_not(trained_run, small_ham):
     r = invoke("predict", *files, "--model", model)
     assert r.exit_code == 0, r.output
     assert "referral threshold: malignancy >=" in r.output and "not a diagnostic device" in r.output
-    assert "with 95% confidence" in r.output and "lower bound" in r.output
+    assert f"with {CONFIDENCE:.0%} confidence" in r.output and "lower bound" in r.output
     assert "mean of its 8 flips/90-degree rotations" in r.output  # as the run was calibrated
     r1 = invoke("predict", *files, "--model", model, "--no-tta")
     assert "scored on one view" in r1.output and "calibrated on 8-view scores" in r1.output
