@@ -10,7 +10,8 @@ lesion bootstrap and exact binomial bound over lesions, lesion_pl/calibration.py
 and rule: the threshold, validation's lower bound, test sensitivity and specificity with lesion-bootstrap
 95% CIs; then, on validation only, the split-half check: the rule fitted on a random half of the lesions,
 the other half's sensitivity at that threshold, the share of splits where it reaches the target
-("held") and the other half's mean specificity. Last, each run's calibration errors before -> after.
+("held") and the other half's mean specificity. Last, each run's calibration errors before -> after, and
+on test the reported errors with their intervals and the floor a perfectly calibrated model would show.
 """
 from __future__ import annotations
 
@@ -26,24 +27,40 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from machine import describe  # noqa: E402  (the script's own folder is on sys.path)
 
-from lesion_pl.calibration import binary_stats, bootstrap_ci, referral_threshold  # noqa: E402
+from lesion_pl.calibration import binary_stats, bootstrap_ci, lesion_bootstrap, referral_threshold  # noqa: E402
 from lesion_pl.classes import CLASS_TO_INDEX, CLASSES  # noqa: E402
+from lesion_pl.evaluate.calibrate import calibration_error_floor, calibration_errors  # noqa: E402
 from lesion_pl.scoring import scores_and_positives  # noqa: E402
 from lesion_pl.terminal import metric_text  # noqa: E402
 
 RULES = {"point": None, "0.90": 0.90, "0.95": 0.95, "0.99": 0.99}
 
 
+def read_predictions(path: Path):
+    """Probabilities, labels and lesions of a predictions CSV."""
+    frame = pd.read_csv(path)
+    return (frame[[f"p_{c}" for c in CLASSES]].to_numpy(), frame["dx"].map(CLASS_TO_INDEX).to_numpy(),
+            frame["group"].to_numpy())
+
+
 def read_scores(path: Path) -> dict:
     """Per referral score: scores, positives and lesions of a predictions CSV."""
-    frame = pd.read_csv(path)
-    probs = frame[[f"p_{c}" for c in CLASSES]].to_numpy()
-    labels = frame["dx"].map(CLASS_TO_INDEX).to_numpy()
+    probs, labels, groups = read_predictions(path)
     out = {}
     for name in ("malignant", "melanoma"):
         scores, positive = scores_and_positives(probs, labels, name)
-        out[name] = (scores, positive, frame["group"].to_numpy())
+        out[name] = (scores, positive, groups)
     return out
+
+
+def test_calibration(path: Path, seed: int) -> str:
+    """The reported probabilities' two test ECEs with lesion-bootstrap 95% CIs, and the floor a perfectly
+    calibrated model shows on that many images."""
+    probs, labels, groups = read_predictions(path)
+    point, floor = calibration_errors(probs, labels), calibration_error_floor(probs, seed=seed)
+    ci = lesion_bootstrap(groups, lambda pick: calibration_errors(probs[pick], labels[pick]), 1000, seed)
+    return ", ".join(f"{label} {point[k]:.4f} [{ci[k][0]:.4f}, {ci[k][1]:.4f}] floor {floor[k]:.4f}"
+                     for label, k in (("test ECE", "ece"), ("malignancy", "malignancy_ece")))
 
 
 def split_half(scores, positive, groups, target, confidence, splits: int, boot: int, seed: int) -> dict:
@@ -73,7 +90,7 @@ def main() -> None:
     head = (f"{'run':<22} {'score':<9} {'rule':<5} {'threshold':>9} {'val bound':>9}  "
             f"{'test sensitivity [95% CI]':<26} {'test specificity [95% CI]':<26} {'half held':>9} {'half spec':>9}")
     print(head)
-    errors = []
+    errors, tested = [], []
     for run in args.run:
         cal = json.loads((run / "calibration.json").read_text())
         seed = int(yaml.safe_load((run / "config.yaml").read_text())["seed"])  # calibrate's, so its rule is reproduced
@@ -101,9 +118,13 @@ def main() -> None:
                       f"test ECE {m['ece_15_before']:.4f} -> {m['ece_15_after']:.4f}, "
                       f"malignancy {m['malignancy_ece_15_before']:.4f} -> {m['malignancy_ece_15_after']:.4f}"
                       if e else f"{run.name:<22} (calibrated before the calibration-error check)")
+        tested.append(f"{run.name:<22} {test_calibration(run / 'test' / 'predictions.csv', seed)}")
     print("* below the target: too few positive lesions on validation to promise it at that confidence")
     print("\ncalibration errors (15 bins), uncalibrated -> as reported:")
     print("\n".join(errors))
+    print("\ntest calibration as reported, lesion-bootstrap 95% CI, and the floor (the ECE a perfectly calibrated "
+          "model with these probabilities shows on this many images):")
+    print("\n".join(tested))
 
 
 if __name__ == "__main__":

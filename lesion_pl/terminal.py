@@ -105,6 +105,9 @@ def format_report(report: dict) -> str:
                   f"Brier {c['brier_before']:.4f} -> {c['brier_after']:.4f}, malignancy ECE "
                   f"{c['malignancy_ece_15_before']:.4f} -> {c['malignancy_ece_15_after']:.4f}; classes named by the "
                   f"'{c.get('decision', 'accuracy')}' rule"]
+    if "ece_15_floor" in c:
+        lines.append(f"  a perfectly calibrated model would show ECE {c['ece_15_floor']:.4f} and malignancy ECE "
+                     f"{c['malignancy_ece_15_floor']:.4f} on this many images (the floor of a binned ECE)")
     for name, op in report["operating_points"].items():
         ci = op["ci95"]
         alone = op.get("images_on_image_only_threshold")

@@ -48,6 +48,12 @@ def test_referral_benchmark_reproduces_the_runs_own_thresholds(trained_run):
         thresholds = [float(rows[name, r][3]) for r in ("point", "0.90", "0.95", "0.99")]
         assert thresholds == sorted(thresholds, reverse=True)  # more confidence, lower threshold
     assert "val ECE" in out and "test ECE" in out
+    # the interval line recomputes the reported test ECE and its floor from predictions.csv: they match test's own
+    tested = next(line for line in out.splitlines() if line.startswith(trained_run.name) and "floor" in line).split()
+    m = json.loads((trained_run / "test" / "metrics.json").read_text())["calibration"]
+    assert float(tested[3]) == pytest.approx(m["ece_15_after"], abs=1e-4)
+    assert float(tested[7].strip(",")) == pytest.approx(m["ece_15_floor"], abs=1e-4)
+    assert float(tested[4].strip("[,")) <= float(tested[3]) <= float(tested[5].strip("]"))
 
 
 def test_shift_benchmark_agrees_with_test_unshifted_and_feeds_the_report(trained_run, tmp_path):

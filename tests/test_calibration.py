@@ -28,7 +28,7 @@ from lesion_pl.calibration import (
 from lesion_pl.classes import CLASSES
 from lesion_pl.config import load_config
 from lesion_pl.errors import LesionPLError
-from lesion_pl.evaluate.calibrate import calibration_errors, keep_errors_down
+from lesion_pl.evaluate.calibrate import calibration_error_floor, calibration_errors, keep_errors_down
 from lesion_pl.evaluate.metrics import expected_calibration_error, malignancy_calibration_error
 from lesion_pl.scoring import decide, softmax
 
@@ -239,11 +239,29 @@ def test_bootstrap_ci_resamples_lesions_reproducibly():
         assert a[k][0] <= point[k] <= a[k][1] and a[k][0] < a[k][1]
 
 
+def test_calibration_error_floor_is_what_calibrated_labels_show_and_shrinks_with_the_sample():
+    """Labels drawn from the probabilities themselves are calibrated by construction: their measured ECE sits at
+    the floor, and the floor falls as the sample grows. Labels that disagree with the probabilities sit above it."""
+    rng = np.random.default_rng(0)
+    probs = softmax(rng.normal(0, 2.0, (4000, len(CLASSES))))
+    floor = calibration_error_floor(probs, draws=100, seed=1)
+    assert floor == calibration_error_floor(probs, draws=100, seed=1)
+    calibrated = np.array([rng.choice(len(CLASSES), p=p) for p in probs])
+    measured = calibration_errors(probs, calibrated)
+    for k in ("ece", "malignancy_ece"):
+        assert 0 < floor[k] < 0.05 and abs(measured[k] - floor[k]) < 0.015
+    small = calibration_error_floor(probs[:200], draws=100, seed=1)
+    assert all(small[k] > 2 * floor[k] for k in floor)  # the bias falls about as 1/sqrt(n)
+    overconfident = softmax(np.log(probs) * 3)  # same ranking, sharper: miscalibrated against `calibrated`
+    assert calibration_errors(overconfident, calibrated)["ece"] > calibration_error_floor(overconfident)["ece"] + 0.05
+
+
 def test_test_reports_calibration_and_operating_points(trained_run):
     m = json.loads((trained_run / "test" / "metrics.json").read_text())
     c = m["calibration"]
     assert c["temperature"] != 1.0
     assert 0 <= c["ece_15_after"] <= 1 and 0 <= c["brier_after"] <= 2
+    assert 0 < c["ece_15_floor"] < 0.5 and 0 < c["malignancy_ece_15_floor"] < 0.5
     for name in ("malignant", "melanoma"):
         op = m["operating_points"][name]
         assert op["target_sensitivity"] == 0.9 and op["val_sensitivity"] >= 0.9 and op["confidence"] == CONFIDENCE

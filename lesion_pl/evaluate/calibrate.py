@@ -75,6 +75,20 @@ def calibration_errors(probs: np.ndarray, labels: np.ndarray, space: LabelSpace 
             "malignancy_ece": malignancy_calibration_error(probs, labels, space=space)}
 
 
+def calibration_error_floor(probs: np.ndarray, space: LabelSpace = HAM10000, draws: int = 200,
+                            seed: int = 0) -> dict:
+    """The calibration errors a perfectly calibrated model with these probabilities shows on a sample this size:
+    labels drawn from `probs` themselves, the mean over `draws`. Binned ECE is biased upwards on a finite sample
+    (the noise within each bin), so a measured error close to this floor cannot tell calibrated from not."""
+    rng = np.random.default_rng(seed)
+    cumulative = probs.cumsum(axis=1)
+    errs = []
+    for _ in range(draws):
+        u = rng.random((len(probs), 1)) * cumulative[:, -1:]
+        errs.append(calibration_errors(probs, np.minimum((u >= cumulative).sum(axis=1), probs.shape[1] - 1), space))
+    return {k: float(np.mean([e[k] for e in errs])) for k in errs[0]}
+
+
 def keep_errors_down(result: dict, final_probs, labels: np.ndarray, before: dict, space: LabelSpace = HAM10000,
                      factors=np.geomspace(0.5, 2.0, 41)) -> dict:
     """The NLL fit can leave one of the reported calibration errors above the raw softmax's (issue #27: top-class

@@ -284,6 +284,8 @@ def _findings(metrics, frame, confusions, tables, overall_error, cam_stats, spac
                    f"{cal['ece_15_before']:.4f} to {cal['ece_15_after']:.4f}"
                    + (f" and that of the malignancy probability from {cal['malignancy_ece_15_before']:.4f} to "
                       f"{cal['malignancy_ece_15_after']:.4f}" if "malignancy_ece_15_after" in cal else "")
+                   + (f" (a perfectly calibrated model would show {cal['ece_15_floor']:.4f} and "
+                      f"{cal['malignancy_ece_15_floor']:.4f} on this many images)" if "ece_15_floor" in cal else "")
                    + (f"; classes are named by the '{cal['decision']}' rule" if "decision" in cal else "") + ".")
     cl = metrics.get("clinical")
     if cl:

@@ -73,7 +73,7 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     every other evaluation its own folder (`evaluation_target`), refused if it exists unless `overwrite`.
     Outputs are written into a temp folder that replaces the target only when all of them are done."""
     from ..checkpoint import load_run_model
-    from .calibrate import calibration_errors, load_calibration
+    from .calibrate import calibration_error_floor, calibration_errors, load_calibration
     from .inference import predict_logits
     from .metrics import headline_ci, metrics_report
     from .plots import confusion_matrix_png, reliability_png, roc_png
@@ -119,6 +119,7 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     report["ci95"] = headline_ci(probs, target, rows["group"].to_numpy(), int(cfg["calibration"]["bootstrap"]),
                                  int(cfg["seed"]), pred, space)
     before, after = calibration_errors(raw, target, space), calibration_errors(probs, target, space)
+    floor = calibration_error_floor(probs, space, seed=int(cfg["seed"]))
     report["calibration"] = {
         "temperature": cal["temperature"],
         "prior_weight": cal.get("prior_weight", 0.0),
@@ -126,6 +127,8 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
         "ece_15_before": before["ece"], "ece_15_after": after["ece"],
         "brier_before": brier_score(raw, target), "brier_after": brier_score(probs, target),
         "malignancy_ece_15_before": before["malignancy_ece"], "malignancy_ece_15_after": after["malignancy_ece"],
+        # what a perfectly calibrated model with the reported probabilities would show on this many images
+        "ece_15_floor": floor["ece"], "malignancy_ece_15_floor": floor["malignancy_ece"],
     }
     if cal.get("clinical"):
         image_report = metrics_report(torch.from_numpy(scored.image_probabilities).float(), t_target,
