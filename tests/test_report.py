@@ -46,7 +46,8 @@ def test_findings_are_computed_from_the_predictions(report, trained_run):
     assert f"{count} of {n} {t} test images ({count / n:.1%}) were predicted as {p}." in report.read_text()
     assert re.search(r"of the Grad-CAM mass lies inside the lesion mask", report.read_text())
     assert re.search(r"malignancy probability from [\d.]+ to [\d.]+ \(a perfectly calibrated model would show [\d.]+ "
-                     r"and [\d.]+ on this many images\); classes are named by the (&#x27;|')balanced", report.read_text())
+                     r"and [\d.]+ on this many images\); classes are named by the (&#x27;|')balanced",
+                     report.read_text())
     m = json.loads((trained_run / "test" / "metrics.json").read_text())
     assert (f"The image alone: balanced accuracy {m['clinical']['image_only']['balanced_accuracy']:.3f} (fused "
             f"{m['balanced_accuracy']:.3f})") in report.read_text()
