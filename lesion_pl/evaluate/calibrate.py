@@ -71,7 +71,7 @@ def calibration_errors(probs: np.ndarray, labels: np.ndarray, space: LabelSpace 
 
     from .metrics import expected_calibration_error, malignancy_calibration_error
 
-    return {"ece": expected_calibration_error(torch.from_numpy(probs).float(), torch.from_numpy(labels)),
+    return {"ece": expected_calibration_error(torch.tensor(probs, dtype=torch.float32), torch.tensor(labels)),
             "malignancy_ece": malignancy_calibration_error(probs, labels, space=space)}
 
 
