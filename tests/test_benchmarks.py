@@ -48,7 +48,7 @@ def test_referral_benchmark_reproduces_the_runs_own_thresholds(trained_run):
         thresholds = [float(rows[name, r][3]) for r in ("point", "0.90", "0.95", "0.99")]
         assert thresholds == sorted(thresholds, reverse=True)  # more confidence, lower threshold
     assert "val ECE" in out and "test ECE" in out
-    # the interval line recomputes the reported test ECE and its floor from predictions.csv: they match test's own
+    # the floor line recomputes the reported test ECE and its floor from predictions.csv: they match test's own
     tested = next(line for line in out.splitlines() if line.startswith(trained_run.name) and "floor" in line).split()
     m = json.loads((trained_run / "test" / "metrics.json").read_text())["calibration"]
     assert float(tested[3]) == pytest.approx(m["ece_15_after"], abs=1e-4)
