@@ -177,5 +177,6 @@ def expected_calibration_error(probs: torch.Tensor, target: torch.Tensor, n_bins
 def malignancy_calibration_error(probs: np.ndarray, target: np.ndarray, n_bins: int = 15,
                                  space: LabelSpace = HAM10000) -> float:
     """ECE of the malignancy probability against malignant/benign, `n_bins` equal-width bins."""
-    score = malignancy(torch.as_tensor(probs, dtype=torch.float32), space).clamp(0, 1)
-    return float(BinaryCalibrationError(n_bins=n_bins, norm="l1")(score, is_malignant(torch.as_tensor(target), space)))
+    # torch.tensor copies: arrays read with pandas are read-only, which torch.as_tensor warns about
+    score = malignancy(torch.tensor(probs, dtype=torch.float32), space).clamp(0, 1)
+    return float(BinaryCalibrationError(n_bins=n_bins, norm="l1")(score, is_malignant(torch.tensor(target), space)))
