@@ -133,18 +133,24 @@ def test(
         "data, else the data root's folder name and format)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write this evaluation into DIR instead."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an evaluation folder of the same name."),
+    overrides: Optional[List[str]] = typer.Option(
+        None, "--set", "-s", help="How to read the data (data.* keys only, repeatable): --set "
+        "'data.columns={image: image, label: dx}' --set 'data.where={split: val}'."),
     quiet: bool = QUIET_OPT,
 ):
     """Evaluate the run's best checkpoint (calibrated): metrics.json, predictions.csv and plots.
 
     The run's own test split writes RUN/test/; any other split or source (--data-root DIR [--format F]
-    --split all) writes RUN/evaluations/NAME/, so no evaluation replaces another."""
+    --split all) writes RUN/evaluations/NAME/, so no evaluation replaces another. Another source may hold no
+    image the run trained or validated on. Where the data records how each diagnosis was made (dx_type), the
+    figures on histopathology-confirmed lesions are given beside the all-lesion ones."""
     from lesion_pl.evaluate.run_test import test_run
     from lesion_pl.terminal import format_report
 
     with RunDir(run).lock("test"):
         report = test_run(run, data_root, split, tta=tta, progress=not quiet, data_format=data_format,
-                          skip_bad_images=skip_bad_images, name=name, out=out, overwrite=overwrite)
+                          skip_bad_images=skip_bad_images, name=name, out=out, overwrite=overwrite,
+                          data_overrides=list(overrides or []))
     typer.echo(format_report(report))
     typer.echo(f"\nwrote {report['out']}/metrics.json, predictions.csv"
                + ("" if report.get("binary_target") else ", confusion_matrix.png, roc.png, reliability.png"))

@@ -30,13 +30,14 @@ def read_yaml(path: Path) -> dict:
 
 
 def merge(base: dict, update: dict, where: str = "") -> dict:
-    """`update` over `base`; a key that `base` does not have is an error (catches typos)."""
+    """`update` over `base`; a key that `base` does not have is an error (catches typos). A key whose default is
+    an empty mapping (data.label_map, data.where) takes any keys: the value given replaces it whole."""
     out = copy.deepcopy(base)
     for key, value in update.items():
         name = f"{where}{key}"
         if key not in base:
             raise LesionPLError(f"unknown config key '{name}' (known: {', '.join(sorted(base))})")
-        if isinstance(base[key], dict) and isinstance(value, dict):
+        if isinstance(base[key], dict) and base[key] and isinstance(value, dict):
             out[key] = merge(base[key], value, name + ".")
         elif isinstance(base[key], dict) and base[key]:  # `data: 5`, `optim: null`
             raise LesionPLError(f"config key '{name}' is a section of keys ({', '.join(base[key])}), "

@@ -116,6 +116,17 @@ def _mapping():
     return "a mapping of keys to values ({} for none)", lambda v: isinstance(v, dict)
 
 
+def _scalar(v) -> bool:
+    return isinstance(v, (str, int, float)) and not isinstance(v, bool)
+
+
+def _rows_rule():
+    """data.where: {column: value or [values]}: which rows of a source to keep."""
+    return ("a mapping of column names to a value or a list of values to keep, e.g. {split: val} ({} for every row)",
+            lambda v: isinstance(v, dict) and all(isinstance(k, str) and (_scalar(x) or (
+                isinstance(x, list) and bool(x) and all(map(_scalar, x)))) for k, x in v.items()))
+
+
 # the readers' names (data.sources.READERS, tested to agree) and auto
 FORMATS = ("auto", "ham10000", "isic-csv", "isic2020", "csv", "folder", "dermamnist")
 # keys whose values are checked where they are read, against the data (their own, longer messages)
@@ -135,6 +146,7 @@ CHECKS = {
     "data.csv": _text_or_null(),
     "data.label_map": _mapping(),
     "data.drop_labels": ("a list of source labels", lambda v: isinstance(v, list)),
+    "data.where": _rows_rule(),
     "data.skip_bad_images": _bool(),
     "data.splits_file": _text_or_null(),
     "data.cache_dir": _text_or_null(),

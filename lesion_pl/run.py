@@ -22,6 +22,15 @@ def check_evaluation_name(name: str) -> None:
         raise LesionPLError(f"evaluation name '{name}' must be a plain folder name (no '/', not starting with '.')")
 
 
+def require_data_keys(overrides) -> None:
+    """An evaluation's `--set` items may only say how to read its data (data.*): the model, its calibration and
+    thresholds are the run's."""
+    not_data = [item for item in overrides if not item.strip().startswith("data.")]
+    if not_data:
+        raise LesionPLError(f"--set {not_data[0]}: an evaluation only takes data.* keys (how to read the data); "
+                            "the model, its calibration and thresholds are the run's")
+
+
 @dataclass(frozen=True)
 class RunDir:
     path: Path
@@ -94,11 +103,13 @@ class RunDir:
         return what
 
     def load_config(self, data_root: Path | None = None, data_format: str | None = None,
-                    skip_bad_images: bool = False) -> dict:
-        """The run's saved config (over the defaults), pointed at other data where given."""
+                    skip_bad_images: bool = False, data_overrides: list[str] = ()) -> dict:
+        """The run's saved config (over the defaults), pointed at other data where given; `data_overrides`:
+        `data.KEY=value` items (how to read that data: its columns, labels, rows), nothing about the model."""
         from .config import load_config
 
-        cfg = load_config(self.config)
+        require_data_keys(data_overrides)
+        cfg = load_config(self.config, list(data_overrides))
         if data_root is not None:
             cfg["data"]["root"] = str(data_root)
         if data_format is not None:

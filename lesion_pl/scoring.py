@@ -107,6 +107,14 @@ class Scored:
         """True where the score reaches its referral threshold (None: the run has no threshold for it)."""
         return None if name not in self.thresholds else self.scores[name] >= self.thresholds[name]
 
+    def take(self, rows: np.ndarray) -> "Scored":
+        """These rows only (a boolean mask or indices): a subset scored as the whole was."""
+        def pick(a):
+            return a if a is None or np.ndim(a) == 0 else np.asarray(a)[rows]
+        return Scored(self.probabilities[rows], self.image_probabilities[rows], pick(self.with_metadata),
+                      self.top_index[rows], {k: v[rows] for k, v in self.scores.items()},
+                      {k: pick(v) for k, v in self.thresholds.items()}, self.classes)
+
 
 @dataclass(frozen=True)
 class ScoringPolicy:

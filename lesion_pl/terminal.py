@@ -6,7 +6,9 @@ from .calibration import promise_text, referral_promise, views_note
 
 # test's headline figures, in the order shown (also the image-only figures metrics.json keeps)
 HEADLINE = ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro", "auroc_macro",
-            "auroc_malignant")
+            "auroc_malignant", "auroc_melanoma")
+# the figures on histopathology-confirmed lesions (evaluate/confirmed.py), in the order shown
+CONFIRMED_FIGURES = ("auroc_malignant", "auroc_melanoma", "auroc_melanoma_vs_nevi")
 
 
 def metric_text(value: float | None, spec: str = ".3f") -> str:
@@ -32,8 +34,15 @@ def format_data_summary(d: dict) -> str:
     lines = [f"{d['root']}: {d['images']} images, {d['lesions']} lesions, {d['how']}", d["table"].to_string()]
     lines += [f"left out (data.drop_labels): {count} image(s) labelled {label}"
               for label, count in d["dropped"].items()]
+    if d.get("where"):
+        lines.append(rows_kept_text(d["where"]))
     lines.append(f"note: {d['note']}" if d["note"] is not None else "no lesion is in two splits")
     return "\n".join(lines)
+
+
+def rows_kept_text(where: dict) -> str:
+    """What data.where kept of a source."""
+    return (f"data.where {where['rule']}: kept {where['kept']} image(s), left out {where['left_out']}")
 
 
 def format_calibration(c: dict) -> str:
@@ -84,10 +93,12 @@ def format_report(report: dict) -> str:
     if report.get("skipped_bad_images"):
         lines.append(f"skipped {len(report['skipped_bad_images'])} missing or unreadable image(s) "
                      "(listed in metrics.json)")
+    if report.get("rows_kept"):
+        lines.append(rows_kept_text(report["rows_kept"]))
     lines.append("")
     cis = report.get("ci95", {})
     image_only = report.get("clinical", {}).get("image_only", {})
-    for key in HEADLINE:
+    for key in (k for k in HEADLINE if k in report):
         ci = f"  (95% CI {'-'.join(map(metric_text, cis[key]))}, lesions resampled)" if key in cis else ""
         alone = f"  [image alone {metric_text(image_only[key], '.4f')}]" if key in image_only else ""
         lines.append(f"  {key:<20} {metric_text(report[key], '.4f')}{ci}{alone}")
@@ -95,6 +106,7 @@ def format_report(report: dict) -> str:
         cl = report["clinical"]
         lines.append(f"  (image fused with {', '.join(cl['fields'])}, weight {cl['weight']:.2f}; "
                      f"{cl['images_with_metadata']} of {report['n_images']} images have metadata)")
+    lines += format_confirmed(report)
     lines += ["", f"  {'class':<6} {'precision':>9} {'recall':>7} {'f1':>6} {'auroc':>6} {'support':>8}"]
     for code, m in report["per_class"].items():
         lines.append(f"  {code:<6} {metric_text(m['precision']):>9} {metric_text(m['recall']):>7} "
@@ -118,6 +130,38 @@ def format_report(report: dict) -> str:
                      + ", ".join(f"{k} {metric_text(op[k])} [{', '.join(map(metric_text, ci[k]))}]"
                                  for k in ("sensitivity", "specificity", "ppv", "npv")))
     return "\n".join(lines)
+
+
+def format_confirmed(report: dict) -> list[str]:
+    """`test`'s figures on histopathology-confirmed lesions beside the all-lesion ones, and its table by how each
+    diagnosis was made; or why there are none."""
+    h = report.get("histo_confirmed")
+    if h is None:
+        return []
+    if not h["available"]:
+        return ["", f"  no figures on histopathology-confirmed lesions: {h['reason']}"]
+    lines = ["", f"  on the histopathology-confirmed lesions alone ({h['column']} = {h['value']}: {h['images']} images "
+                 f"of {h['lesions']} lesions, {h['benign_images']} benign; the others' diagnoses were not excised):"]
+    for key in (k for k in CONFIRMED_FIGURES if k in h):
+        every = f"  [all lesions {metric_text(report[key], '.4f')}]" if key in report else ""
+        lines.append(f"  {key:<22} {metric_text(h[key], '.4f')}  (95% CI {'-'.join(map(metric_text, h['ci95'][key]))}, "
+                     f"lesions resampled){every}")
+    for name, op in h["operating_points"].items():
+        lines.append(f"  {name} referral on them: " + ", ".join(
+            f"{k} {metric_text(op[k])} [{', '.join(map(metric_text, op['ci95'][k]))}]"
+            for k in ("sensitivity", "specificity")))
+    table = report.get("by_dx_type")
+    if table:
+        lines += ["", "  by how the diagnosis was made: each method's benign images (nevi) against every malignant "
+                      "image (melanoma)",
+                  f"  {'dx_type':<10} {'images':>6} {'benign':>6} {'error':>6} {'AUROC mal':>9} {'nevi':>5} "
+                  f"{'AUROC mel':>9} {'spec':>6}"]
+        for r in table:
+            lines.append(f"  {r['dx_type']:<10} {r['images']:>6d} {r['benign_images']:>6d} "
+                         f"{metric_text(r['error_rate']):>6} {metric_text(r['auroc_malignant_vs_these_benign']):>9} "
+                         f"{r.get('nevus_images', 0):>5d} {metric_text(r.get('auroc_melanoma_vs_these_nevi')):>9} "
+                         f"{metric_text(r.get('malignant_referral_specificity')):>6}")
+    return lines
 
 
 def format_export(r: dict) -> str:

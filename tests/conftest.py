@@ -12,13 +12,16 @@ import pytest
 PROJECT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("LESION_PL_DATA", PROJECT.parent / "shared" / "data"))
 HAM = DATA / "ham10000"
+ISIC2017 = DATA / "isic2017"
+# how the second archive's labels.csv is read (its README): the csv format with these columns
+ISIC2017_COLUMNS = "data.columns={image: image, label: dx}"
 
 
 def pytest_collection_modifyitems(items):
     """Every test that reads the real data set is marked `data`: `pytest -m "not data"` runs the unit tests,
     which need none (the end-to-end ones need $LESION_PL_DATA)."""
     for item in items:
-        if "ham_root" in getattr(item, "fixturenames", ()):
+        if {"ham_root", "isic2017_root"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.data)
 
 
@@ -42,6 +45,25 @@ def ham_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def isic2017_root() -> Path:
+    if not (ISIC2017 / "labels.csv").is_file():
+        pytest.fail(f"ISIC 2017 not found at {ISIC2017}: set LESION_PL_DATA to the folder holding isic2017/")
+    return ISIC2017
+
+
+def isic2017_slice(root: Path, dest: Path, per_class: int, seed: int = 0) -> Path:
+    """`per_class` images of each of ISIC 2017's classes from each of its splits, in its own layout (labels.csv,
+    images/)."""
+    labels = pd.read_csv(root / "labels.csv")
+    rows = labels.groupby(["split", "dx"]).sample(n=per_class, random_state=seed).reset_index(drop=True)
+    (dest / "images").mkdir(parents=True, exist_ok=True)
+    for rel in rows["image"]:
+        shutil.copy(root / rel, dest / rel)
+    rows.to_csv(dest / "labels.csv", index=False)
+    return dest
+
+
+@pytest.fixture(scope="session")
 def ham_meta(ham_root) -> pd.DataFrame:
     return pd.read_csv(ham_root / "HAM10000_metadata.csv")
 
@@ -54,6 +76,14 @@ def sample_meta(meta: pd.DataFrame, per_class: int, seed: int = 0) -> pd.DataFra
         take = rows[rows["lesion_id"].isin(lesions[:per_class])]
         picked.append(take)
     return pd.concat(picked).reset_index(drop=True)
+
+
+@pytest.fixture(scope="session")
+def unseen_meta(ham_meta, small_ham) -> pd.DataFrame:
+    """HAM10000's rows of the lesions that `small_ham` (and so `trained_run`) never saw: what another source
+    evaluated on that run may hold (`test` refuses images the run trained or validated on)."""
+    seen = pd.read_csv(small_ham / "HAM10000_metadata.csv")["lesion_id"]
+    return ham_meta[~ham_meta["lesion_id"].isin(seen)].reset_index(drop=True)
 
 
 def make_dataset(ham_root: Path, meta: pd.DataFrame, dest: Path, layout: str = "flat", masks: bool = False) -> Path:

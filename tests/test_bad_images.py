@@ -95,9 +95,9 @@ def test_fit_stops_on_a_bad_image_or_skips_when_asked(dataset_with_bad, tmp_path
     assert not set(victims) & set(splits["image_id"])
 
 
-def test_test_on_another_source_with_some_classes(trained_run, ham_root, ham_meta, tmp_path):
+def test_test_on_another_source_with_some_classes(trained_run, ham_root, unseen_meta, tmp_path):
     """A run evaluated on a folder of only mel and nv images: metrics over the classes present."""
-    meta = sample_meta(ham_meta, 6, seed=5)
+    meta = sample_meta(unseen_meta, 6, seed=5)
     meta = meta[meta["dx"].isin(["mel", "nv"])]
     folder = tmp_path / "external"
     for _, row in meta.iterrows():

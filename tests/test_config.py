@@ -203,3 +203,16 @@ def test_every_key_of_the_default_config_has_its_rule():
         load_config(None, ["data.format=excel"])
     with pytest.raises(LesionPLError, match="calibration.tta must be true or false, got 'yes please'"):
         load_config(None, ["calibration.tta=yes please"])
+
+
+def test_a_free_form_mapping_takes_any_keys_and_a_section_only_its_own():
+    """data.label_map and data.where default to {}: `--set` gives them whatever keys the data needs (as the README
+    shows), while a section (data.columns) still refuses a key it does not have."""
+    cfg = load_config(None, ["data.label_map={nevus: nv, SCC: akiec}", "data.where={split: val}"])
+    assert cfg["data"]["label_map"] == {"nevus": "nv", "SCC": "akiec"} and cfg["data"]["where"] == {"split": "val"}
+    assert load_config(None, ["data.columns={image: file}"])["data"]["columns"] == {"image": "file", "label": "label",
+                                                                                      "group": None}
+    with pytest.raises(LesionPLError, match="unknown config key 'data.columns.site'"):
+        load_config(None, ["data.columns={site: x}"])
+    with pytest.raises(LesionPLError, match="data.where must be a mapping of column names"):
+        load_config(None, ["data.where={split: [val, {a: b}]}"])

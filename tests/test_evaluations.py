@@ -21,12 +21,12 @@ def _metrics(folder):
     return json.loads((folder / "metrics.json").read_text())
 
 
-def test_two_outside_sets_and_the_runs_own_test_all_survive(trained_run, ham_root, ham_meta, tmp_path):
+def test_two_outside_sets_and_the_runs_own_test_all_survive(trained_run, ham_root, unseen_meta, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("report", "export", "evaluations"))
     own = _metrics(run / "test")
-    clinic = _folder_source(ham_root, sample_meta(ham_meta, 3, seed=11), tmp_path / "clinic")
-    kaggle = make_dataset(ham_root, sample_meta(ham_meta, 2, seed=12), tmp_path / "kaggle", layout="kaggle")
+    clinic = _folder_source(ham_root, sample_meta(unseen_meta, 3, seed=11), tmp_path / "clinic")
+    kaggle = make_dataset(ham_root, sample_meta(unseen_meta, 2, seed=12), tmp_path / "kaggle", layout="kaggle")
 
     r = invoke("test", "--run", run, "--data-root", clinic, "--split", "all", "--quiet")
     assert r.exit_code == 0, r.output

@@ -19,8 +19,8 @@ ISIC_2018 = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
 
 
 @pytest.fixture(scope="module")
-def meta(ham_meta):
-    return sample_meta(ham_meta, 3, seed=1)
+def meta(unseen_meta):
+    return sample_meta(unseen_meta, 3, seed=1)
 
 
 def _copy(ham_root, image_id, dest):

@@ -129,3 +129,19 @@ def test_report_when_the_images_moved(trained_run, small_ham, tmp_path):
     shutil.rmtree(moved / "images")
     r = invoke("report", "--run", trained_run, "--data-root", moved)
     assert r.exit_code == 2 and "not found" in r.output and "--data-root" in r.output
+
+
+def test_report_gives_the_histopathology_confirmed_figures_beside_all_lesions(report, trained_run):
+    """The section's cells are test's metrics.json figures with their CIs; the finding names the confirmed AUROC."""
+    m = json.loads((trained_run / "test" / "metrics.json").read_text())
+    h = m["histo_confirmed"]
+    page = report.read_text()
+    assert "Where the shortcut is gone: histopathology-confirmed lesions" in page
+    lo, hi = h["ci95"]["auroc_malignant"]
+    assert f"<td>{h['auroc_malignant']:.3f} [{lo:.3f}, {hi:.3f}]</td>" in page
+    spec = h["operating_points"]["malignant"]["specificity"]
+    assert re.search(rf"malignant referral specificity</th>\s*<td>[^<]+</td>\s*<td>{spec:.3f} \[", page)
+    for row in m["by_dx_type"]:
+        assert f"<th>{row['dx_type']}</th>" in page
+    assert (f"On the {h['images']} histopathology-confirmed images alone, the malignant AUROC is "
+            f"{h['auroc_malignant']:.3f} (all lesions {m['auroc_malignant']:.3f})") in page

@@ -141,4 +141,5 @@ def split_summary(cfg: dict, splits_file: Path | None = None) -> dict:
     if note is None:
         check_no_leak(table, split)
     return {"root": root, "images": len(table), "lesions": int(table["group"].nunique()), "how": how,
-            "table": summarize(table, split), "dropped": dict(table.attrs.get("dropped", {})), "note": note}
+            "table": summarize(table, split), "dropped": dict(table.attrs.get("dropped", {})),
+            "where": table.attrs.get("where"), "note": note}

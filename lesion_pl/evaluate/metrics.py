@@ -23,9 +23,9 @@ from torchmetrics.classification import (
 )
 from torchmetrics.wrappers import ClasswiseWrapper
 
-from ..calibration import lesion_bootstrap
+from ..calibration import binary_stats, bootstrap_ci, lesion_bootstrap, referral_promise
 from ..classes import HAM10000, LabelSpace
-from ..scoring import referral_score, score_indices, scores_and_positives
+from ..scoring import Scored, ScoringPolicy, referral_score, score_indices, scores_and_positives
 
 
 def malignancy(probs: torch.Tensor, space: LabelSpace = HAM10000) -> torch.Tensor:
@@ -107,6 +107,9 @@ def metrics_report(probs: torch.Tensor, target: torch.Tensor, pred: torch.Tensor
         "auroc_malignant": float(BinaryAUROC()(malignancy(probs, space), mal)) if 0 < mal.sum() < len(mal)
         else float("nan"),
     }
+    if space.melanoma is not None:  # the melanoma score against every other class: its class's own AUROC
+        out["auroc_melanoma"] = float(per["auroc"][space.index[space.melanoma]]) if present[
+            space.index[space.melanoma]] and present.sum() > 1 else float("nan")
     predicted = torch.bincount(pred, minlength=n) > 0
 
     def value(name: str, i: int) -> float:
@@ -150,21 +153,26 @@ def balanced_accuracy(target: np.ndarray, pred: np.ndarray) -> float:
 
 def headline_ci(probs: np.ndarray, target: np.ndarray, groups: np.ndarray, n_boot: int = 1000,
                 seed: int = 0, pred: np.ndarray | None = None, space: LabelSpace = HAM10000) -> dict:
-    """95% intervals of balanced accuracy, macro AUROC and malignant AUROC, resampling lesions.
+    """95% intervals of balanced accuracy, macro AUROC, malignant AUROC and (where the space has one) melanoma
+    AUROC, resampling lesions.
 
     The same definitions as `metrics_report` (macro over the classes present in each resample), in
     numpy, so a thousand resamples take seconds.
     """
     pred = probs.argmax(1) if pred is None else pred
     mal_score, mal = scores_and_positives(probs, target, "malignant", space)
+    mel = None if space.melanoma is None else scores_and_positives(probs, target, "melanoma", space)
 
     def stats(pick):
         t = target[pick]
         present = np.flatnonzero(np.bincount(t))
-        return {"balanced_accuracy": balanced_accuracy(t, pred[pick]),
-                "auroc_macro": float(np.nanmean([binary_auroc(probs[pick, c], t == c) for c in present]))
-                if len(present) > 1 else float("nan"),
-                "auroc_malignant": binary_auroc(mal_score[pick], mal[pick])}
+        out = {"balanced_accuracy": balanced_accuracy(t, pred[pick]),
+               "auroc_macro": float(np.nanmean([binary_auroc(probs[pick, c], t == c) for c in present]))
+               if len(present) > 1 else float("nan"),
+               "auroc_malignant": binary_auroc(mal_score[pick], mal[pick])}
+        if mel is not None:
+            out["auroc_melanoma"] = binary_auroc(mel[0][pick], mel[1][pick])
+        return out
 
     return lesion_bootstrap(groups, stats, n_boot, seed)
 
@@ -180,3 +188,18 @@ def malignancy_calibration_error(probs: np.ndarray, target: np.ndarray, n_bins: 
     # torch.tensor copies: arrays read with pandas are read-only, which torch.as_tensor warns about
     score = malignancy(torch.tensor(probs, dtype=torch.float32), space).clamp(0, 1)
     return float(BinaryCalibrationError(n_bins=n_bins, norm="l1")(score, is_malignant(torch.tensor(target), space)))
+
+
+def operating_points(policy: ScoringPolicy, scored: Scored, positives: dict, groups: np.ndarray, n_boot: int,
+                     seed: int) -> dict:
+    """Each validation-chosen referral applied to these images as predict applies it (each image on its own
+    threshold: the fused one where its metadata was fused, the image-only one elsewhere), with lesion-bootstrap
+    95% CIs. `positives`: score name -> which images count as positive."""
+    out = {}
+    for name, op in policy.operating_points.items():
+        scores, positive, threshold = scored.scores[name], positives[name], scored.thresholds[name]
+        out[name] = {**referral_promise(op), **binary_stats(scores, positive, threshold),
+                     "ci95": bootstrap_ci(scores, positive, groups, threshold, n_boot, seed)}
+        if scored.with_metadata is not None and not scored.with_metadata.all():
+            out[name]["images_on_image_only_threshold"] = int((~scored.with_metadata).sum())
+    return out

@@ -18,7 +18,7 @@ from ..errors import LesionPLError
 from ..io import atomic_path, atomic_write_text
 from ..run import RunDir
 from ..scoring import is_positive
-from ..terminal import metric_text
+from ..terminal import CONFIRMED_FIGURES, metric_text
 from . import report_figures as figs
 
 AGE_BANDS = [(0, 30, "<30"), (30, 45, "30-44"), (45, 60, "45-59"), (60, 75, "60-74"), (75, 200, "75+")]
@@ -101,7 +101,8 @@ def _tested(run: RunDir, data_root: Path | None, progress: bool, evaluation: str
     whole = metrics.get("split") == "all"
     if whole and data_root is None:
         data_root = Path(metrics["data_root"])
-    cfg = run.load_config(data_root, metrics.get("data_format"), bool(metrics.get("skipped_bad_images")))
+    cfg = run.load_config(data_root, metrics.get("data_format"), bool(metrics.get("skipped_bad_images")),
+                          metrics.get("data_overrides") or [])
     try:
         dm = run.datamodule(cfg, progress, whole=whole)
     except LesionPLError as e:
@@ -254,8 +255,55 @@ def shift_table(shift: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
+def confirmed_tables(metrics: dict) -> tuple[pd.DataFrame, pd.DataFrame | None] | None:
+    """The figures on histopathology-confirmed lesions beside the all-lesion ones (with their CIs), and the table
+    by diagnosis method; None where the evaluation has no such figures."""
+    h = metrics.get("histo_confirmed") or {}
+    if not h.get("available"):
+        return None
+
+    def cell(value, ci):
+        return f"{metric_text(value)} [{', '.join(map(metric_text, ci))}]" if ci else metric_text(value)
+    rows = {key: {"all lesions": cell(metrics.get(key), metrics.get("ci95", {}).get(key)),
+                  f"{h['column']} = {h['value']}": cell(h[key], h["ci95"][key])}
+            for key in CONFIRMED_FIGURES if key in h}
+    for name, op in h["operating_points"].items():
+        every = metrics["operating_points"][name]
+        for k in ("sensitivity", "specificity"):
+            rows[f"{name} referral {k}"] = {"all lesions": cell(every[k], every["ci95"][k]),
+                                            f"{h['column']} = {h['value']}": cell(op[k], op["ci95"][k])}
+    methods = pd.DataFrame(metrics["by_dx_type"]).set_index(h["column"]) if metrics.get("by_dx_type") else None
+    return pd.DataFrame(rows).T, methods
+
+
+def confirmed_section(metrics: dict) -> list[str]:
+    """The report's section on the lesions that were excised, or a line saying the source cannot tell them."""
+    h = metrics.get("histo_confirmed")
+    if h is None:
+        return []
+    head = "<h3>Where the shortcut is gone: histopathology-confirmed lesions</h3>"
+    if not h["available"]:
+        return [head, f"<p class='note'>{html.escape(h['reason'])}.</p>"]
+    tables = confirmed_tables(metrics)
+    out = [head, f"<p class='note'>{h['images']} images of {h['lesions']} lesions whose diagnosis was made by "
+           f"histopathology ({h['benign_images']} benign): the lesions a clinician excised, where follow-up images "
+           "of nevi, which a model tells from melanoma almost perfectly, are absent. 95% intervals resample "
+           "lesions.</p>", _table(tables[0])]
+    if tables[1] is not None:
+        out += ["<p class='note'>By how each diagnosis was made: every malignant image (melanoma) against that "
+                "method's benign images (nevi).</p>", _table(tables[1])]
+    return out
+
+
 def _findings(metrics, frame, confusions, tables, overall_error, cam_stats, space, shift=None) -> list[str]:
     out = []
+    h = metrics.get("histo_confirmed") or {}
+    if h.get("available"):
+        out.append(f"On the {h['images']} histopathology-confirmed images alone, the malignant AUROC is "
+                   f"{metric_text(h['auroc_malignant'])} (all lesions {metric_text(metrics['auroc_malignant'])})"
+                   + (f" and melanoma against nevi {metric_text(h['auroc_melanoma_vs_nevi'])}"
+                      if "auroc_melanoma_vs_nevi" in h else "") + ": the figure for the lesions a clinician "
+                   "would consider excising.")
     support = frame["dx"].value_counts()
     for (t, p), count in confusions.head(3).items():
         out.append(f"{count} of {support[t]} {t} test images ({count / support[t]:.1%}) were predicted as {p}.")
@@ -362,6 +410,7 @@ def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_st
             s += ([f"<h3>{title}</h3>"] if title else []) + [_img(pngs[k], f"training curves {title}".strip())]
     s += ["<h2>Test metrics</h2>", _table(overall, "{:.4f}"), _table(per_class)]
     s.append(_img(pngs["confusion_matrix"], "confusion matrix"))
+    s += confirmed_section(metrics)
     s += ["<h2>ROC and precision-recall</h2>", _img(pngs["roc"], "ROC curves"),
           _img(pngs["precision_recall"], "precision-recall curves")]
     ops = metrics.get("operating_points", {})

@@ -7,29 +7,26 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..calibration import binary_stats, bootstrap_ci, brier_score, referral_promise
+from ..calibration import brier_score
 from ..classes import label_space
 from ..errors import LesionPLError
 from ..io import atomic_dir, atomic_write_json
-from ..run import RunDir
+from ..run import RunDir, require_data_keys
 from ..scoring import Scored, ScoringPolicy, is_positive, softmax
 from ..terminal import HEADLINE
 from .predictions import predictions_frame, write_predictions
 
 
-def operating_points(policy: ScoringPolicy, scored: Scored, positives: dict, groups: np.ndarray, n_boot: int,
-                     seed: int) -> dict:
-    """Each validation-chosen referral applied to these images as predict applies it (each image on its own
-    threshold: the fused one where its metadata was fused, the image-only one elsewhere), with lesion-bootstrap
-    95% CIs. `positives`: score name -> which images count as positive."""
-    out = {}
-    for name, op in policy.operating_points.items():
-        scores, positive, threshold = scored.scores[name], positives[name], scored.thresholds[name]
-        out[name] = {**referral_promise(op), **binary_stats(scores, positive, threshold),
-                     "ci95": bootstrap_ci(scores, positive, groups, threshold, n_boot, seed)}
-        if scored.with_metadata is not None and not scored.with_metadata.all():
-            out[name]["images_on_image_only_threshold"] = int((~scored.with_metadata).sum())
-    return out
+def require_unseen(run: RunDir, table: pd.DataFrame, root: Path) -> None:
+    """Another source's images may not be ones the run trained or validated on (same image id in its splits.csv):
+    one line naming how many and which, before anything is scored."""
+    saved = pd.read_csv(run.splits, dtype=str, usecols=["image_id", "split"])
+    seen = saved.loc[saved["split"].isin(["train", "val"]), "image_id"]
+    overlap = table["image_id"][table["image_id"].isin(seen)]
+    if len(overlap):
+        raise LesionPLError(f"{len(overlap)} image(s) in {root} are in {run.path}'s train or val split (e.g. "
+                            f"{', '.join(overlap[:3])}): an evaluation on them would not be held out; keep other rows "
+                            "with --set data.where={COLUMN: VALUE}")
 
 
 def _checkpoints(run: RunDir) -> dict:
@@ -68,20 +65,26 @@ def evaluation_target(run: RunDir, data_root: Path | None, data_format: str | No
 
 def test_run(run_path: Path, data_root: Path | None = None, split: str = "test", tta: bool | None = None,
              progress: bool = True, data_format: str | None = None, skip_bad_images: bool = False,
-             name: str | None = None, out: Path | None = None, overwrite: bool = False) -> dict:
+             name: str | None = None, out: Path | None = None, overwrite: bool = False,
+             data_overrides: list[str] = ()) -> dict:
     """Evaluate the run on a split of its data or on another source. The run's own test split writes RUN/test;
     every other evaluation its own folder (`evaluation_target`), refused if it exists unless `overwrite`.
-    Outputs are written into a temp folder that replaces the target only when all of them are done."""
+    Another source is read with the run's config and `data_overrides` (data.KEY=value: its columns, label map,
+    rows), and may hold no image the run trained or validated on. Outputs are written into a temp folder that
+    replaces the target only when all of them are done."""
     from ..checkpoint import load_run_model
+    from ..config import resolve_data_root
     from .calibrate import calibration_error_floor, calibration_errors, load_calibration
+    from .confirmed import by_method, confirmed_figures
     from .inference import predict_logits
-    from .metrics import headline_ci, metrics_report
+    from .metrics import headline_ci, metrics_report, operating_points
     from .plots import confusion_matrix_png, reliability_png, roc_png
 
     run = RunDir(Path(run_path))
     run.require_fitted()
     if split not in ("train", "val", "test", "all"):
         raise LesionPLError(f"--split must be train, val, test or all, got '{split}'")
+    require_data_keys(data_overrides)
     dest, evaluation = evaluation_target(run, data_root, data_format, split, name, out)
     dest = dest.resolve()
     if dest.exists() and not dest.is_dir():
@@ -92,11 +95,13 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
         if not overwrite:
             raise LesionPLError(f"evaluation folder {dest} already exists; pass --overwrite to replace it, or "
                                 "--name NAME for another")
-    cfg = run.load_config(data_root, data_format, skip_bad_images)
+    cfg = run.load_config(data_root, data_format, skip_bad_images, data_overrides)
     dm = run.datamodule(cfg, progress, whole=split == "all")
     ds = dm.dataset(split)
     if len(ds) == 0:
         raise LesionPLError(f"the {split} split of {dm.root} is empty")
+    if split == "all" and dm.root.resolve() != resolve_data_root(run.load_config()).resolve():
+        require_unseen(run, dm.table, dm.root)
 
     cal = load_calibration(run, data_root, progress)
     if tta is None:  # as the run was calibrated
@@ -113,7 +118,8 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     t_target = torch.from_numpy(target)
     report = metrics_report(torch.from_numpy(probs).float(), t_target, torch.from_numpy(pred), space)
     report = {"evaluation": evaluation, "out": str(dest), "split": split, "data_root": str(dm.root),
-              "data_format": data_format, **_checkpoints(run), "tta": tta,
+              "data_format": data_format, "data_overrides": list(data_overrides),
+              "rows_kept": dm.table.attrs.get("where"), **_checkpoints(run), "tta": tta,
               "tta_calibrated": bool(cal.get("tta", False)), "skipped_bad_images": dm.skipped,
               "classes": list(space.classes), **report}
     report["ci95"] = headline_ci(probs, target, rows["group"].to_numpy(), int(cfg["calibration"]["bootstrap"]),
@@ -135,10 +141,14 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
                                       torch.from_numpy(policy.decide(scored.image_probabilities)), space)
         report["clinical"] = {"weight": cal["clinical"]["weight"], "fields": sorted(cal["clinical"]["columns"]),
                               "images_with_metadata": int(scored.with_metadata.sum()),
-                              "image_only": {k: image_report[k] for k in HEADLINE}}
+                              "image_only": {k: image_report[k] for k in HEADLINE if k in image_report}}
     positives = {n: is_positive(target, n, space) for n in scored.scores}
-    report["operating_points"] = operating_points(policy, scored, positives, rows["group"].to_numpy(),
-                                                  int(cfg["calibration"]["bootstrap"]), int(cfg["seed"]))
+    n_boot, seed = int(cfg["calibration"]["bootstrap"]), int(cfg["seed"])
+    report["operating_points"] = operating_points(policy, scored, positives, rows["group"].to_numpy(), n_boot, seed)
+    report["histo_confirmed"] = confirmed_figures(policy, scored, target, rows, n_boot, seed)
+    methods = by_method(scored, target, rows, space)
+    if methods is not None:
+        report["by_dx_type"] = methods
 
     with atomic_dir(dest) as folder:
         write_predictions(predictions_frame(rows, scored), folder / "predictions.csv")
@@ -156,6 +166,8 @@ def _binary_test(run: RunDir, cfg: dict, policy: ScoringPolicy, scored: Scored, 
     """A source with only melanoma/benign labels (ISIC 2020): AUROC of the melanoma and malignancy
     outputs against them, and the run's two referral thresholds applied to them."""
     from torchmetrics.classification import BinaryAUROC
+
+    from .metrics import operating_points
 
     y = rows["melanoma_target"].to_numpy().astype(int)
     groups = rows["group"].to_numpy()

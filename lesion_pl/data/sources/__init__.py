@@ -46,7 +46,26 @@ def read_source(fmt: str, root: str | Path, options: dict | None = None) -> pd.D
         fmt = detect_format(Path(root))
     if fmt not in READERS:
         raise LesionPLError(f"unknown data format '{fmt}' (known: auto, {', '.join(READERS)})")
-    return READERS[fmt](root, options)
+    return keep_rows(READERS[fmt](root, options), (options or {}).get("where") or {}, Path(root))
+
+
+def keep_rows(table: pd.DataFrame, where: dict, root: Path) -> pd.DataFrame:
+    """The rows whose column holds one of the values `data.where` names for it (compared as text); how many were
+    left out is kept in attrs["where"], so that nothing is dropped without a word."""
+    if not where:
+        return table
+    keep = pd.Series(True, index=table.index)
+    for column, values in where.items():
+        if column not in table:
+            raise LesionPLError(f"data.where names column '{column}', which the data in {root} does not have "
+                                f"(it has: {', '.join(c for c in table.columns if c not in ('path', 'label'))})")
+        allowed = {str(v) for v in (values if isinstance(values, list) else [values])}
+        keep &= table[column].astype(str).isin(allowed)
+    if not keep.any():
+        raise LesionPLError(f"data.where {where} keeps none of the {len(table)} images in {root}")
+    out = table[keep].reset_index(drop=True)
+    out.attrs = {**table.attrs, "where": {"rule": where, "kept": int(keep.sum()), "left_out": int((~keep).sum())}}
+    return out
 
 
 __all__ = ["READERS", "detect_format", "index_images", "read_source", "read_ham10000", "read_isic_csv",
