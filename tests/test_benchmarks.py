@@ -121,3 +121,54 @@ def test_shift_rule_counts_held_shifts_and_applies_all_three_tests(tmp_path):
     out = run_script("benchmarks/shift_rule.py", "--default", default, "--candidate", weaker).stdout
     assert "(a) more held: True  (b) smaller worst drop: True  (c) unshifted within 0.01 / 0.005: False" in out
     assert out.rstrip().endswith("candidate becomes the default: no")
+
+
+def test_shortcut_benchmark_scores_what_is_missing_and_prints_the_runs_own_figures(trained_run, small_ham,
+                                                                                   isic2017_root, tmp_path):
+    """shortcut.py runs `test` on the second archive as the evaluation `isic2017` and prints the figures of the
+    run's files: validation's melanoma AUROC against confirmed nevi recomputed here with scikit-learn."""
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from lesion_pl.terminal import metric_text
+
+    from .conftest import isic2017_slice
+
+    archive = isic2017_slice(isic2017_root, tmp_path / "isic2017", per_class=5)
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("report", "export", "evaluations"))
+    out = run_script("benchmarks/shortcut.py", "--run", run, "--isic2017", archive).stdout
+    e = json.loads((run / "evaluations" / "isic2017" / "metrics.json").read_text())
+    assert e["n_images"] == 30 and e["rows_kept"] is None  # train and val: the run never saw the archive
+    assert f"ISIC 2017 (30 images, train and val): melanoma AUROC {e['auroc_melanoma']:.4f}" in out
+    val = pd.read_csv(run / "val_predictions.csv")
+    meta = pd.read_csv(small_ham / "HAM10000_metadata.csv").set_index("image_id")
+    histo = meta.loc[val["image_id"], "dx_type"].to_numpy() == "histo"
+    line = out.split("\n  val ")[1].split("\n")[0]
+    mal = val["dx"].isin(["mel", "bcc", "akiec"])
+    assert f"confirmed: malignant AUROC {roc_auc_score(mal[histo], val['malignant_prob'][histo]):.4f}" in line
+    vs = histo & val["dx"].isin(["mel", "nv"]).to_numpy()
+    mel_nv = roc_auc_score(val["dx"][vs] == "mel", val["p_mel"][vs]) if val["dx"][vs].nunique() == 2 else None
+    assert f"melanoma vs nevi {metric_text(mel_nv, '.4f')}" in line  # n/a where the tiny val split lacks a side
+    h = json.loads((run / "test" / "metrics.json").read_text())["histo_confirmed"]
+    assert f"test, confirmed ({h['images']} images, {h['benign_images']} benign)" in out
+
+
+def test_shortcut_rule_needs_both_aurocs_to_rise_beyond_the_spread_and_balanced_accuracy_kept():
+    sys.path.insert(0, str(PROJECT / "benchmarks"))
+    from shortcut import decide
+
+    def run(mel_nv, isic, bal):
+        return {"val": {"histo_auroc_melanoma_vs_nevi": mel_nv, "balanced_accuracy": bal},
+                "isic2017": {"auroc_melanoma": isic}}
+    default = [run(0.78, 0.62, 0.70), run(0.80, 0.64, 0.71), run(0.79, 0.63, 0.72)]  # spreads 0.02, 0.02, 0.02
+    better = [run(0.83, 0.70, 0.70), run(0.84, 0.69, 0.69), run(0.82, 0.71, 0.70)]
+    out = decide(default, better)
+    assert out["figures"]["val melanoma vs confirmed nevi"]["change"] == pytest.approx(0.04)
+    assert out["figures"]["ISIC 2017 melanoma AUROC"]["spread"] == pytest.approx(0.02)
+    assert out["adopt"]
+    within_spread = [run(0.80, 0.70, 0.71), run(0.81, 0.69, 0.71), run(0.79, 0.71, 0.71)]  # +0.01 < 0.02
+    assert not decide(default, within_spread)["aurocs_rise"]
+    costly = [run(0.85, 0.70, 0.68), run(0.86, 0.69, 0.68), run(0.84, 0.71, 0.68)]  # balanced accuracy -0.03
+    out = decide(default, costly)
+    assert out["aurocs_rise"] and not out["balanced_accuracy_kept"] and not out["adopt"]
