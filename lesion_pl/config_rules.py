@@ -120,6 +120,14 @@ def _scalar(v) -> bool:
     return isinstance(v, (str, int, float)) and not isinstance(v, bool)
 
 
+def _weights_rule():
+    """data.sample_weights: {column: {value: weight > 0}}."""
+    def ok(v) -> bool:
+        return isinstance(v, dict) and all(isinstance(k, str) and isinstance(m, dict) and all(
+            _scalar(x) and _number(0, 100, low_open=True)[1](w) for x, w in m.items()) for k, m in v.items())
+    return "a mapping {column: {value: weight in (0, 100]}}, e.g. {dx_type: {follow_up: 0.25}} ({} for none)", ok
+
+
 def _rows_rule():
     """data.where: {column: value or [values]}: which rows of a source to keep."""
     return ("a mapping of column names to a value or a list of values to keep, e.g. {split: val} ({} for every row)",
@@ -147,6 +155,7 @@ CHECKS = {
     "data.label_map": _mapping(),
     "data.drop_labels": ("a list of source labels", lambda v: isinstance(v, list)),
     "data.where": _rows_rule(),
+    "data.sample_weights": _weights_rule(),
     "data.skip_bad_images": _bool(),
     "data.splits_file": _text_or_null(),
     "data.cache_dir": _text_or_null(),

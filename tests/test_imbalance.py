@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lesion_pl.classes import HAM10000
 from lesion_pl.config import load_config
 from lesion_pl.module import LesionClassifier
 
@@ -28,6 +29,44 @@ def test_training_batches_follow_the_sampled_class_prior(small_ham, sampler, pow
         for _, y in loader:
             drawn += np.bincount(y.numpy(), minlength=len(prior))
     assert np.abs(drawn / drawn.sum() - prior).max() < 0.02
+
+
+@pytest.mark.parametrize("sampler, power", [("balanced", 1.0), ("sqrt", 0.5), ("shuffle", 0.0)])
+def test_sample_weights_draw_follow_up_nevi_less_and_the_prior_follows(small_ham, sampler, power):
+    """data.sample_weights {dx_type: {follow_up: 0.25}}: within the nevi, a follow-up image is drawn a quarter as
+    often as another; the classes are balanced on those weighted counts, and the batches follow the prior the
+    calibration is told (counted over 200 epochs of the real loader's sampler)."""
+    dm = _datamodule(small_ham, f"data.sampler={sampler}", "data.sampler_start=null",
+                     "data.sample_weights={dx_type: {follow_up: 0.25}}")
+    rows = dm.table.iloc[dm.indices("train")]
+    follow = (rows["dx_type"] == "follow_up").to_numpy()
+    assert follow.sum() >= 5  # the sample has follow-up nevi to weigh
+    counts = np.bincount(rows["label"], weights=np.where(follow, 0.25, 1.0), minlength=7)
+    prior = np.array(dm.sampled_class_prior())
+    assert np.allclose(prior, counts ** (1 - power) / (counts ** (1 - power)).sum())
+    nv = HAM10000.index["nv"]
+    share = 0.25 * follow.sum() / (0.25 * follow.sum() + ((rows["label"] == nv).to_numpy() & ~follow).sum())
+    loader = dm.train_dataloader()
+    positions = np.asarray(loader.dataset.indices)
+    is_follow = dict(zip(dm.indices("train"), follow))
+    drawn, follow_drawn, nv_drawn = np.zeros(7), 0, 0
+    for _ in range(200):
+        picks = list(loader.sampler)
+        labels = dm.table["label"].to_numpy()[positions[picks]]
+        drawn += np.bincount(labels, minlength=7)
+        nv_drawn += (labels == nv).sum()
+        follow_drawn += sum(is_follow[positions[i]] for i in picks)
+    assert np.abs(drawn / drawn.sum() - prior).max() < 0.01
+    assert follow_drawn / nv_drawn == pytest.approx(share, abs=0.02)
+
+
+def test_sample_weights_on_a_column_the_data_lacks_is_one_line(small_ham):
+    from lesion_pl.errors import LesionPLError
+
+    with pytest.raises(LesionPLError, match="data.sample_weights names column 'scanner', which the data in"):
+        _datamodule(small_ham, "data.sample_weights={scanner: {x: 0.5}}").train_dataloader()
+    with pytest.raises(LesionPLError, match=r"data.sample_weights must be a mapping \{column: \{value: weight"):
+        _datamodule(small_ham, "data.sample_weights={dx_type: {follow_up: 0}}")
 
 
 @pytest.mark.parametrize("sets, message", [

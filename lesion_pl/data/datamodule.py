@@ -144,14 +144,34 @@ class LesionDataModule(pl.LightningDataModule):
         ramp = d["sampler_ramp_epochs"]
         return end if epoch is None else start + (end - start) * min(1.0, epoch / ramp)
 
+    def row_weights(self, split: str = "train") -> np.ndarray:
+        """Each image's own weight in the sampler (`data.sample_weights`: {column: {value: weight}}, 1 elsewhere),
+        e.g. {dx_type: {follow_up: 0.25}}: a follow-up image is drawn a quarter as often as another of its class."""
+        rows = self.table.iloc[self.indices(split)]
+        weight = np.ones(len(rows))
+        for column, by_value in (self.cfg["data"]["sample_weights"] or {}).items():
+            if column not in rows:
+                raise LesionPLError(f"data.sample_weights names column '{column}', which the data in {self.root} "
+                                    f"does not have (it has: {', '.join(map(str, rows.columns))})")
+            values = rows[column].astype(str)
+            for value, w in by_value.items():
+                weight[(values == str(value)).to_numpy()] *= float(w)
+        return weight
+
+    def _effective_counts(self) -> np.ndarray:
+        """Training images per class, each counted by its row weight; a class missing from train keeps a count of
+        1 (log(0) would make the smoothed loss infinite)."""
+        labels = self.table["label"].to_numpy()[self.indices("train")]
+        counts = np.bincount(labels, weights=self.row_weights(), minlength=label_space(self.cfg).num_classes)
+        return np.where(counts > 0, counts, 1.0)
+
     def _sampler_weights(self, epoch: int | None = None) -> np.ndarray:
-        """Per-class sampling weight of one training image: count^-p."""
-        return np.maximum(self.class_counts(), 1).astype(float) ** -self.sampler_power(epoch)
+        """Per-class sampling weight of one training image: count^-p, the count as the row weights make it."""
+        return self._effective_counts() ** -self.sampler_power(epoch)
 
     def sampled_class_prior(self, epoch: int | None = None) -> list[float]:
         """The class distribution of training batches: the train split's counts as the sampler reweights them."""
-        # a class missing from train keeps a count of 1: log(0) would make the smoothed loss infinite
-        drawn = np.maximum(self.class_counts(), 1) * self._sampler_weights(epoch)
+        drawn = self._effective_counts() * self._sampler_weights(epoch)
         return (drawn / drawn.sum()).tolist()
 
     def setup(self, stage: str | None = None) -> None:
@@ -198,11 +218,12 @@ class LesionDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         ds = self._fit_dataset("train")
         ramp = self.cfg["data"].get("sampler_start") is not None
-        if self.sampler_power() == 0 and not ramp:
+        rows = self.row_weights()
+        if self.sampler_power() == 0 and not ramp and (rows == 1).all():
             return self._loader(ds, shuffle=True, drop_last=True)
         labels = np.asarray(ds.labels)
         gen = torch.Generator().manual_seed(int(self.cfg["seed"]))
-        sampler = EpochWeightedSampler(lambda epoch: self._sampler_weights(epoch if ramp else None)[labels],
+        sampler = EpochWeightedSampler(lambda epoch: rows * self._sampler_weights(epoch if ramp else None)[labels],
                                        num_samples=len(ds), generator=gen)
         return self._loader(ds, sampler=sampler, drop_last=True)
 
