@@ -172,3 +172,11 @@ def test_shortcut_rule_needs_both_aurocs_to_rise_beyond_the_spread_and_balanced_
     costly = [run(0.85, 0.70, 0.68), run(0.86, 0.69, 0.68), run(0.84, 0.71, 0.68)]  # balanced accuracy -0.03
     out = decide(default, costly)
     assert out["aurocs_rise"] and not out["balanced_accuracy_kept"] and not out["adopt"]
+    # a candidate that trained on the archive: every run is compared on its val images alone
+    for f in default:
+        f["isic2017_val_melanoma"] = f["isic2017"]["auroc_melanoma"] - 0.05
+    on_archive = [{**run(0.83, 0.9, 0.70), "trained_on_archive": True, "isic2017_val_melanoma": v}
+                  for v in (0.585, 0.595, 0.60)]  # up 0.0133 on the default's 0.57-0.59: within the spread
+    out = decide(default, on_archive)
+    assert "ISIC 2017 val melanoma AUROC" in out["figures"] and not out["aurocs_rise"]
+    assert out["figures"]["ISIC 2017 val melanoma AUROC"]["change"] == pytest.approx(0.04 / 3)
