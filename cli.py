@@ -12,6 +12,7 @@ from typing import List, Optional
 
 import typer
 
+from export.limits import Limits
 from lesion_pl.errors import LesionPLError
 from lesion_pl.run import RunDir
 
@@ -209,15 +210,15 @@ def export(
                    f"`python -m http.server --directory {w['folder']} 8080`, then http://127.0.0.1:8080/")
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
 def _expand(inputs: List[Path]) -> List[Path]:
-    """Files as given, folders as the image files under them; an error if that finds none."""
+    """Files as given, folders as the image files under them (the formats lesion-pl decodes); an error if that
+    finds none."""
+    from lesion_pl.preprocess import SUFFIXES
+
     files: List[Path] = []
     for item in inputs:
         if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in SUFFIXES)
         else:
             files.append(item)  # a missing or unreadable file is reported on its own line later
     if not files:
@@ -260,24 +261,42 @@ def serve(
     port: int = typer.Option(8000, min=1, max=65535),
     token: Optional[str] = typer.Option(None, envvar="LESION_PL_TOKEN", show_envvar=True,
                                         help="Every API call must send 'Authorization: Bearer TOKEN'."),
-    max_image_mb: float = typer.Option(20.0, min=0.01, help="Largest file accepted, per image."),
-    max_images: int = typer.Option(16, min=1, help="Most images in one request."),
-    max_megapixels: float = typer.Option(64.0, min=0.01, help="Largest decoded image (refused before decoding)."),
+    max_image_mb: float = typer.Option(Limits.max_image_mb, min=0.01, help="Largest file accepted, per image."),
+    max_images: int = typer.Option(Limits.max_images, min=1, help="Most images in one request."),
+    max_megapixels: float = typer.Option(Limits.max_megapixels, min=0.01, help="Largest decoded image, refused "
+                                         "before decoding."),
+    max_decode_mb: float = typer.Option(Limits.max_decode_mb, min=1, help="Memory decoding one image may take "
+                                        "(16-bit and transparent images take more per pixel), refused before "
+                                        "decoding."),
+    decode_budget_mb: float = typer.Option(Limits.decode_budget_mb, min=1, help="Memory all decodes at once may "
+                                           "take; the others wait."),
     max_batch: int = typer.Option(1, min=1, help="Run the images of concurrent requests together, up to this many "
                                   "(1: each request on its own, the faster on a 2-core CPU: benchmarks/RESULTS.md)."),
     threads: Optional[int] = typer.Option(None, min=1, help="onnxruntime threads (default: its own choice, the "
                                           "machine's physical cores)."),
 ):
-    """Serve an exported model over HTTP (no torch): POST /predict, GET /model, /health, a page at /, docs at /docs."""
+    """Serve an exported model over HTTP (no torch): POST /predict, GET /model, /health, a page at /, docs at /docs.
+
+    On 127.0.0.1 (the default) it answers only requests addressed to this machine's own names (a web page elsewhere
+    cannot reach it through DNS rebinding); on another address, give it a --token."""
     import uvicorn
 
-    from export.serve import Limits, create_app
+    from export.serve import LOOPBACK, create_app
 
-    app_ = create_app(model, token=token, limits=Limits(max_image_mb, max_images, max_megapixels),
-                      max_batch=max_batch, threads=threads)
-    where = f"http://{host}:{port}"
+    if token is not None and not token.strip():
+        raise LesionPLError("--token (or $LESION_PL_TOKEN) is empty, which would refuse every call: give a token, "
+                            "or unset it")
+    limits = Limits(max_image_mb=max_image_mb, max_images=max_images, max_megapixels=max_megapixels,
+                    max_decode_mb=max_decode_mb, decode_budget_mb=decode_budget_mb)
+    loopback = host in LOOPBACK
+    app_ = create_app(model, token=token, limits=limits, max_batch=max_batch, threads=threads,
+                      allowed_hosts=LOOPBACK if loopback else None)
+    where = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     typer.echo(f"serving {model} at {where} (page {where}/, docs {where}/docs)"
                + ("; every API call needs the token" if token else "; no token: whoever reaches the port can call it"))
+    if not token and not loopback:
+        typer.secho(f"warning: listening on {host} without a token: anyone on the network can use the model; "
+                    "pass --token (and put TLS in front)", fg="yellow", err=True)
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
@@ -376,7 +395,7 @@ def data_check(
     from lesion_pl.config import load_config, resolve_data_root
     from lesion_pl.data.check import check_images
     from lesion_pl.data.sources import read_source
-    from lesion_pl.io import atomic_path, require_writable
+    from lesion_pl.io import atomic_path, require_writable, spreadsheet_safe
 
     require_writable(out, "--out")
     sets = list(overrides or []) + ([f"data.root={data_root}"] if data_root else [])
@@ -387,7 +406,8 @@ def data_check(
     bad, flagged = check_images(table["path"].tolist())
     with atomic_path(out) as tmp:
         pd.DataFrame({"path": list(bad) + list(flagged), "kind": ["bad"] * len(bad) + ["warning"] * len(flagged),
-                      "reason": list(bad.values()) + list(flagged.values())}).to_csv(tmp, index=False)
+                      "reason": list(bad.values()) + list(flagged.values())}).map(spreadsheet_safe).to_csv(
+            tmp, index=False)
     typer.echo(f"{len(table)} images checked, {len(bad)} bad, {len(flagged)} readable but tiny or blank; "
                f"list written to {out}")
     for path, reason in list(bad.items())[:10]:

@@ -11,7 +11,7 @@ import typer
 from lesion_pl import clinical
 from lesion_pl.calibration import promise_text, views_note
 from lesion_pl.errors import LesionPLError
-from lesion_pl.io import atomic_write_json, atomic_write_text, read_utf8, require_writable
+from lesion_pl.io import atomic_write_json, atomic_write_text, read_utf8, require_writable, spreadsheet_safe
 
 from .runtime import LesionOnnxClassifier
 
@@ -43,14 +43,8 @@ def _echo_metadata_use(metadata: list[dict | None], source: Path, clf: LesionOnn
     typer.echo(f"clinical metadata: {matched} of {len(metadata)} image(s) have a row in {source}, {usable} with a "
                f"usable {'/'.join(clf.clinical_fields)} (fused with weight {clf.clinical['weight']:.2f}; "
                "the others: image only)")
-    for field, values in clinical.unrecognised(records, clf.clinical).items():
-        if field == "age":
-            typer.secho(f"{source}: age value(s) {', '.join(values)} are not a number of years, read as unknown",
-                        fg="yellow", err=True)
-            continue
-        known = clf.clinical["sexes" if field == "sex" else "sites"]
-        typer.secho(f"{source}: {field} value(s) {', '.join(values)} not seen in training, read as unknown "
-                    f"(known: {', '.join(known)})", fg="yellow", err=True)
+    for note in clinical.unrecognised_notes(records, clf.clinical):
+        typer.secho(f"{source}: {note}", fg="yellow", err=True)
 
 
 def predict_table(model: Path, files: list[Path], out: Path | None, batch_size: int, tta: bool | None = None,
@@ -109,8 +103,9 @@ def predict_table(model: Path, files: list[Path], out: Path | None, batch_size: 
             fields += ["warning", "error"]
             writer = csv.DictWriter(buf, fieldnames=fields)
             writer.writeheader()
-            writer.writerows(rows)
-            writer.writerows({"file": str(p), "error": e} for p, e in errors)  # the failed files too, with why
+            failed = ({"file": str(p), "error": e} for p, e in errors)  # the failed files too, with why
+            for row in [*rows, *failed]:
+                writer.writerow({k: spreadsheet_safe(v) for k, v in row.items()})
             atomic_write_text(out, buf.getvalue())
         typer.echo(f"wrote {len(rows)} predictions to {out}" + (f", and the {len(errors)} failed file(s) with "
                                                                "their reason" if errors else ""))

@@ -77,10 +77,13 @@ def export_run(run_path: Path, opset: int = 18, int8: bool = False, data_root: P
                             f"{check['max_abs_diff']:.2e} (limit {PARITY_TOLERANCE:.0e}), argmax agrees on "
                             f"{check['argmax_agree']}; model not written")
 
+    q8 = out_dir / "model.int8.onnx"
+    if not int8 and q8.exists():  # quantized from the model this export replaced: it no longer matches model.onnx
+        q8.unlink()
+        report["removed"] = str(q8)
     if int8:
         from .quantize import quantize_int8
 
-        q8 = out_dir / "model.int8.onnx"
         train_idx = np.random.default_rng(0).permutation(dm.indices("train"))[:CALIBRATION_IMAGES]
         if per_channel is None:
             per_channel = has_depthwise(classifier)

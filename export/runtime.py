@@ -262,7 +262,7 @@ class LesionOnnxClassifier:
                 img = self._rgb(p)
                 batch.append(resize_center_crop(img, self.size))
                 batch_paths.append(p)
-                warning = image_warning(img, self.size)
+                warning = image_warning(img, self.size, batch[-1])
                 if warning:
                     self.warnings[p] = warning
                 done_meta.append(None if metadata is None else metadata[i])

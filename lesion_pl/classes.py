@@ -102,6 +102,8 @@ def parse_label_space(spec) -> LabelSpace:
         raise LesionPLError(f"data.classes.codes needs two or more different codes, got {codes}")
     malignant = _codes(spec.get("malignant") or [], "malignant")
     melanoma = spec.get("melanoma")
+    if melanoma is not None and not isinstance(melanoma, str):
+        raise LesionPLError(f"data.classes.melanoma must be one code (text) or null, got {melanoma!r}")
     melanoma = melanoma.strip().lower() if isinstance(melanoma, str) else melanoma
     for code in malignant + ([melanoma] if melanoma is not None else []):
         if code not in codes:
@@ -109,6 +111,9 @@ def parse_label_space(spec) -> LabelSpace:
                                 f"codes ({', '.join(codes)})")
     if melanoma is not None and melanoma not in malignant:
         raise LesionPLError(f"data.classes.melanoma '{melanoma}' must also be in data.classes.malignant")
+    for key, shape in (("names", "{code: name}"), ("source_map", "{label: code}")):
+        if not isinstance(spec.get(key) or {}, dict):
+            raise LesionPLError(f"data.classes.{key} must be a mapping {shape}, got {spec[key]!r}")
     names = {str(k).strip().lower(): str(v) for k, v in (spec.get("names") or {}).items()}
     source_map = {str(k).strip().lower(): str(v).strip().lower() for k, v in (spec.get("source_map") or {}).items()}
     for k, v in source_map.items():

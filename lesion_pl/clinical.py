@@ -30,12 +30,21 @@ def _text(value) -> str | None:
     return None if text in ("", "unknown", "nan", "none", "n/a", "na", "?") else text
 
 
-def _age(value) -> float | None:
+MAX_AGE = 120  # years: an age above it (or not finite) is a typo or a hostile value, read as unknown
+
+
+def age_years(value) -> float | None:
+    """An age in years from 0 to MAX_AGE, or None (unknown): blanks, text, NaN, infinities and absurd numbers
+    (1e308 would otherwise be fused as 90+) alike. Every reader of an age goes through here."""
+    if isinstance(value, str) and len(value) > 32:  # no 900 KB digit strings through float()
+        return None
     try:
         age = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    return None if math.isnan(age) or age < 0 else age
+    return age if math.isfinite(age) and 0 <= age <= MAX_AGE else None
+
+
 
 
 def _column(records: Mapping[str, Sequence], name: str | None, n: int) -> list:
@@ -55,7 +64,7 @@ def encode(records: Mapping[str, Sequence], model: dict) -> tuple[np.ndarray, np
     (a DataFrame works), with the column names in `model["columns"]`."""
     cols = model["columns"]
     n = _rows(records)
-    ages = [_age(v) for v in _column(records, cols.get("age"), n)]
+    ages = [age_years(v) for v in _column(records, cols.get("age"), n)]
     sexes = [_text(v) for v in _column(records, cols.get("sex"), n)]
     sites = [_text(v) for v in _column(records, cols.get("site"), n)]
     sex_index = {v: i for i, v in enumerate(model["sexes"])}
@@ -74,12 +83,12 @@ def encode(records: Mapping[str, Sequence], model: dict) -> tuple[np.ndarray, np
 
 
 def unrecognised(records: Mapping[str, Sequence], model: dict) -> dict[str, list[str]]:
-    """Values read as unknown though given, per field: an age that is not a number >= 0, a sex or site
-    that training never saw."""
+    """Values read as unknown though given, per field: an age that is not a number of years (`age_years`), a sex
+    or site that training never saw."""
     out = {}
     name = model["columns"].get("age")
     if name in records:
-        bad = {str(v).strip() for v in records[name] if _text(v) is not None and _age(v) is None}
+        bad = {str(v).strip() for v in records[name] if _text(v) is not None and age_years(v) is None}
         if bad:
             out["age"] = sorted(bad)
     for field, known in (("sex", model["sexes"]), ("site", model["sites"])):
@@ -89,6 +98,19 @@ def unrecognised(records: Mapping[str, Sequence], model: dict) -> dict[str, list
             if seen - set(known):
                 out[field] = sorted(seen - set(known))
     return out
+
+
+def unrecognised_notes(records: Mapping[str, Sequence], model: dict) -> list[str]:
+    """`unrecognised` in words, one line per field: what predict prints, the service returns and calibrate says."""
+    notes = []
+    for field, values in unrecognised(records, model).items():
+        shown = ", ".join(repr(v[:40]) for v in values[:10]) + (" ..." if len(values) > 10 else "")
+        if field == "age":
+            notes.append(f"age value(s) {shown} are not a number of years from 0 to {MAX_AGE}, read as unknown")
+        else:
+            known = model["sexes" if field == "sex" else "sites"]
+            notes.append(f"{field} value(s) {shown} not seen in training, read as unknown (known: {', '.join(known)})")
+    return notes
 
 
 def present(records: Mapping[str, Sequence], columns: Mapping[str, str]) -> list[str]:

@@ -16,14 +16,31 @@ from .io import atomic_write_text
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ham10000.yaml"
 
 
+class _NoAliases(yaml.SafeLoader):
+    """YAML without aliases (*name): a config never needs them, and nested aliases expand exponentially (a 2 KB
+    'billion laughs' file takes gigabytes)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.events.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"aliases (*name) are not allowed in a config (line {mark.line + 1}, column "
+                                 f"{mark.column + 1})")
+        return super().compose_node(parent, index)
+
+
+def safe_yaml(text: str):
+    """YAML as every config, override and saved run config is read: safe types, no aliases."""
+    return yaml.load(text, Loader=_NoAliases)  # noqa: S506 (a SafeLoader)
+
+
 def read_yaml(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise LesionPLError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_yaml(path.read_text())
     except yaml.YAMLError as e:
-        raise LesionPLError(f"config file {path} is not valid YAML: {e}") from None
+        raise LesionPLError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise LesionPLError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
     return data
@@ -53,8 +70,10 @@ def parse_override(item: str) -> dict:
         raise LesionPLError(f"--set expects key=value, got '{item}'")
     key, raw = item.split("=", 1)
     try:
-        value: Any = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
+        value: Any = safe_yaml(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        if "aliases" in str(e):
+            raise LesionPLError(f"--set {key}: {e}") from None
         value = raw
     if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string; a user means the number
         try:

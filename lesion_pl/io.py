@@ -108,6 +108,15 @@ def to_json(data, **kwargs) -> str:
     return json.dumps(_finite(data), allow_nan=False, **kwargs)
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet run a cell (CSV injection)
+
+
+def spreadsheet_safe(value):
+    """A text cell that a spreadsheet would run as a formula, kept as text (a leading apostrophe, OWASP's advice);
+    numbers and other text as they are. For the CSVs written for people to open (predict, data check)."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def atomic_write_json(path: Path, data) -> None:
     atomic_write_text(path, to_json(data, indent=2) + "\n")
 

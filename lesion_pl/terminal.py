@@ -57,6 +57,7 @@ def format_calibration(c: dict) -> str:
                      f"validation NLL {fit['val_nll_image_only']:.4f} -> {fit['val_nll_fused']:.4f}, balanced accuracy "
                      f"{fit['val_balanced_accuracy_image_only']:.4f} -> {c['val_balanced_accuracy']:.4f}, malignant "
                      f"AUROC {fit['val_auroc_malignant_image_only']:.4f} -> {fit['val_auroc_malignant_fused']:.4f}")
+        lines += [f"  note: {note} (train and val)" for note in fit.get("read_as_unknown", [])]
     elif fit:
         lines.append(f"no clinical-metadata fusion: {fit['reason']}")
     e = c["calibration_errors"]
@@ -171,6 +172,9 @@ def format_export(r: dict) -> str:
     lines.append(f"wrote {r['model']} (opset {r['opset']}, {r['size_bytes'] / 1e6:.2f} MB)")
     lines.append(f"parity on {p['n_images']} real images: max |onnxruntime - PyTorch| probability "
                  f"{p['max_abs_diff']:.2e}, same top class on {p['argmax_agree']}/{p['n_images']}")
+    if "removed" in r:
+        lines.append(f"removed {r['removed']}: it was quantized from the model this export replaced (--int8 makes "
+                     "a new one)")
     if "int8" in r:
         q = r["int8"]
         lines.append(f"wrote {q['model']} ({q['quantization']} int8, {q['size_bytes'] / 1e6:.2f} MB); "

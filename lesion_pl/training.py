@@ -125,9 +125,13 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
     elif not resume and any(r.checkpoints.exists() and any(r.checkpoints.iterdir()) for r in trained):
         raise LesionPLError(f"run folder {out} already holds checkpoints; "
                             "pass --resume to continue it, or choose another --out")
+    elif not resume and (run.path / "logs" / "metrics.csv").exists():  # another run's log, which fit would replace
+        raise LesionPLError(f"run folder {out} already holds {Path('logs') / 'metrics.csv'} of another run; "
+                            "choose another --out, or pass --resume to continue that run")
     pl.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
     dm = LesionDataModule(cfg, splits_file=run.splits if run.splits.exists() else None, progress=progress)
     dm.build()  # every data check happens here, before the run folder is written
+    require_full_batch(len(dm.indices("train")), int(cfg["data"]["batch_size"]), dm.root)
     if progress:
         timed = f"; bf16 {probe['bf16-mixed']:.0f} vs fp32 {probe['32-true']:.0f} images/s here" if probe else ""
         note = f" ({' and '.join(chosen)}: auto, this machine's choice{timed})" if chosen else ""
@@ -166,6 +170,15 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
                                            "scored": "calibrated ensemble"}
             atomic_write_json(run.summary, {k: v for k, v in summary.items() if k != "calibration"})
     return summary
+
+
+def require_full_batch(train_images: int, batch_size: int, root) -> None:
+    """Training drops the last partial batch (so that batch norm never sees one image): a train split smaller than
+    one batch would train nothing and leave no checkpoint."""
+    if train_images < batch_size:
+        raise LesionPLError(f"the train split of {root} has {train_images} images, fewer than one batch "
+                            f"(data.batch_size {batch_size}), so nothing would be trained: pass --set "
+                            f"data.batch_size={max(1, train_images // 2)} or use more images")
 
 
 def member_count(cfg: dict, run: RunDir, resume: bool) -> int:

@@ -133,7 +133,7 @@ def test_metadata_csv_that_is_not_utf8_and_an_age_that_is_not_a_number(model, so
     (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
     r = invoke("predict", *some_images, "--model", model, "--metadata", tmp_path / "m.csv")
     assert r.exit_code == 0, r.output
-    assert "age value(s) abc are not a number of years, read as unknown" in r.output
+    assert "age value(s) 'abc' are not a number of years from 0 to 120, read as unknown" in r.output
     latin1 = "x,40,f\xe9male,back\n".encode("latin-1")
     (tmp_path / "latin1.csv").write_bytes(("\n".join(lines[:2]) + "\n").encode() + latin1)
     r = invoke("predict", *some_images, "--model", model, "--metadata", tmp_path / "latin1.csv")

@@ -98,7 +98,8 @@ def test_bad_input_gets_a_4xx_with_one_line_and_the_server_keeps_serving(client,
     bomb = _png(Image.new("1", (12000, 12000)))  # a few kB of PNG, 144 megapixels decoded
     assert len(bomb) < 100_000 and len(noise) > 2**20
     cases = [
-        ("not an image", [("images", ("notes.txt", b"hello", "text/plain"))], {}, AUTH, 415, "notes.txt: not an image"),
+        ("not an image", [("images", ("notes.txt", b"hello", "text/plain"))], {}, AUTH, 415,
+         "notes.txt: not a JPEG, PNG, TIFF, BMP, WebP or GIF image"),
         ("zero bytes", [("images", ("e.jpg", b"", "image/jpeg"))], {}, AUTH, 400, "e.jpg: the file is empty"),
         ("truncated", [("images", ("cut.jpg", jpeg[: len(jpeg) // 2], "image/jpeg"))], {}, AUTH, 400,
          "cut.jpg: cannot decode"),

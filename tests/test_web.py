@@ -21,7 +21,7 @@ from export.runtime import LesionOnnxClassifier
 from export.web_export import ORT_WEB_FILES
 from lesion_pl.preprocess import load_rgb, resize_center_crop
 
-from .conftest import PROJECT, invoke
+from .conftest import PROJECT, ServiceThread, invoke
 
 LESION_JS = (PROJECT / "export" / "web" / "lesion.js").as_uri()
 SHOTS = PROJECT / "runs" / "screenshots"
@@ -101,29 +101,6 @@ class StaticServer:
 
     def __exit__(self, *exc):
         self.httpd.shutdown()
-
-
-class ServiceThread:
-    """`create_app` under uvicorn in a thread, on a free port of 127.0.0.1."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-
-    def __enter__(self):
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started and time.time() < deadline:
-            time.sleep(0.05)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}/"
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 def _wait(browser, script: str, timeout: float = 90):

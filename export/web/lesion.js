@@ -109,6 +109,23 @@ export function resizeCenterCrop(rgb, width, height, size) {
   return out;
 }
 
+// preprocess.image_warning: why an image should not be trusted (far smaller than the model's input, or one colour
+// on what the model sees: `pixels`, its resizeCenterCrop at `size`), or "" where there is nothing to say
+export function imageWarning(width, height, size, pixels) {
+  if (Math.min(width, height) < Math.max(32, Math.floor(size / 2))) {
+    return `only ${width}x${height} px, far below the model's ${size} px input`;
+  }
+  const n = pixels.length / 3;
+  let spread = 0;
+  for (let c = 0; c < 3; c++) {
+    let sum = 0, sq = 0;
+    for (let i = c; i < pixels.length; i += 3) { sum += pixels[i]; sq += pixels[i] * pixels[i]; }
+    const mean = sum / n;
+    spread = Math.max(spread, Math.sqrt(Math.max(0, sq / n - mean * mean)));
+  }
+  return spread < 1.0 ? "no content: the image is a single colour" : "";
+}
+
 function pyRound(x) {  // Python's round(): halves to even
   const f = Math.floor(x), d = x - f;
   if (d > 0.5) return f + 1;

@@ -1,6 +1,6 @@
 // The page's behaviour in both modes: "service" sends images to POST /predict of `cli.py serve`; "offline"
 // runs model.onnx here with onnxruntime-web (files from `cli.py export --web`). Both render the same rows.
-import { Policy, onnxMetadata, promiseText, resizeCenterCrop, rgbaToRgb, ttaViews } from "./lesion.js";
+import { Policy, imageWarning, onnxMetadata, promiseText, resizeCenterCrop, rgbaToRgb, ttaViews } from "./lesion.js";
 
 const mode = document.querySelector('meta[name="lesion-pl-mode"]').content;
 const $ = (id) => document.getElementById(id);
@@ -90,7 +90,9 @@ async function predictOffline(files, record) {
     let image;
     try { image = await decode(file); } catch { throw new Error(`${file.name}: not an image this browser can read`); }
     const rgb = resizeCenterCrop(image.rgb, image.width, image.height, policy.size);
-    rows.push(policy.apply(await runLocally(rgb), record, file.name));
+    const row = policy.apply(await runLocally(rgb), record, file.name);
+    row.warning = imageWarning(image.width, image.height, policy.size, rgb);
+    rows.push(row);
   }
   return rows;
 }
@@ -130,6 +132,12 @@ function render(row, file) {
   title.querySelector("b").textContent = `${top} (${row.top_class})`;
   title.querySelector("span").textContent = `${row.file}${row.metadata === "yes" ? ", with clinical metadata" : ""}`;
   body.append(title);
+  if (row.warning) {  // tiny or blank: said before any figure
+    const caution = document.createElement("div");
+    caution.className = "warning";
+    caution.textContent = `Do not trust this prediction: ${row.warning}.`;
+    body.append(caution);
+  }
   policy.classes.forEach((c, i) => {
     body.append(bar(`${policy.displayNames[i]} (${c})`, row[`p_${c}`], c === row.top_class ? "top" : ""));
   });

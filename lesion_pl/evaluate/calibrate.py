@@ -40,7 +40,10 @@ def fit_clinical(dm, val_ds, val_probs: np.ndarray, val_labels: np.ndarray, colu
     rows = dm.table.iloc[val_ds.indices]
     model["weight"], fused_nll = fit_fusion_weight(val_probs, clinical.log_ratio(rows, model), val_labels)
     fused, with_metadata = clinical.fused(val_probs, rows, model)
+    import pandas as pd
+
     return model, {"used": True, "fields": sorted(model["columns"]), "weight": model["weight"],
+                   "read_as_unknown": clinical.unrecognised_notes(pd.concat([train, rows]), model),
                    "val_images_with_metadata": int(with_metadata.sum()),
                    "val_nll_image_only": nll(val_probs, val_labels), "val_nll_fused": fused_nll,
                    "val_auroc_malignant_image_only": binary_auroc(*scores_and_positives(val_probs, val_labels,

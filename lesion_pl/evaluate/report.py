@@ -14,6 +14,7 @@ import torch
 
 from ..calibration import promise_text
 from ..classes import LabelSpace, label_space
+from ..clinical import age_years
 from ..errors import LesionPLError
 from ..io import atomic_path, atomic_write_text
 from ..run import RunDir
@@ -26,7 +27,8 @@ MIN_SUBGROUP = 20  # findings only name subgroups with at least this many test i
 
 
 def _age_band(age) -> str:
-    if pd.isna(age):
+    age = age_years(age)  # infinite, negative or absurd: unknown, as the metadata model reads it
+    if age is None:
         return "unknown"
     return next(label for lo, hi, label in AGE_BANDS if lo <= age < hi)
 
@@ -60,12 +62,18 @@ def lesion_masks(root: Path, image_ids, size: int) -> dict[str, np.ndarray]:
     return out
 
 
+def text(value) -> str:
+    """Any value as HTML text: every value the page shows goes through here (class codes, file and folder names
+    and evaluation names come from the user's data and may hold markup)."""
+    return html.escape(str(value), quote=True)
+
+
 def _img(png: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+    return f'<img alt="{text(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
 def _table(df: pd.DataFrame, floats: str = "{:.3f}") -> str:
-    return df.to_html(classes="t", border=0, float_format=lambda v: floats.format(v), na_rep="")
+    return df.to_html(classes="t", border=0, float_format=lambda v: floats.format(v), na_rep="", escape=True)
 
 
 @dataclass
@@ -283,12 +291,12 @@ def confirmed_section(metrics: dict) -> list[str]:
         return []
     head = "<h3>Where the shortcut is gone: histopathology-confirmed lesions</h3>"
     if not h["available"]:
-        return [head, f"<p class='note'>{html.escape(h['reason'])}.</p>"]
+        return [head, f"<p class='note'>{text(h['reason'])}.</p>"]
     tables = confirmed_tables(metrics)
-    out = [head, f"<p class='note'>{h['images']} images of {h['lesions']} lesions whose diagnosis was made by "
-           f"histopathology ({h['benign_images']} benign): the lesions a clinician excised, where follow-up images "
-           "of nevi, which a model tells from melanoma almost perfectly, are absent. 95% intervals resample "
-           "lesions.</p>", _table(tables[0])]
+    out = [head, f"<p class='note'>{text(h['images'])} images of {text(h['lesions'])} lesions whose diagnosis was "
+           f"made by histopathology ({text(h['benign_images'])} benign): the lesions a clinician excised, where "
+           "follow-up images of nevi, which a model tells from melanoma almost perfectly, are absent. 95% intervals "
+           "resample lesions.</p>", _table(tables[0])]
     if tables[1] is not None:
         out += ["<p class='note'>By how each diagnosis was made: every malignant image (melanoma) against that "
                 "method's benign images (nevi).</p>", _table(tables[1])]
@@ -391,14 +399,14 @@ def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_st
              "training wall time": f"{summary['fit_seconds'] / 60:.1f} min" if "fit_seconds" in summary else "",
              "checkpoint": metrics.get("checkpoint", ""), "test-time augmentation": metrics.get("tta", False)}
     s = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-         f"<title>lesion-pl report: {html.escape(run.path.name)}</title><style>{CSS}</style></head><body>",
-         f"<h1>lesion-pl report: {html.escape(run.path.name)}</h1>",
+         f"<title>lesion-pl report: {text(run.path.name)}</title><style>{CSS}</style></head><body>",
+         f"<h1>lesion-pl report: {text(run.path.name)}</h1>",
          f"<p class='note'>lesion-pl {__version__}. A research tool, not a diagnostic device. All figures are on "
-         f"{html.escape(_scored(metrics))} unless marked; thresholds and calibration were chosen on the validation "
+         f"{text(_scored(metrics))} unless marked; thresholds and calibration were chosen on the validation "
          "split.</p>",
          *([("<p class='note'>Other evaluations of this run (<code>python cli.py report --run RUN --evaluation "
-             "NAME</code> reports on one): " + ", ".join(html.escape(n) for n in others) + ".</p>")] if others else []),
-         "<h2>Findings</h2><ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in findings) + "</ul>",
+             "NAME</code> reports on one): " + ", ".join(text(n) for n in others) + ".</p>")] if others else []),
+         "<h2>Findings</h2><ul>" + "".join(f"<li>{text(f)}</li>" for f in findings) + "</ul>",
          "<h2>Run</h2><div class='grid'>",
          _table(pd.DataFrame({"": list(map(str, facts.values()))}, index=list(facts))),
          "<div><b>Images per class and split</b>" + _table(split_table) + "</div></div>"]
@@ -407,7 +415,7 @@ def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_st
         s.append("<h2>Training</h2>")
         for k in curves:
             title = f"member {k.rsplit('member', 1)[1]}" if "member" in k else ""
-            s += ([f"<h3>{title}</h3>"] if title else []) + [_img(pngs[k], f"training curves {title}".strip())]
+            s += ([f"<h3>{text(title)}</h3>"] if title else []) + [_img(pngs[k], f"training curves {title}".strip())]
     s += ["<h2>Test metrics</h2>", _table(overall, "{:.4f}"), _table(per_class)]
     s.append(_img(pngs["confusion_matrix"], "confusion matrix"))
     s += confirmed_section(metrics)
@@ -424,11 +432,12 @@ def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_st
         s += ["<h3>Referral operating points (95% CI: bootstrap over lesions)</h3>", _table(pd.DataFrame(rows).T)]
     if shift:
         s += ["<h2>Under acquisition shift</h2>",
-              f"<p class='note'>benchmarks/shift.py: {shift['images']} test images of {shift['lesions']} lesions, each "
-              f"shift applied to the original image before preprocessing, scored by the exported model "
-              f"({'8 views' if shift['tta'] else 'one view'}); each figure with its change from the unshifted one "
-              f"and that change's 95% interval ({shift['bootstrap']} lesion resamples). Referral sensitivity is "
-              "at the threshold chosen on validation.</p>", _table(shift_table(shift))]
+              f"<p class='note'>benchmarks/shift.py: {text(shift['images'])} test images of "
+              f"{text(shift['lesions'])} lesions, each shift applied to the original image before preprocessing, "
+              f"scored by the exported model ({'8 views' if shift['tta'] else 'one view'}); each figure with its "
+              f"change from the unshifted one and that change's 95% interval ({text(shift['bootstrap'])} lesion "
+              "resamples). Referral sensitivity is at the threshold chosen on validation.</p>",
+              _table(shift_table(shift))]
     cal = metrics.get("calibration")
     if cal:
         s += ["<h2>Calibration</h2>", _table(pd.DataFrame({"": list(cal.values())}, index=list(cal)), "{:.4f}")]
@@ -436,14 +445,15 @@ def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_st
     s += ["<h2>Prediction gallery</h2>", _img(pngs["gallery"], "prediction gallery")]
     s.append("<h2>Misclassified</h2>")
     for t, p, count, key in conf_sections:
-        s += [f"<h3>{t} predicted as {p} ({count} images)</h3>", _img(pngs[key], f"{t} predicted as {p}")]
+        s += [f"<h3>{text(t)} predicted as {text(p)} ({text(count)} images)</h3>",
+              _img(pngs[key], f"{t} predicted as {p}")]
     if tables:
         s += ["<h3>Error rate by subgroup (from the metadata)</h3>", _img(pngs["subgroup_errors"], "subgroup errors"),
               "<div class='grid'>"
-              + "".join(f"<div><b>{html.escape(n)}</b>{_table(t)}</div>" for n, t in tables.items()) + "</div>"]
+              + "".join(f"<div><b>{text(n)}</b>{_table(t)}</div>" for n, t in tables.items()) + "</div>"]
     if cam_stats:
         s += ["<h3>Where the model looks: Grad-CAM mass inside the lesion mask</h3>",
               _table(pd.DataFrame({k: [v] for k, v in cam_stats.items()}))]
-    s += ["<h2>Config</h2>", f"<pre>{html.escape(yaml.safe_dump(cfg, sort_keys=False))}</pre>",
+    s += ["<h2>Config</h2>", f"<pre>{text(yaml.safe_dump(cfg, sort_keys=False))}</pre>",
           "<p class='note'>Data: HAM10000 (Tschandl et al., Sci. Data 2018), CC BY-NC.</p></body></html>"]
     return "\n".join(s)

@@ -8,8 +8,9 @@ import pandas as pd
 
 from ...classes import LabelSpace, parse_label_space
 from ...errors import LesionPLError
+from ...preprocess import SUFFIXES
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+IMAGE_SUFFIXES = SUFFIXES  # the formats lesion-pl decodes (preprocess.FORMATS), one list everywhere
 UNGROUPED = ("the source names no lesion or patient: the split is by image, so two images of one lesion may land "
              "in two splits and the test figures may be optimistic (name a group column: data.columns.group)")
 
