@@ -47,11 +47,11 @@ def free_port() -> int:
 class Server:
     """`cli.py serve` in its own process, until the block ends."""
 
-    def __init__(self, model: Path, max_batch: int):
+    def __init__(self, model: Path, max_batch: int, *options: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.cmd = [sys.executable, str(ROOT / "cli.py"), "serve", "--model", str(model), "--port", str(self.port),
-                    "--max-batch", str(max_batch)]
+                    "--max-batch", str(max_batch), *options]
 
     def __enter__(self):
         import httpx

@@ -37,8 +37,34 @@ from .conftest import clinical_metadata, invoke
 CONFIDENCE = load_config()["calibration"]["referral_confidence"]  # the default the fixture run was calibrated at
 
 
+def _ece(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """Top-label ECE written out here: bins (b/15, (b+1)/15], |accuracy - confidence| weighted by the bin's share."""
+    conf, correct = probs.max(1), probs.argmax(1) == labels
+    which = np.clip(np.ceil(conf * bins).astype(int) - 1, 0, bins - 1)
+    return float(sum(abs(correct[which == b].mean() - conf[which == b].mean()) * (which == b).mean()
+                     for b in range(bins) if (which == b).any()))
+
+
 def test_temperature_scaling_lowers_validation_nll_on_real_predictions(trained_run):
+    """The NLLs calibrate reports, recomputed here: before, from the model's own 8-view logits (softmax per view,
+    views averaged); after, from val_predictions.csv with scikit-learn."""
+    import torch
+    from sklearn.metrics import log_loss
+
+    from lesion_pl.checkpoint import load_run_model
+    from lesion_pl.evaluate.inference import predict_logits
+    from lesion_pl.run import RunDir
+
     cal = json.loads((trained_run / "calibration.json").read_text())
+    val = pd.read_csv(trained_run / "val_predictions.csv")
+    labels = val["dx"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+    after = log_loss(labels, val[[f"p_{c}" for c in CLASSES]].to_numpy(), labels=range(len(CLASSES)))
+    assert cal["val_nll_after"] == pytest.approx(after, abs=1e-4)  # the CSV keeps 6 decimals
+    run = RunDir(trained_run)
+    dm = run.datamodule(run.load_config(), progress=False)
+    logits = torch.from_numpy(predict_logits(load_run_model(run), dm.dataset("val"), tta=True, progress=False))
+    raw = logits.double().softmax(-1).mean(1).numpy()
+    assert cal["val_nll_before"] == pytest.approx(log_loss(labels, raw, labels=range(len(CLASSES))), abs=1e-6)
     assert cal["split"] == "val" and cal["temperature"] > 0
     assert cal["val_nll_after"] < cal["val_nll_before"]
     assert len(cal["class_bias"]) == len(CLASSES) and 0.0 <= cal["prior_weight"] <= 1.5
@@ -215,8 +241,11 @@ def test_calibrate_writes_the_scores_its_thresholds_were_chosen_on(trained_run):
     val = pd.read_csv(trained_run / "val_predictions.csv")
     assert len(val) == cal["n_images"]
     errs = cal["calibration_errors"]
-    if errs["kept"]:
-        assert all(errs["val_after"][k] <= errs["val_before"][k] for k in errs["val_before"])
+    # `kept` says whether both errors stayed at or below the raw softmax's (else the NLL fit is kept, and said)
+    assert errs["kept"] == all(errs["val_after"][k] <= errs["val_before"][k] for k in errs["val_before"])
+    labels = val["dx"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+    assert errs["val_after"]["ece"] == pytest.approx(_ece(val[[f"p_{c}" for c in CLASSES]].to_numpy(), labels),
+                                                     abs=1e-4)
     positive = val["dx"].isin(["mel", "bcc", "akiec"]).to_numpy()
     op = cal["operating_points"]["malignant"]
     again = referral_threshold(val["malignant_prob"].to_numpy(), positive, val["group"].to_numpy(), 0.9,
@@ -257,13 +286,29 @@ def test_calibration_error_floor_is_what_calibrated_labels_show_and_shrinks_with
 
 
 def test_test_reports_calibration_and_operating_points(trained_run):
+    """test's ECE, Brier and each referral's sensitivity, specificity, PPV and NPV, recomputed from its
+    predictions.csv (scikit-learn's confusion matrix, the ECE and Brier written out here)."""
+    from sklearn.metrics import confusion_matrix
+
     m = json.loads((trained_run / "test" / "metrics.json").read_text())
+    preds = pd.read_csv(trained_run / "test" / "predictions.csv")
+    probs = preds[[f"p_{c}" for c in CLASSES]].to_numpy()
+    labels = preds["dx"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
     c = m["calibration"]
     assert c["temperature"] != 1.0
-    assert 0 <= c["ece_15_after"] <= 1 and 0 <= c["brier_after"] <= 2
+    assert c["ece_15_after"] == pytest.approx(_ece(probs, labels), abs=1e-4)
+    assert c["brier_after"] == pytest.approx(((probs - np.eye(len(CLASSES))[labels]) ** 2).sum(1).mean(), abs=1e-4)
     assert 0 < c["ece_15_floor"] < 0.5 and 0 < c["malignancy_ece_15_floor"] < 0.5
-    for name in ("malignant", "melanoma"):
+    cal = json.loads((trained_run / "calibration.json").read_text())
+    assert m["clinical"]["images_with_metadata"] == len(preds)  # every test image is on the fused threshold
+    malignant = preds["dx"].isin(["mel", "bcc", "akiec"])
+    for name, positive in (("malignant", malignant), ("melanoma", preds["dx"] == "mel")):
         op = m["operating_points"][name]
+        score = preds["malignant_prob"] if name == "malignant" else preds["p_mel"]
+        threshold = cal["operating_points"][name]["threshold"]
+        tn, fp, fn, tp = confusion_matrix(positive, score >= threshold, labels=[False, True]).ravel()
+        assert op["threshold"] == threshold and (op["tp"], op["fn"], op["fp"], op["tn"]) == (tp, fn, fp, tn)
+        assert op["sensitivity"] == pytest.approx(tp / (tp + fn)) and op["specificity"] == pytest.approx(tn / (tn + fp))
         assert op["target_sensitivity"] == 0.9 and op["val_sensitivity"] >= 0.9 and op["confidence"] == CONFIDENCE
         assert 0 < op["val_lower_bound"] <= op["val_sensitivity"] and op["val_positive_lesions"] > 0
         for k in ("sensitivity", "specificity", "ppv", "npv"):

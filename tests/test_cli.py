@@ -132,10 +132,28 @@ def test_resume_continues_from_last(fitted):
 
 
 def test_data_summary(small_ham):
+    """Every count of the table against the metadata file and the split it reports (the one fit would write)."""
+    import pandas as pd
+
     r = invoke("data", "summary", "--data-root", small_ham)
     assert r.exit_code == 0, r.output
-    assert "no lesion is in two splits" in r.output
-    assert "lesions" in r.output and "mel" in r.output
+    meta = pd.read_csv(small_ham / "HAM10000_metadata.csv")
+    assert f"{small_ham}: {len(meta)} images, {meta['lesion_id'].nunique()} lesions, split seed 42" in r.output
+    rows = {line.split()[0]: [int(x) for x in line.split()[1:]] for line in r.output.splitlines()[2:-1]}
+    from lesion_pl.config import load_config  # the split itself, as fit makes it, to count per split
+    from lesion_pl.data.sources import read_source
+    from lesion_pl.data.splits import make_splits
+
+    cfg = load_config(None, [f"data.root={small_ham}"])
+    table = read_source("ham10000", small_ham, cfg["data"])
+    split = make_splits(table, cfg["data"]["splits"], 42)
+    for dx, counts in meta["dx"].value_counts().items():
+        per = [int(((table["dx"] == dx) & (split == s)).sum()) for s in ("train", "val", "test")]
+        assert rows[dx] == [*per, counts], dx
+    assert rows["images"] == [int((split == s).sum()) for s in ("train", "val", "test")] + [len(meta)]
+    assert rows["lesions"] == [table["group"][split == s].nunique() for s in ("train", "val", "test")] + [
+        meta["lesion_id"].nunique()]
+    assert r.output.rstrip().endswith("no lesion is in two splits")
 
 
 def fails_cleanly(args, out, message):

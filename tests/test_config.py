@@ -114,16 +114,26 @@ def test_auto_precision_on_the_cpu_follows_its_bf16_support_and_speed(monkeypatc
     assert precision_for(load_config(None, ["trainer.precision=32-true"])) == "32-true"
 
 
-def test_the_precision_probe_times_both_on_this_cpu_once():
+@pytest.mark.parametrize("bf16, fp32, expected", [(111.0, 100.0, "bf16-mixed"), (160.0, 100.0, "bf16-mixed"),
+                                                   (109.0, 100.0, "32-true"), (50.0, 100.0, "32-true")])
+def test_bf16_is_chosen_only_where_it_is_a_tenth_faster(bf16, fp32, expected):
+    from lesion_pl.hardware import choose_precision
+
+    assert choose_precision({"bf16-mixed": bf16, "32-true": fp32}) == expected
+
+
+def test_the_precision_probe_times_both_on_this_cpu_once(monkeypatch):
     from lesion_pl import hardware
 
     cfg = load_config(None, ["model.widths=[4,8,8,8]", "data.image_size=32", "data.batch_size=8"])
     args = hardware._probe(cfg)
     hardware.faster_on_cpu.cache_clear()
+    judged = []
+    monkeypatch.setattr(hardware, "choose_precision", lambda rates: judged.append(dict(rates)) or "32-true")
     choice = hardware.faster_on_cpu(*args)
     rates = hardware.PROBES[args]
-    assert choice == ("bf16-mixed" if rates["bf16-mixed"] >= 1.1 * rates["32-true"] else "32-true")
-    assert all(r > 0 for r in rates.values())
+    assert choice == "32-true" and judged == [rates]  # the rule sees what was timed, both precisions
+    assert set(rates) == {"bf16-mixed", "32-true"} and all(r > 0 for r in rates.values())
     hardware.PROBES.pop(args)
     assert hardware.faster_on_cpu(*args) == choice and args not in hardware.PROBES  # cached: not timed again
     assert hardware.faster_on_cpu.cache_info().hits >= 1

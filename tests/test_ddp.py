@@ -1,5 +1,5 @@
 """Lightning DDP on 2 CPU processes (gloo): fit runs, and the validation metrics the processes
-computed together equal a one-process evaluation of the same checkpoint (pytest -m slow)."""
+computed together equal a one-process evaluation of the same checkpoint (in the default suite: about 40 s)."""
 from __future__ import annotations
 
 import os
@@ -11,8 +11,6 @@ import pytest
 import torch
 
 from .conftest import FAST, PROJECT
-
-pytestmark = pytest.mark.slow
 
 
 def test_fit_on_two_processes_matches_one_process_evaluation(small_ham, tmp_path):

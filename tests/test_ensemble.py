@@ -97,13 +97,34 @@ def test_test_scores_the_ensemble(ensemble_run):
     assert r.exit_code == 0, r.output
     m = json.loads((ensemble_run / "test" / "metrics.json").read_text())
     assert m["members"] == [str(ensemble_run / "members" / i / "checkpoints" / "best.ckpt") for i in "01"]
-    # a member is a run folder of its own: tested alone it gives other probabilities
-    r = invoke("test", "--run", ensemble_run / "members" / "0", "--quiet")
-    assert r.exit_code == 0, r.output
+    # computed here from the two members' checkpoints: each view's mean of the members' log-probabilities,
+    # calibrated (softmax of it / T + class bias), the views averaged, then fused with the metadata
+    from lesion_pl import clinical
+    from lesion_pl.checkpoint import load_classifier
+
+    run = RunDir(ensemble_run)
+    cal = json.loads((ensemble_run / "calibration.json").read_text())
+    dm = run.datamodule(run.load_config(), progress=False)
+    test = dm.dataset("test")
+    images = torch.stack([test[i][0] for i in range(len(test))])
+    views = [torch.rot90(images, k, (2, 3)) for k in range(4)]
+    views += [torch.flip(v, (3,)) for v in views]
+    members = [load_classifier(p).eval() for p in run.best_checkpoints]
+    with torch.no_grad():
+        mean_log = torch.stack([torch.stack([mm(v).double().log_softmax(1) for mm in members]).mean(0)
+                                for v in views])  # [views, N, C]
+    z = mean_log / cal["temperature"] + torch.tensor(cal["class_bias"], dtype=torch.float64)
+    image_probs = z.softmax(-1).mean(0).numpy()
+    rows = dm.table.iloc[test.indices]
+    expected = clinical.fuse(image_probs, clinical.log_ratio(rows, cal["clinical"]), cal["clinical"]["weight"])
     both = pd.read_csv(ensemble_run / "test" / "predictions.csv")
-    one = pd.read_csv(ensemble_run / "members" / "0" / "test" / "predictions.csv")
     cols = [f"p_{c}" for c in CLASSES]
-    assert list(both["image_id"]) == list(one["image_id"])
+    assert list(both["image_id"]) == list(rows["image_id"])
+    assert np.abs(both[cols].to_numpy() - expected).max() < 2e-5  # the CSV keeps 6 decimals
+    # a member is a run folder of its own: tested alone it gives other probabilities
+    r = invoke("test", "--run", ensemble_run / "members" / "1", "--quiet")
+    assert r.exit_code == 0, r.output
+    one = pd.read_csv(ensemble_run / "members" / "1" / "test" / "predictions.csv")
     assert np.abs(both[cols].to_numpy() - one[cols].to_numpy()).max() > 1e-3
 
 

@@ -148,7 +148,14 @@ def test_isic2020_evaluates_melanoma_and_malignancy_outputs(trained_run, ham_roo
     import json
     m = json.loads((copy / "evaluations" / "isic2020-isic2020" / "metrics.json").read_text())
     assert m["n_images"] == len(meta) and m["positives"] == int((meta["dx"] == "mel").sum())
-    assert 0 <= m["auroc_melanoma_vs_target"] <= 1
+    from sklearn.metrics import roc_auc_score
+
+    preds = pd.read_csv(copy / "evaluations" / "isic2020-isic2020" / "predictions.csv")
+    assert sorted(preds["image_id"]) == sorted(meta["image_id"])
+    assert m["auroc_melanoma_vs_target"] == pytest.approx(roc_auc_score(preds["melanoma_target"], preds["p_mel"]),
+                                                          abs=1e-5)
+    assert m["auroc_malignant_vs_target"] == pytest.approx(
+        roc_auc_score(preds["melanoma_target"], preds["malignant_prob"]), abs=1e-5)
     assert set(m["operating_points"]) == {"malignant", "melanoma"}
     r = invoke("report", "--run", copy, "--data-root", root, "--evaluation", "isic2020-isic2020")
     assert r.exit_code == 2 and "scored melanoma vs the rest" in r.output, r.output

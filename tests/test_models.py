@@ -80,7 +80,7 @@ def test_normalising_nhwc_images_equals_normalising_nchw_ones():
 
 @pytest.mark.parametrize("mix", [["data.augment.mixup=0.4"], ["data.augment.cutmix=1.0"],
                                  ["data.augment.mixup=0.4", "data.augment.cutmix=1.0"]])
-def test_mixup_cutmix_train_on_soft_targets(mix):
+def test_mixup_cutmix_train_on_soft_targets(mix, monkeypatch):
     torch.manual_seed(0)  # the mixing ratio is random: seeded, no (rare) near-identity mix
     cfg = load_config(None, ["model.widths=[8,16,32,64]", *mix])
     m = LesionClassifier(cfg, mean=[0.5] * 3, std=[0.2] * 3)
@@ -89,10 +89,30 @@ def test_mixup_cutmix_train_on_soft_targets(mix):
     seen = {}
     m.net.register_forward_pre_hook(lambda mod, args: seen.setdefault("x", args[0]))
     m.log = lambda *a, **k: None
+    import lesion_pl.module as module
+
+    real_loss = module.training_loss
+
+    def recording_loss(logits, soft, *args):  # what the loss receives
+        seen["soft"] = soft
+        return real_loss(logits, soft, *args)
+    monkeypatch.setattr(module, "training_loss", recording_loss)
     loss = m._step((images, target), "train")
     assert torch.isfinite(loss) and loss.requires_grad
-    # the network saw blended images, not the normalised originals
-    assert not torch.allclose(seen["x"], m.normalize(images))
+    # the network saw blended images, and the loss the same blend of the labels: torchvision mixes each image with
+    # the one before it in the batch (roll by 1); the share lam is read back from the images
+    x, n = seen["x"], m.normalize(images)
+    rolled = n.roll(1, 0)
+    assert not torch.allclose(x, n)
+    pasted = (x == n).all(1)  # CutMix: a box of each image replaced by its neighbour's
+    if ((x == n) | (x == rolled)).all():
+        lam = pasted.float().mean()
+    else:  # MixUp: every pixel lam * own + (1 - lam) * neighbour's
+        lam = ((x - rolled) * (n - rolled)).sum() / ((n - rolled) ** 2).sum()
+    onehot = torch.nn.functional.one_hot(target, 7).float()
+    expected = lam * onehot + (1 - lam) * onehot.roll(1, 0)
+    assert seen["soft"].shape == (8, 7) and 0.01 < float(lam) < 0.99
+    assert torch.allclose(seen["soft"], expected, atol=1e-5)
     assert LesionClassifier(load_config(None, ["model.widths=[8,16,32,64]"]), [0.5] * 3, [0.2] * 3).mix is None
 
 

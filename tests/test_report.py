@@ -85,11 +85,25 @@ def test_explain_writes_overlays_and_names_bad_files(trained_run, small_ham, tmp
 
 
 def test_gradcam_on_a_timm_cnn_and_mass_inside():
+    """Against Grad-CAM written out here on resnet18's stages: its 1/16 map (layer3) kept with its gradient, the
+    gradient's spatial mean as each channel's weight, ReLU of the weighted sum, bilinear to the input, max 1."""
+    torch.manual_seed(0)
     cfg = load_config(None, ["model.name=resnet18"])
     model = LesionClassifier(cfg, [0.5] * 3, [0.2] * 3).eval()
-    cams, logits = gradcam(model, torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8))
+    images = torch.randint(0, 255, (2, 3, 64, 64), dtype=torch.uint8)
+    cams, logits = gradcam(model, images)
     assert cams.shape == (2, 64, 64) and logits.shape == (2, 7)
-    assert float(cams.min()) >= 0 and float(cams.max()) == pytest.approx(1.0)
+    net = model.net
+    x = net.maxpool(net.act1(net.bn1(net.conv1(model.normalize(images)))))
+    a = net.layer3(net.layer2(net.layer1(x)))
+    a.retain_grad()
+    out = net.fc(net.global_pool(net.layer4(a)))
+    out.gather(1, out.argmax(1, keepdim=True)).sum().backward()
+    cam = torch.relu((a.grad.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True))
+    cam = torch.nn.functional.interpolate(cam, size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
+    cam = (cam / cam.flatten(1).max(1).values[:, None, None]).detach()
+    assert torch.allclose(out.detach(), logits, atol=1e-5) and a.shape[-1] == 4  # 64 px / 16
+    assert torch.allclose(cams, cam, atol=1e-5)
     cam = np.ones((1, 4, 4))
     mask = np.zeros((1, 4, 4), bool)
     mask[:, :2] = True

@@ -11,6 +11,7 @@ import time
 import pandas as pd
 import pytest
 
+from lesion_pl.errors import LesionPLError
 from lesion_pl.run import RunDir
 
 from .conftest import FAST, PROJECT, invoke
@@ -62,7 +63,7 @@ def test_a_second_command_on_a_busy_run_folder_is_refused(small_ham, tmp_path):
 
 def test_the_lock_refuses_in_process_too(tmp_path):
     with RunDir(tmp_path / "r").lock("report", create=True):
-        with pytest.raises(Exception, match="is in use by lesion-pl report"):
+        with pytest.raises(LesionPLError, match="is in use by lesion-pl report"):
             with RunDir(tmp_path / "r").lock("test"):
                 pass
     assert not (tmp_path / "r").exists()  # made by the lock, left empty: removed
