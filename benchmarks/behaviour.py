@@ -67,8 +67,8 @@ def differences(a, b, path: str = "") -> tuple[float, list[str]]:
     if isinstance(a, bool) or isinstance(b, bool) or isinstance(a, str) or a is None or b is None:
         return 0.0, [] if a == b else [f"{path}: {a!r} != {b!r}"]
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        if math.isnan(a) and math.isnan(b):
-            return 0.0, []
+        if math.isnan(a) or math.isnan(b) or math.isinf(a) or math.isinf(b):  # no numeric difference: say it
+            return 0.0, [] if (math.isnan(a) and math.isnan(b)) or a == b else [f"{path}: {a!r} != {b!r}"]
         return abs(a - b), []
     if isinstance(a, dict) and isinstance(b, dict):
         worst, other = 0.0, [f"{path}.{k}: only in one" for k in sorted(set(a) ^ set(b))]

@@ -1,4 +1,5 @@
-"""Where a training step's time goes: torch.profiler over `fit`'s own loop on the real images.
+"""Where a training step's time goes: torch.profiler over `fit`'s training steps (its size, precision and
+per-step EMA; validation and checkpoints, once an epoch, left out) on the real images.
 
     python benchmarks/profile_train.py [--steps 10] [--rows 15] [--set key=value ...]
 
@@ -27,20 +28,25 @@ def main() -> None:
 
     from lesion_pl.config import load_config
     from lesion_pl.data.datamodule import LesionDataModule
+    from lesion_pl.hardware import resolve_auto
     from lesion_pl.module import LesionClassifier
+    from lesion_pl.training import step_callbacks
 
-    cfg = load_config(None, ["trainer.accelerator=cpu", *args.overrides])
+    cfg = resolve_auto(load_config(None, ["trainer.accelerator=cpu", *args.overrides]))  # fit's size and precision
     dm = LesionDataModule(cfg, progress=False).build()
     model = LesionClassifier(cfg, *dm.train_stats())
-    warm = pl.Trainer(accelerator="cpu", max_steps=3, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False)
-    warm.fit(model, datamodule=dm)
-    trainer = pl.Trainer(accelerator="cpu", max_steps=args.steps, limit_val_batches=0, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+
+    def trainer_for(steps: int):  # fit's step: its precision and its per-step EMA; no validation or checkpoints
+        return pl.Trainer(accelerator="cpu", max_steps=steps, limit_val_batches=0, logger=False,
+                          precision=cfg["trainer"]["precision"], callbacks=step_callbacks(cfg),
+                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer_for(3).fit(model, datamodule=dm)  # warm-up
+    trainer = trainer_for(args.steps)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         trainer.fit(model, datamodule=dm)
     print(f"{describe()}; config: configs/ham10000.yaml "
-          f"{' '.join('--set ' + o for o in args.overrides)}; {args.steps} training steps")
+          f"{' '.join('--set ' + o for o in args.overrides)} ({cfg['data']['image_size']} px, "
+          f"{cfg['trainer']['precision']}); {args.steps} of fit's training steps, with its EMA")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
 
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from machine import describe
+from memory import run_measured
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,7 +32,9 @@ def main() -> None:
     fit = [sys.executable, str(ROOT / "cli.py"), "fit", "--out", str(args.out), "--quiet",
            "--set", f"trainer.max_time={budget}", *args.extra]
     start = time.time()
-    subprocess.run(fit, check=True)
+    code, peak_gb = run_measured(fit)  # the whole fit, start to end: its peak memory
+    if code:
+        raise SystemExit(f"fit failed (exit {code})")
     fit_wall = time.time() - start
     subprocess.run([sys.executable, str(ROOT / "cli.py"), "test", "--run", str(args.out), "--quiet"], check=True)
 
@@ -47,7 +50,8 @@ def main() -> None:
     print(f"epochs run: {summary['epochs']}, best epoch (val): {summary['best_epoch']}, "
           f"val balanced accuracy {summary['best_val_balanced_accuracy']:.4f}"
           + (" (the calibrated ensemble)" if summary.get("members") else ""))
-    print(f"seconds per epoch: {summary['seconds_per_epoch']}, fit wall time: {fit_wall / 60:.1f} min")
+    print(f"seconds per epoch: {summary['seconds_per_epoch']}, fit wall time: {fit_wall / 60:.1f} min, peak memory "
+          f"of the whole fit (PSS, process tree): {peak_gb:.2f} GB")
     views = "8-view TTA" if metrics.get("tta") else "one view"
     print(f"TEST ({metrics['n_images']} images, {views}): balanced accuracy {metrics['balanced_accuracy']:.4f}, "
           f"accuracy {metrics['accuracy']:.4f}, macro AUROC {metrics['auroc_macro']:.4f}, "

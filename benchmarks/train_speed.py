@@ -6,7 +6,9 @@ Variants, each in its own process (so each gets a clean memory peak and thread s
   plain      the default network in fp32 NCHW, fed by an ImageFolder-style DataLoader (2 workers)
              that decodes and augments every JPEG every epoch with torchvision transforms on PIL images
   lesion-pl  `fit`'s own path: the uint8 image cache, batched augmentation on the device,
-             channels_last, Lightning's training loop
+             channels_last, Lightning's training loop in fit's precision (`auto`: bf16 where it is the faster
+             here, so the ratio mixes precisions there; --set trainer.precision=32-true for fp32 on both sides)
+             with fit's per-step EMA; validation and checkpoints (once an epoch) are not timed
   synthetic  the same LightningModule fed one in-memory batch, no loading and no augmentation:
              the floor the data pipeline is judged against
 on the 200x150 images of $LESION_PL_DATA/ham10000 and on stand-ins for the original 600x450 images
@@ -101,10 +103,12 @@ class StepTimer(pl.Callback):
 
 
 def lesion_pl(cfg: dict, steps: int, warmup: int, synthetic: bool = False, on_timed_start=None, dm=None) -> float:
-    """Images/s of `fit`'s own training loop for `cfg` (its accelerator and precision)."""
+    """Images/s of `fit`'s own training steps for `cfg`: its accelerator, precision and per-step EMA
+    (`training.step_callbacks`); validation and checkpoints, once an epoch, are not timed."""
     from lesion_pl.data.datamodule import LesionDataModule
     from lesion_pl.hardware import precision_for
     from lesion_pl.module import LesionClassifier
+    from lesion_pl.training import step_callbacks
 
     dm = dm or LesionDataModule(cfg, progress=False).build()
     model = LesionClassifier(cfg, *dm.train_stats())
@@ -112,7 +116,7 @@ def lesion_pl(cfg: dict, steps: int, warmup: int, synthetic: bool = False, on_ti
     trainer = pl.Trainer(accelerator=cfg["trainer"]["accelerator"], devices=1, precision=precision_for(cfg),
                          max_epochs=1000, limit_val_batches=0,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[timer])
+                         enable_model_summary=False, callbacks=[timer, *step_callbacks(cfg)])
     if synthetic:
         n, size = int(cfg["data"]["batch_size"]), int(cfg["data"]["image_size"])
         batch = (torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8), torch.randint(0, 7, (n,)))

@@ -227,3 +227,14 @@ def test_hostile_benchmark_gets_every_case_its_status_against_a_real_server(serv
     assert figures["flood"]["bombs_answered"] == 4 and figures["flood"]["good"] == 8
     assert figures["flood"]["peak_rss_mb"] >= figures["flood"]["peak_rss_mb_before"] > 0
     assert proc.stdout.startswith("machine:") and "server peak RSS" in proc.stdout
+
+
+def test_behaviour_compare_reports_a_value_that_became_nan_or_infinite():
+    """max(0.0, nan) is 0.0: a difference of NaN must be named, not lost in the largest difference."""
+    sys.path.insert(0, str(PROJECT / "benchmarks"))
+    from behaviour import differences
+
+    assert differences({"a": 0.5, "b": [1.0]}, {"a": 0.5, "b": [1.0 + 1e-7]}) == (pytest.approx(1e-7), [])
+    assert differences({"a": 0.5}, {"a": float("nan")}) == (0.0, [".a: 0.5 != nan"])
+    assert differences({"a": float("inf")}, {"a": 1.0})[1] == [".a: inf != 1.0"]
+    assert differences({"a": float("nan")}, {"a": float("nan")}) == (0.0, [])

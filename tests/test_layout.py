@@ -73,3 +73,21 @@ def test_the_install_lists_every_package_and_the_command():
     assert project["project"]["scripts"] == {"lesion-pl": "cli:app"}
     assert project["tool"]["setuptools"]["py-modules"] == ["cli"]
     assert re.search(r"^app = typer\.Typer\(", (PROJECT / "cli.py").read_text(), re.M)
+
+
+def test_ci_stops_in_one_line_where_the_browser_or_node_cannot_be_installed(tmp_path):
+    """Without chromium, its driver and node, and no apt-get to install them, .ci/run fails at once (it never
+    reaches `make test`, whose browser tests would fail anyway) instead of warning and going on."""
+    import os
+    import shutil
+    import subprocess
+
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    for tool in ("dirname", "make"):  # make: were it reached, it would say so
+        os.symlink(shutil.which(tool), bin_ / tool)
+    proc = subprocess.run([shutil.which("bash"), str(PROJECT / ".ci" / "run")], capture_output=True, text=True,
+                          env={"PATH": str(bin_), "HOME": str(tmp_path)}, timeout=60)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == ("error: could not install chromium chromium-driver nodejs (apt-get); the browser and "
+                           "JavaScript tests need them\n")
