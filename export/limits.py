@@ -11,7 +11,7 @@ class Limits:
     max_image_mb: float = 20.0      # one uploaded file
     max_images: int = 16            # files in one request
     max_megapixels: float = 64.0    # decoded size of one image (a decompression bomb is refused before decoding)
-    max_decode_mb: float = 640.0    # memory decoding one image and converting it to RGB takes (from its header)
+    max_decode_mb: float = 768.0    # memory decoding one image and converting it to RGB takes (from its header)
     decode_budget_mb: float = 1024.0  # memory all decodes at once may hold; the others wait
     max_active: int = 32            # requests being received or answered at once; beyond: 503
     max_inflight_mb: float = 1024.0  # their bodies together; beyond: 503

@@ -74,6 +74,21 @@ def upload_name(filename: str | None, index: int) -> str:
     return name or f"image {index + 1}"
 
 
+def release_large_buffers() -> bool:
+    """glibc only: allocations of 1 MB or more get pages of their own, given back to the system when freed.
+
+    Pillow holds an image in 16 MB blocks, which glibc's default (a threshold that rises with what is freed) serves
+    from per-thread arenas that keep their peak: with decodes in many threads, the service's memory grew to six
+    times the decode budget though the budget held (benchmarks/RESULTS.md, "Hostile clients"). True where set."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return bool(ctypes.CDLL(ctypes.util.find_library("c")).mallopt(-3, 1 << 20))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError, TypeError):  # not glibc: its own allocator's behaviour stands
+        return False
+
+
 class DecodeBudget:
     """The memory all decodes together may hold: a decode takes its image's share (`decoded_bytes`) and waits
     until it fits, so a few decompression-heavy images run one after another while small ones pass beside them."""
@@ -317,6 +332,7 @@ def create_app(model: str | os.PathLike, token: str | None = None, limits: Limit
     identity = model_identity(clf)
     batcher = Batcher(clf, max_batch)
     budget = DecodeBudget(int(limits.decode_budget_mb * 2**20))
+    release_large_buffers()  # so that the budget bounds the process's memory, not only what is in use
     app = FastAPIOffline(title="lesion-pl", version=__version__,
                          description=f"Skin-lesion classification with {identity['file']} "
                                      f"({', '.join(clf.classes)}). A research tool, not a diagnostic device.")

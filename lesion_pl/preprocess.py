@@ -41,12 +41,20 @@ def open_image(source, name: str | None = None) -> Image.Image:
         raise ImageReadError(f"{name or source}: not a {FORMAT_NAMES} image") from None
 
 
+EXIF_IN_HEADER = ("JPEG", "MPO", "TIFF", "WEBP")  # formats whose EXIF Pillow reads without decoding the pixels
+
+
 def decoded_bytes(img: Image.Image) -> int:
-    """The memory decoding `img` and converting it to RGB takes (read from its header, before decoding), with
-    one more copy where its EXIF orientation turns it: what a per-image memory budget is checked against."""
+    """The memory decoding `img` and converting it to RGB takes, from its header alone, with one more copy where
+    its EXIF orientation may turn it: what a per-image memory budget is checked against. Nothing is decoded here:
+    a PNG's eXIf chunk may follow its pixels (Pillow decodes the image to find it), so a PNG is counted as turned;
+    BMP and GIF have no orientation."""
     w, h = img.size
     per_pixel = MODE_BYTES.get(img.mode, 4) + CONVERSION_BYTES.get(img.mode, 3)
-    turned = img.getexif().get(0x0112, 1) not in (1, None)  # EXIF orientation
+    if img.format in EXIF_IN_HEADER:
+        turned = img.getexif().get(0x0112, 1) not in (1, None)
+    else:
+        turned = img.format == "PNG"
     return w * h * (per_pixel + (MODE_BYTES.get(img.mode, 4) if turned else 0))
 
 

@@ -67,16 +67,18 @@ def _one_line(r, status: int, detail: str):
 def test_decoding_memory_is_read_from_the_header_and_refused_over_the_limit(client, jpeg):
     """A small 16-bit PNG that decodes to tens of MB is refused before decoding (the limit here: 8 MB); an RGB image
     within it is served; the estimate counts 16-bit and transparent pixels as the conversion really takes them."""
-    wide = Image.fromarray(np.full((1500, 1500), 1000, dtype=np.uint16))  # I;16: 2.25 MP, 9 bytes a pixel decoded
+    wide = Image.fromarray(np.full((1500, 1500), 1000, dtype=np.uint16))  # I;16: 2.25 MP, 11 bytes a pixel
     data = _png(wide)
     assert len(data) < 20_000
     r = _post(client, [("images", ("b.png", data, "image/png"))])
-    _one_line(r, 413, "b.png: decoding this 1500x1500 I;16 image takes 19 MB, over the limit of 8 MB an image")
+    _one_line(r, 413, "b.png: decoding this 1500x1500 I;16 image takes 24 MB, over the limit of 8 MB an image")
+    header_only = Image.open(io.BytesIO(data))
+    assert decoded_bytes(header_only) == 1500 * 1500 * (2 + 7 + 2) and header_only.tile  # estimated, not decoded
     small = _png(Image.fromarray(np.random.default_rng(1).integers(0, 255, (900, 900, 3), dtype=np.uint8)))
-    assert _post(client, [("images", ("ok.png", small, "image/png"))]).status_code == 200  # 0.8 MP x 3 = 2.3 MB
+    assert _post(client, [("images", ("ok.png", small, "image/png"))]).status_code == 200  # 0.8 MP x 6 = 4.6 MB
     assert _post(client, [("images", ("a.jpg", jpeg, "image/jpeg"))]).status_code == 200
     rgba = Image.open(io.BytesIO(_png(Image.new("RGBA", (100, 100)))))
-    assert decoded_bytes(rgba) == 100 * 100 * 15 and decoded_bytes(Image.open(io.BytesIO(jpeg))) == 200 * 150 * 3
+    assert decoded_bytes(rgba) == 100 * 100 * (15 + 4) and decoded_bytes(Image.open(io.BytesIO(jpeg))) == 200 * 150 * 3
 
 
 def test_the_decode_budget_holds_every_decode_to_its_total():
@@ -373,3 +375,42 @@ def test_the_service_page_shows_a_tiny_or_blank_images_warning(served_model, tmp
         _wait(browser, "return document.querySelectorAll('.card').length >= 1")
         shown = browser.execute_script("return document.querySelector('.card .warning').textContent")
     assert shown == "Do not trust this prediction: no content: the image is a single colour."
+
+
+def test_decoded_images_go_back_to_the_system_when_freed(tmp_path):
+    """Without it, each thread's glibc arena kept its largest decode: six times the budget under a flood."""
+    script = tmp_path / "decodes.py"
+    script.write_text(r"""
+import re, sys, threading
+import numpy as np
+from PIL import Image
+from export.serve import release_large_buffers
+
+if sys.argv[1] == "release":
+    assert release_large_buffers()
+
+
+def rss():
+    return int(re.search(r"VmRSS:\s+(\d+)", open("/proc/self/status").read()).group(1)) // 1024
+
+
+def decode():
+    im = Image.new("I;16", (4000, 4000), 1000)
+    rgb = Image.fromarray((np.asarray(im) // 257).astype(np.uint8)).convert("RGB")
+    del im, rgb
+
+
+base = rss()
+for _ in range(8):
+    t = threading.Thread(target=decode)
+    t.start()
+    t.join()
+print(rss() - base)
+""")
+    grew = {}
+    for mode in ("release", "default"):
+        proc = subprocess.run([sys.executable, str(script), mode], cwd=PROJECT, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(PROJECT)})
+        assert proc.returncode == 0, proc.stderr
+        grew[mode] = int(proc.stdout)
+    assert grew["release"] < 20 and grew["default"] > 40, grew  # MB kept after eight decodes in eight threads
