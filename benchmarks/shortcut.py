@@ -34,9 +34,10 @@ from machine import describe
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from lesion_pl.classes import label_space  # noqa: E402
+from lesion_pl.config import resolve_data_root  # noqa: E402
 from lesion_pl.data.sources import read_source  # noqa: E402
 from lesion_pl.evaluate.confirmed import CONFIRMED, aurocs, diagnosis_method  # noqa: E402
-from lesion_pl.evaluate.metrics import binary_auroc  # noqa: E402
+from lesion_pl.evaluate.metrics import balanced_accuracy, binary_auroc  # noqa: E402
 from lesion_pl.run import RunDir  # noqa: E402
 from lesion_pl.terminal import metric_text  # noqa: E402
 
@@ -74,7 +75,6 @@ def validation(run: Path) -> dict:
     cfg = RunDir(run).load_config()
     space = label_space(cfg)
     if "dx_type" not in preds:
-        from lesion_pl.config import resolve_data_root
         table = read_source(cfg["data"]["format"], resolve_data_root(cfg), cfg["data"])
         preds["dx_type"] = preds["image_id"].map(table.set_index("image_id")["dx_type"])
     target = preds["dx"].map(space.index).to_numpy()
@@ -83,7 +83,11 @@ def validation(run: Path) -> dict:
         scores["melanoma"] = preds[f"p_{space.melanoma}"].to_numpy()
     histo = diagnosis_method(preds) == CONFIRMED
     confirmed = aurocs({k: v[histo] for k, v in scores.items()}, target[histo], space)
-    return {"balanced_accuracy": cal["val_balanced_accuracy"], "auroc_malignant": cal["val_auroc_malignant"],
+    balanced = cal["val_balanced_accuracy"]
+    if "source" in preds:  # a run of several sources: the rule's balanced accuracy is on the run's own (HAM10000)
+        own = (preds["source"] == Path(resolve_data_root(cfg)).name).to_numpy()
+        balanced = balanced_accuracy(target[own], preds["pred"].map(space.index).to_numpy()[own])
+    return {"balanced_accuracy": balanced, "auroc_malignant": cal["val_auroc_malignant"],
             "histo_auroc_malignant": confirmed["auroc_malignant"],
             "histo_auroc_melanoma_vs_nevi": confirmed.get("auroc_melanoma_vs_nevi", float("nan"))}
 

@@ -128,6 +128,23 @@ def _weights_rule():
     return "a mapping {column: {value: weight in (0, 100]}}, e.g. {dx_type: {follow_up: 0.25}} ({} for none)", ok
 
 
+SOURCE_KEYS = ("name", "root", "format", "csv", "columns", "label_map", "drop_labels", "where")
+
+
+def _sources_rule():
+    """data.sources: a list of {name, root, ...}: each a plain name (a folder name), once, with a root."""
+    def ok(v) -> bool:
+        if not isinstance(v, list):
+            return False
+        names = [s.get("name") for s in v if isinstance(s, dict)]
+        return len(names) == len(v) == len(set(names)) and all(
+            set(s) <= set(SOURCE_KEYS) and isinstance(s.get("name"), str) and s["name"].replace("-", "").replace(
+                "_", "").isalnum() and isinstance(s.get("root"), str) and s["root"] != ""
+            and s.get("format", "auto") in FORMATS and _rows_rule()[1](s.get("where") or {}) for s in v)
+    return (f"a list of sources, each a mapping with a name (letters, digits, - and _; each once), a root and "
+            f"optionally {', '.join(SOURCE_KEYS[2:])}", ok)
+
+
 def _rows_rule():
     """data.where: {column: value or [values]}: which rows of a source to keep."""
     return ("a mapping of column names to a value or a list of values to keep, e.g. {split: val} ({} for every row)",
@@ -156,6 +173,8 @@ CHECKS = {
     "data.drop_labels": ("a list of source labels", lambda v: isinstance(v, list)),
     "data.where": _rows_rule(),
     "data.sample_weights": _weights_rule(),
+    "data.sources": _sources_rule(),
+    "data.balance_sources": _bool(),
     "data.skip_bad_images": _bool(),
     "data.splits_file": _text_or_null(),
     "data.cache_dir": _text_or_null(),

@@ -69,6 +69,7 @@ def format_calibration(c: dict) -> str:
                     "the NLL fit is kept"))
     for name, op in c["operating_points"].items():
         lines.append(f"{name}: refer at p >= {op['threshold']:.4f}, {promise_text(referral_promise(op))}")
+    lines += format_sources(c.get("by_source"), "validation")
     return "\n".join(lines)
 
 
@@ -107,6 +108,7 @@ def format_report(report: dict) -> str:
         cl = report["clinical"]
         lines.append(f"  (image fused with {', '.join(cl['fields'])}, weight {cl['weight']:.2f}; "
                      f"{cl['images_with_metadata']} of {report['n_images']} images have metadata)")
+    lines += format_sources(report.get("by_source"))
     lines += format_confirmed(report)
     lines += ["", f"  {'class':<6} {'precision':>9} {'recall':>7} {'f1':>6} {'auroc':>6} {'support':>8}"]
     for code, m in report["per_class"].items():
@@ -131,6 +133,18 @@ def format_report(report: dict) -> str:
                      + ", ".join(f"{k} {metric_text(op[k])} [{', '.join(map(metric_text, ci[k]))}]"
                                  for k in ("sensitivity", "specificity", "ppv", "npv")))
     return "\n".join(lines)
+
+
+def format_sources(sources: dict | None, what: str = "") -> list[str]:
+    """Each source's figures (a run of several sources), with their 95% CIs; `what`: whose (e.g. "validation")."""
+    if not sources:
+        return []
+    lines = ["", f"  {what + ' ' if what else ''}by source (95% CI, lesions resampled):"]
+    for name, f in sources.items():
+        lines.append(f"  {name:<16} {f['n_images']:>5} images: " + ", ".join(
+            f"{k} {metric_text(f[k], '.4f')} [{', '.join(map(metric_text, f['ci95'][k]))}]"
+            for k in ("balanced_accuracy", "auroc_malignant", "auroc_melanoma") if k in f))
+    return lines
 
 
 def format_confirmed(report: dict) -> list[str]:

@@ -236,8 +236,8 @@ def _train_members(cfg: dict, run: RunDir, dm, members: int, progress: bool, sta
     epochs = sum(d["epochs"] for d in done)
     fit_seconds = round(sum(d["fit_seconds"] for d in done), 1)
     return {
-        **{k: first[k] for k in ("data_root", "images", "left_out", "rows_kept", "skipped_bad_images", "split_note",
-                                 "model", "image_size", "precision")},
+        **{k: first[k] for k in ("data_root", "images", "left_out", "rows_kept", "sources", "skipped_bad_images",
+                                 "split_note", "model", "image_size", "precision")},
         "members": [{"run": str(Path("members") / str(i)), "seed": int(cfg["seed"]) + i,
                      **{k: d[k] for k in ("epochs", "best_epoch", "best_val_balanced_accuracy", "fit_seconds",
                                           "seconds_per_epoch")}} for i, d in enumerate(done)],
@@ -291,6 +291,7 @@ def _train(cfg: dict, run: RunDir, dm, resume: bool, progress: bool, started: fl
         "images": {s: int((dm.split == s).sum()) for s in ("train", "val", "test")},
         "left_out": dm.table.attrs.get("dropped", {}),
         "rows_kept": dm.table.attrs.get("where"),  # data.where: the rule, rows kept and left out
+        "sources": dm.table.attrs.get("sources"),  # data.sources: each archive's root, format and images
         "skipped_bad_images": dm.skipped,
         "split_note": dm.table.attrs.get("note"),  # e.g. a source without groups: the split may leak
         "model": cfg["model"]["name"],

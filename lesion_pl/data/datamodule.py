@@ -24,7 +24,7 @@ from ..hardware import image_size_for
 from .cache import build_cache, default_cache_dir
 from .check import bad_images_cached
 from .dataset import CachedImages
-from .sources import read_source
+from .sources import read_source, read_sources
 from .splits import SPLITS, check_no_leak, make_splits, read_splits
 from .transforms import augment_batch
 
@@ -72,7 +72,8 @@ class LesionDataModule(pl.LightningDataModule):
             return self
         d = self.cfg["data"]
         self.root = resolve_data_root(self.cfg)
-        table = read_source(d["format"], self.root, d)
+        # the run's own sources together; evaluating other data (`whole`), that data alone
+        table = read_source(d["format"], self.root, d) if self.whole else read_sources(d, self.root)
         if "melanoma_target" in table and not self.whole:
             raise LesionPLError(f"{self.root} has only melanoma/benign labels (ISIC 2020): it cannot train or be "
                                 "split; evaluate a run on it with `python cli.py test --run RUN --data-root DIR --split all`")
@@ -149,6 +150,9 @@ class LesionDataModule(pl.LightningDataModule):
         e.g. {dx_type: {follow_up: 0.25}}: a follow-up image is drawn a quarter as often as another of its class."""
         rows = self.table.iloc[self.indices(split)]
         weight = np.ones(len(rows))
+        if self.cfg["data"]["balance_sources"] and "source" in rows:  # each source's images weigh as much in all
+            per_source = rows["source"].map(rows["source"].value_counts()).to_numpy(dtype=float)
+            weight *= len(rows) / (rows["source"].nunique() * per_source)
         for column, by_value in (self.cfg["data"]["sample_weights"] or {}).items():
             if column not in rows:
                 raise LesionPLError(f"data.sample_weights names column '{column}', which the data in {self.root} "

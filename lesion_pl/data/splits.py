@@ -55,7 +55,11 @@ def _sgkf_folds(table: pd.DataFrame, seed: int) -> np.ndarray:
 
 
 def make_splits(table: pd.DataFrame, fractions: dict, seed: int, cache_dir: Path | None = None) -> pd.Series:
-    """A 'train'/'val'/'test' label per row of `table`; all images of one group share a split."""
+    """A 'train'/'val'/'test' label per row of `table`; all images of one group share a split. A table of several
+    sources (column `source`) is split source by source, each by its own groups and fractions."""
+    if "source" in table and table["source"].nunique() > 1:
+        return pd.concat([make_splits(rows.drop(columns="source"), fractions, seed, cache_dir)
+                          for _, rows in table.groupby("source", sort=False)]).reindex(table.index)
     fr = {s: float(fractions.get(s, 0.0)) for s in SPLITS}
     if any(v < 0 for v in fr.values()) or abs(sum(fr.values()) - 1.0) > 1e-6:
         raise LesionPLError(f"split fractions must be >= 0 and sum to 1, got {fr}")
@@ -82,6 +86,8 @@ def check_no_leak(table: pd.DataFrame, split: pd.Series) -> None:
 def write_splits(table: pd.DataFrame, split: pd.Series, path: Path) -> None:
     out = pd.DataFrame({"image_id": table["image_id"], "group": table["group"],
                         "dx": table["dx"], "split": split})
+    if "source" in table:  # a run of several sources: which archive each row came from
+        out.insert(3, "source", table["source"])
     with atomic_path(Path(path)) as tmp:
         out.to_csv(tmp, index=False)
 
@@ -116,6 +122,10 @@ def summarize(table: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
     counts["all"] = table["dx"].value_counts()
     counts.loc["images"] = counts.sum()
     counts.loc["lesions"] = [table["group"][split == s].nunique() for s in columns] + [table["group"].nunique()]
+    if "source" in table and table["source"].nunique() > 1:  # a run of several sources: images per source
+        for name in table["source"].unique():
+            mine = table["source"] == name
+            counts.loc[f"images: {name}"] = [int((mine & (split == s)).sum()) for s in columns] + [int(mine.sum())]
     return counts
 
 
@@ -124,10 +134,10 @@ def split_summary(cfg: dict, splits_file: Path | None = None) -> dict:
     or made here), its class counts per split, what was left out, and the leak check (raises on a leak)."""
     from ..config import resolve_data_root
     from .cache import default_cache_dir
-    from .sources import read_source
+    from .sources import read_sources
 
     root = resolve_data_root(cfg)
-    table = read_source(cfg["data"]["format"], root, cfg["data"])
+    table = read_sources(cfg["data"], root)
     s = cfg["data"]["splits"]
     if splits_file:
         split, how = read_splits(table, splits_file), f"split from {splits_file}"

@@ -121,7 +121,7 @@ def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool 
     """`dm`: the run's datamodule where the caller already has it (fit), so the data is not read twice."""
     from ..checkpoint import load_run_model
     from .inference import predict_logits
-    from .metrics import balanced_accuracy, binary_auroc
+    from .metrics import balanced_accuracy, binary_auroc, by_source
 
     run = RunDir(Path(run_path))
     run.require_fitted()
@@ -170,6 +170,9 @@ def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool 
                   val_balanced_accuracy_argmax_logits=balanced_accuracy(labels, softmax(logits).argmax(1)),
                   val_auroc_malignant=binary_auroc(*scores_and_positives(probs, labels, "malignant", space)),
                   operating_points=fit_operating_points(probs, labels, groups, c, seed, space))
+    sources = by_source(probs, labels, pred, rows, space, int(c["bootstrap"]), seed)
+    if sources is not None:  # a run of several sources: validation per source, beside the pooled figures
+        result["by_source"] = sources
     # the scores the thresholds were chosen on, for benchmarks/referral.py and anyone re-checking them
     write_predictions(predictions_frame(rows, scored), run.path / "val_predictions.csv")
     atomic_write_json(run.path / "calibration.json", result)

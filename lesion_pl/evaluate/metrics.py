@@ -203,3 +203,22 @@ def operating_points(policy: ScoringPolicy, scored: Scored, positives: dict, gro
         if scored.with_metadata is not None and not scored.with_metadata.all():
             out[name]["images_on_image_only_threshold"] = int((~scored.with_metadata).sum())
     return out
+
+
+def by_source(probs: np.ndarray, target: np.ndarray, pred: np.ndarray, rows, space: LabelSpace, n_boot: int,
+              seed: int) -> dict | None:
+    """For a run of several sources (rows' column `source`): each source's balanced accuracy (over the classes it
+    has), malignant and melanoma AUROC, with lesion-bootstrap 95% CIs; None for one source."""
+    if "source" not in rows or rows["source"].nunique() < 2:
+        return None
+    out = {}
+    for name in rows["source"].unique():
+        mine = (rows["source"] == name).to_numpy()
+        t, p = target[mine], probs[mine]
+        figures = {"n_images": int(mine.sum()), "balanced_accuracy": balanced_accuracy(t, pred[mine]),
+                   "auroc_malignant": binary_auroc(*scores_and_positives(p, t, "malignant", space))}
+        if space.melanoma is not None:
+            figures["auroc_melanoma"] = binary_auroc(*scores_and_positives(p, t, "melanoma", space))
+        ci = headline_ci(p, t, rows["group"].to_numpy()[mine], n_boot, seed, pred[mine], space)
+        out[str(name)] = {**figures, "ci95": {k: ci[k] for k in figures if k in ci}}
+    return out

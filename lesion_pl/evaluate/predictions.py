@@ -13,10 +13,11 @@ from .confirmed import METHOD_COLUMN
 
 
 def predictions_frame(rows: pd.DataFrame, scored: Scored, label_column: str = "dx") -> pd.DataFrame:
-    """One row per image; the source's diagnosis method (dx_type) beside the label where it records one, so the
-    figures on histopathology-confirmed lesions can be recomputed from the file alone."""
+    """One row per image; the archive it came from (a run of several sources) and the diagnosis method (dx_type)
+    beside the label where the data records them, so the per-source figures and those on histopathology-confirmed
+    lesions can be recomputed from the file alone."""
     probs, classes = scored.probabilities, scored.classes
-    method = {METHOD_COLUMN: rows[METHOD_COLUMN].to_numpy()} if METHOD_COLUMN in rows else {}
+    method = {c: rows[c].to_numpy() for c in ("source", METHOD_COLUMN) if c in rows}
     return pd.DataFrame({"image_id": rows["image_id"].to_numpy(), "group": rows["group"].to_numpy(),
                          label_column: rows[label_column].to_numpy(), **method,
                          "pred": [classes[i] for i in scored.top_index], "malignant_prob": scored.scores["malignant"],

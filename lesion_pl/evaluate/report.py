@@ -284,6 +284,15 @@ def confirmed_tables(metrics: dict) -> tuple[pd.DataFrame, pd.DataFrame | None] 
     return pd.DataFrame(rows).T, methods
 
 
+def sources_table(metrics: dict) -> pd.DataFrame:
+    """A run of several sources: each one's test figures with their CIs, a row each."""
+    def cell(f, k):
+        return f"{metric_text(f[k])} [{', '.join(map(metric_text, f['ci95'][k]))}]"
+    keys = ("balanced_accuracy", "auroc_malignant", "auroc_melanoma")
+    return pd.DataFrame({name: {"images": f["n_images"], **{k: cell(f, k) for k in keys if k in f}}
+                         for name, f in metrics["by_source"].items()}).T
+
+
 def confirmed_section(metrics: dict) -> list[str]:
     """The report's section on the lesions that were excised, or a line saying the source cannot tell them."""
     h = metrics.get("histo_confirmed")
@@ -418,6 +427,9 @@ def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_st
             s += ([f"<h3>{text(title)}</h3>"] if title else []) + [_img(pngs[k], f"training curves {title}".strip())]
     s += ["<h2>Test metrics</h2>", _table(overall, "{:.4f}"), _table(per_class)]
     s.append(_img(pngs["confusion_matrix"], "confusion matrix"))
+    if metrics.get("by_source"):  # a run of several sources: each one's figures beside the pooled ones
+        s += ["<h3>By source</h3>", "<p class='note'>Each archive's test images alone (95% CI: bootstrap over "
+              "lesions); balanced accuracy over the classes each has.</p>", _table(sources_table(metrics))]
     s += confirmed_section(metrics)
     s += ["<h2>ROC and precision-recall</h2>", _img(pngs["roc"], "ROC curves"),
           _img(pngs["precision_recall"], "precision-recall curves")]

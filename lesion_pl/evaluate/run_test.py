@@ -77,7 +77,7 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     from .calibrate import calibration_error_floor, calibration_errors, load_calibration
     from .confirmed import by_method, confirmed_figures
     from .inference import predict_logits
-    from .metrics import headline_ci, metrics_report, operating_points
+    from .metrics import by_source, headline_ci, metrics_report, operating_points
     from .plots import confusion_matrix_png, reliability_png, roc_png
 
     run = RunDir(Path(run_path))
@@ -145,6 +145,9 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     positives = {n: is_positive(target, n, space) for n in scored.scores}
     n_boot, seed = int(cfg["calibration"]["bootstrap"]), int(cfg["seed"])
     report["operating_points"] = operating_points(policy, scored, positives, rows["group"].to_numpy(), n_boot, seed)
+    sources = by_source(probs, target, pred, rows, space, n_boot, seed)
+    if sources is not None:
+        report["by_source"] = sources
     report["histo_confirmed"] = confirmed_figures(policy, scored, target, rows, n_boot, seed)
     methods = by_method(scored, target, rows, space)
     if methods is not None:

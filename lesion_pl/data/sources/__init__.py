@@ -49,6 +49,61 @@ def read_source(fmt: str, root: str | Path, options: dict | None = None) -> pd.D
     return keep_rows(READERS[fmt](root, options), (options or {}).get("where") or {}, Path(root))
 
 
+def source_root(root: str | Path) -> Path:
+    """Another source's root: as given where absolute, else under the data folder ($LESION_PL_DATA, else data/)."""
+    from ...config import default_data_root
+
+    path = Path(root).expanduser()
+    return path if path.is_absolute() else default_data_root().parent / path
+
+
+def read_sources(data: dict, root: Path) -> pd.DataFrame:
+    """The run's data as one table: its own source (data.root, data.format, ...) and each of `data.sources`, read
+    with its own format, columns, label map and rows, in the run's label space. Column `source` names each row's
+    archive (the run's own: its root's folder name); another source's groups are prefixed with its name, so that
+    two archives' lesions never merge. A source that cannot be read is one error naming it, before anything is
+    written; an image id in two sources too. attrs["sources"]: per source, its root, format and images."""
+    from ...config import read_yaml
+    from ...config import DEFAULT_CONFIG
+
+    table = read_source(data["format"], root, data)
+    if not data.get("sources"):
+        return table
+    defaults = read_yaml(DEFAULT_CONFIG)["data"]  # what a source does not say is the default's, not the run's own
+    own = Path(root).name or "data"
+    parts = [table.assign(source=own)]
+    info = {own: {"root": str(root), "format": data["format"], "images": len(table)}}
+    attrs = {"dropped": dict(table.attrs.get("dropped", {})), "missing": dict(table.attrs.get("missing", {})),
+             "notes": [f"{own}: {table.attrs['note']}"] if table.attrs.get("note") else []}
+    for i, src in enumerate(data["sources"]):
+        name, where = src["name"], source_root(src["root"])
+        if name == own:
+            raise LesionPLError(f"data.sources[{i}] is named '{name}', as the run's own data: name it otherwise")
+        options = {**{k: defaults[k] for k in ("format", "csv", "columns", "label_map", "drop_labels", "where")},
+                   "classes": data.get("classes"), "skip_bad_images": data.get("skip_bad_images"), **src}
+        if src.get("columns"):
+            options["columns"] = {**defaults["columns"], **src["columns"]}
+        try:
+            part = read_source(options["format"], where, options)
+        except LesionPLError as e:
+            raise LesionPLError(f"data.sources[{i}] ({name}, {where}): {e}") from None
+        parts.append(part.assign(group=name + "/" + part["group"].astype(str), source=name))
+        info[name] = {"root": str(where), "format": options["format"], "images": len(part),
+                      "rows_kept": part.attrs.get("where")}
+        attrs["dropped"].update({f"{name}: {label}": n for label, n in part.attrs.get("dropped", {}).items()})
+        attrs["missing"].update(part.attrs.get("missing", {}))
+        if part.attrs.get("note"):
+            attrs["notes"].append(f"{name}: {part.attrs['note']}")
+    out = pd.concat(parts, ignore_index=True)
+    twice = out["image_id"][out["image_id"].duplicated()]
+    if len(twice):
+        raise LesionPLError(f"{twice.nunique()} image id(s) are in two of the run's sources, e.g. "
+                            f"{', '.join(twice.unique()[:3])}: an image may be in one source only")
+    out.attrs = {"dropped": attrs["dropped"], "missing": attrs["missing"], "where": table.attrs.get("where"),
+                 "sources": info, **({"note": "; ".join(attrs["notes"])} if attrs["notes"] else {})}
+    return out
+
+
 def keep_rows(table: pd.DataFrame, where: dict, root: Path) -> pd.DataFrame:
     """The rows whose column holds one of the values `data.where` names for it (compared as text); how many were
     left out is kept in attrs["where"], so that nothing is dropped without a word."""
@@ -68,5 +123,5 @@ def keep_rows(table: pd.DataFrame, where: dict, root: Path) -> pd.DataFrame:
     return out
 
 
-__all__ = ["READERS", "detect_format", "index_images", "read_source", "read_ham10000", "read_isic_csv",
+__all__ = ["READERS", "detect_format", "index_images", "read_source", "read_sources", "source_root", "read_ham10000", "read_isic_csv",
            "read_generic_csv", "read_folder", "read_isic2020", "read_dermamnist", "HOW_TO_GET_HAM10000"]
