@@ -356,7 +356,8 @@ def data_summary(
 
     sets = list(overrides or []) + ([f"data.root={data_root}"] if data_root else [])
     sets += [f"data.format={data_format}"] if data_format else []
-    typer.echo(format_data_summary(split_summary(load_config(config, sets), splits)))
+    cfg = load_config(config, sets)
+    typer.echo(format_data_summary(split_summary(cfg.data, cfg.seed, splits)))
 
 
 @data_app.command("download")
@@ -401,8 +402,8 @@ def data_check(
     sets = list(overrides or []) + ([f"data.root={data_root}"] if data_root else [])
     sets += [f"data.format={data_format}"] if data_format else []
     cfg = load_config(config, sets)
-    root = resolve_data_root(cfg)
-    table = read_source(cfg["data"]["format"], root, cfg["data"])
+    root = resolve_data_root(cfg.data)
+    table = read_source(cfg.data.format, root, cfg.data)
     bad, flagged = check_images(table["path"].tolist())
     with atomic_path(out) as tmp:
         pd.DataFrame({"path": list(bad) + list(flagged), "kind": ["bad"] * len(bad) + ["warning"] * len(flagged),

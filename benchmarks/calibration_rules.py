@@ -82,7 +82,7 @@ def main() -> None:
             fitted["temperature"], fitted["class_bias"], None),
     }
     print(f"{describe()}; "
-          f"run {args.run} ({cfg['model']['name']}, {cfg['data']['image_size']} px, sampler {cfg['data']['sampler']}); "
+          f"run {args.run} ({cfg.model.name}, {cfg.data.image_size} px, sampler {cfg.data.sampler}); "
           f"every scheme fitted on val ({len(data['val'][1])} images), scored on val and test ({len(data['test'][1])})")
     print(f"{'scheme':<48} {'val bal':>7} {'val mal':>7} | {'bal acc':>7} {'acc':>6} {'AUROC':>6} {'mal AUROC':>9} "
           f"{'ECE':>6} {'mal ECE':>7} {'Brier':>6}")

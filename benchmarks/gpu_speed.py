@@ -65,12 +65,14 @@ def main() -> None:
     from train_speed import lesion_pl
 
     from lesion_pl.config import load_config
+    from lesion_pl.hardware import resolve_auto
 
     cfg = load_config(None, [f"model.name={args.model}", f"data.image_size={args.size}",
                              f"data.batch_size={args.batch}", "data.cache_on_device=true", *args.overrides])
-    if cfg["trainer"]["accelerator"] == "auto":
-        cfg["trainer"]["accelerator"] = "gpu" if torch.cuda.is_available() else "cpu"
-    device = torch.cuda.get_device_name() if cfg["trainer"]["accelerator"] == "gpu" else "CPU (no GPU: a smoke run)"
+    if cfg.trainer.accelerator == "auto":
+        cfg.trainer.accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    cfg = resolve_auto(cfg)  # the precision fit would train in here
+    device = torch.cuda.get_device_name() if cfg.trainer.accelerator == "gpu" else "CPU (no GPU: a smoke run)"
     util = Utilisation()
     rate = lesion_pl(cfg, args.steps, args.warmup, on_timed_start=util.start)
     print(f"{args.model:<12} {args.size} px, batch {args.batch}, {device}, torch {torch.__version__}: "

@@ -72,14 +72,14 @@ def main() -> None:
 
     run = args.run
     cfg = load_config(run / "config.yaml")
-    dm = LesionDataModule(cfg, splits_file=run / "splits.csv", progress=False).build()
+    dm = LesionDataModule(cfg.data, cfg.seed, splits_file=run / "splits.csv", progress=False).build()
     idx = dm.indices("test")
     images = np.asarray(dm.cache[idx])
     labels = dm.table["label"].to_numpy()[idx]
 
     calibration = json.loads((run / "calibration.json").read_text())
     torch_model = OnnxWrapper(load_run_model(RunDir(run)), calibration).eval()
-    torch_model.classifier.channels_last = bool(cfg["trainer"].get("channels_last"))
+    torch_model.classifier.channels_last = bool(cfg.trainer.channels_last)
 
     @torch.inference_mode()
     def torch_fn(b):
@@ -110,7 +110,7 @@ def main() -> None:
                       "balanced_accuracy": balanced_accuracy(labels, pred)}
 
     print(f"{describe()} "
-          f"({torch.get_num_threads()} threads); run {run} ({cfg['model']['name']}, {cfg['data']['image_size']} px); "
+          f"({torch.get_num_threads()} threads); run {run} ({cfg.model.name}, {cfg.data.image_size} px); "
           f"{len(sub)} test images for throughput, {args.latency_images} for latency, {len(images)} for accuracy")
     base = rows["pytorch eager"]
     print(f"{'engine':<18} {'img/s b32':>10} {'x eager':>8} {'p50 ms':>8} {'p95 ms':>8} {'x eager p50':>12} "

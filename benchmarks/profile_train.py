@@ -33,20 +33,20 @@ def main() -> None:
     from lesion_pl.training import step_callbacks
 
     cfg = resolve_auto(load_config(None, ["trainer.accelerator=cpu", *args.overrides]))  # fit's size and precision
-    dm = LesionDataModule(cfg, progress=False).build()
+    dm = LesionDataModule(cfg.data, cfg.seed, progress=False).build()
     model = LesionClassifier(cfg, *dm.train_stats())
 
     def trainer_for(steps: int):  # fit's step: its precision and its per-step EMA; no validation or checkpoints
         return pl.Trainer(accelerator="cpu", max_steps=steps, limit_val_batches=0, logger=False,
-                          precision=cfg["trainer"]["precision"], callbacks=step_callbacks(cfg),
+                          precision=cfg.trainer.precision, callbacks=step_callbacks(cfg.trainer),
                           enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer_for(3).fit(model, datamodule=dm)  # warm-up
     trainer = trainer_for(args.steps)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         trainer.fit(model, datamodule=dm)
     print(f"{describe()}; config: configs/ham10000.yaml "
-          f"{' '.join('--set ' + o for o in args.overrides)} ({cfg['data']['image_size']} px, "
-          f"{cfg['trainer']['precision']}); {args.steps} of fit's training steps, with its EMA")
+          f"{' '.join('--set ' + o for o in args.overrides)} ({cfg.data.image_size} px, "
+          f"{cfg.trainer.precision}); {args.steps} of fit's training steps, with its EMA")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
 
 

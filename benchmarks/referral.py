@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from machine import describe  # noqa: E402  (the script's own folder is on sys.path)
@@ -30,6 +29,7 @@ from machine import describe  # noqa: E402  (the script's own folder is on sys.p
 from lesion_pl.calibration import binary_stats, bootstrap_ci, referral_threshold  # noqa: E402
 from lesion_pl.classes import CLASS_TO_INDEX, CLASSES  # noqa: E402
 from lesion_pl.evaluate.calibrate import calibration_error_floor, calibration_errors  # noqa: E402
+from lesion_pl.run import RunDir  # noqa: E402
 from lesion_pl.scoring import scores_and_positives  # noqa: E402
 from lesion_pl.terminal import metric_text  # noqa: E402
 
@@ -93,7 +93,7 @@ def main() -> None:
     errors, tested = [], []
     for run in args.run:
         cal = json.loads((run / "calibration.json").read_text())
-        seed = int(yaml.safe_load((run / "config.yaml").read_text())["seed"])  # calibrate's, so its rule is reproduced
+        seed = int(RunDir(run).load_config().seed)  # calibrate's, so its rule is reproduced
         val, test = read_scores(run / "val_predictions.csv"), read_scores(run / "test" / "predictions.csv")
         for name in ("malignant", "melanoma"):
             for rule, confidence in RULES.items():

@@ -73,9 +73,9 @@ def validation(run: Path) -> dict:
     cal = json.loads((run / "calibration.json").read_text())
     preds = pd.read_csv(run / "val_predictions.csv")
     cfg = RunDir(run).load_config()
-    space = label_space(cfg)
+    space = label_space(cfg.data)
     if "dx_type" not in preds:
-        table = read_source(cfg["data"]["format"], resolve_data_root(cfg), cfg["data"])
+        table = read_source(cfg.data.format, resolve_data_root(cfg.data), cfg.data)
         preds["dx_type"] = preds["image_id"].map(table.set_index("image_id")["dx_type"])
     target = preds["dx"].map(space.index).to_numpy()
     scores = {"malignant": preds["malignant_prob"].to_numpy()}

@@ -57,12 +57,12 @@ def main() -> None:
     from lesion_pl.models import build_network
 
     cfg = resolve_auto(load_config(None, args.overrides))
-    size = args.size or int(cfg["data"]["image_size"])
+    size = args.size or int(cfg.data.image_size)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, size, size, device=device)
     y = torch.randint(0, 7, (args.batch,), device=device)
-    print(f"{describe()}; model {cfg['model']['name']}, {size} px, batch {args.batch}")
+    print(f"{describe()}; model {cfg.model.name}, {size} px, batch {args.batch}")
     base = None
     for name, cl, bf16, fused, comp in (("fp32 NCHW", False, False, False, False),
                                         ("fp32 channels_last", True, False, False, False),
@@ -71,7 +71,7 @@ def main() -> None:
                                         ("bf16 channels_last", True, True, False, False),
                                         ("bf16 + fused AdamW", True, True, True, False),
                                         ("bf16 + torch.compile", True, True, False, True)):
-        rate = images_per_s(build_network(cfg["model"]).to(device).train(), x, y, cl, bf16, args.steps, fused, comp)
+        rate = images_per_s(build_network(cfg.model).to(device).train(), x, y, cl, bf16, args.steps, fused, comp)
         base = base or rate
         print(f"{name:<20} {rate:8.1f} images/s  x{rate / base:.2f}", flush=True)
 

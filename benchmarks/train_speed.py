@@ -37,16 +37,17 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 TRAIN_IMAGES = 7010  # HAM10000's train split at the default 70/15/15
 
 
-def plain(cfg: dict, files: list[str], labels: list[int], steps: int, warmup: int) -> float:
+def plain(cfg, files: list[str], labels: list[int], steps: int, warmup: int) -> float:
     from PIL import Image
     from torchvision.transforms import v2
 
     from lesion_pl.models import build_network
 
-    size, aug, d = int(cfg["data"]["image_size"]), cfg["data"]["augment"], cfg["data"]
-    tf = v2.Compose([v2.RandomResizedCrop(size, scale=tuple(aug["scale"]), ratio=tuple(aug["ratio"])),
-                     v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), v2.RandomRotation(aug["rotation"]),
-                     v2.ColorJitter(**aug["color_jitter"]), v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+    size, aug, d = int(cfg.data.image_size), cfg.data.augment, cfg.data
+    tf = v2.Compose([v2.RandomResizedCrop(size, scale=tuple(aug.scale), ratio=tuple(aug.ratio)),
+                     v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), v2.RandomRotation(aug.rotation),
+                     v2.ColorJitter(**aug.color_jitter.model_dump()), v2.ToImage(),
+                     v2.ToDtype(torch.float32, scale=True),
                      v2.Normalize([0.76, 0.55, 0.57], [0.14, 0.15, 0.17])])
 
     class Folder(torch.utils.data.Dataset):
@@ -56,9 +57,9 @@ def plain(cfg: dict, files: list[str], labels: list[int], steps: int, warmup: in
         def __getitem__(self, i):
             return tf(Image.open(files[i]).convert("RGB")), labels[i]
 
-    loader = torch.utils.data.DataLoader(Folder(), batch_size=int(d["batch_size"]), shuffle=True, num_workers=2,
+    loader = torch.utils.data.DataLoader(Folder(), batch_size=int(d.batch_size), shuffle=True, num_workers=2,
                                          drop_last=True, persistent_workers=True)
-    net = build_network(cfg["model"]).train()
+    net = build_network(cfg.model).train()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     seen, start = 0, None
     for epoch in range(100):
@@ -106,19 +107,18 @@ def lesion_pl(cfg: dict, steps: int, warmup: int, synthetic: bool = False, on_ti
     """Images/s of `fit`'s own training steps for `cfg`: its accelerator, precision and per-step EMA
     (`training.step_callbacks`); validation and checkpoints, once an epoch, are not timed."""
     from lesion_pl.data.datamodule import LesionDataModule
-    from lesion_pl.hardware import precision_for
     from lesion_pl.module import LesionClassifier
     from lesion_pl.training import step_callbacks
 
-    dm = dm or LesionDataModule(cfg, progress=False).build()
+    dm = dm or LesionDataModule(cfg.data, cfg.seed, progress=False).build()
     model = LesionClassifier(cfg, *dm.train_stats())
     timer = StepTimer(warmup, steps, on_timed_start)
-    trainer = pl.Trainer(accelerator=cfg["trainer"]["accelerator"], devices=1, precision=precision_for(cfg),
+    trainer = pl.Trainer(accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
                          max_epochs=1000, limit_val_batches=0,
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[timer, *step_callbacks(cfg)])
+                         enable_model_summary=False, callbacks=[timer, *step_callbacks(cfg.trainer)])
     if synthetic:
-        n, size = int(cfg["data"]["batch_size"]), int(cfg["data"]["image_size"])
+        n, size = int(cfg.data.batch_size), int(cfg.data.image_size)
         batch = (torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8), torch.randint(0, 7, (n,)))
 
         class Same(torch.utils.data.Dataset):  # the one batch, again and again, no collation
@@ -166,9 +166,9 @@ def child(args) -> None:
     from lesion_pl.data.datamodule import LesionDataModule
 
     start = time.perf_counter()
-    dm = LesionDataModule(cfg, progress=False).build()  # table, split, cache: timed apart from the steps
+    dm = LesionDataModule(cfg.data, cfg.seed, progress=False).build()  # table, split, cache: timed apart from the steps
     ready_s = time.perf_counter() - start
-    cfg["trainer"]["accelerator"] = "cpu"
+    cfg.trainer.accelerator = "cpu"
     rate = lesion_pl(cfg, args.steps, args.warmup, args.variant == "synthetic", dm=dm)
     print(json.dumps({"rate": rate, "ready_s": ready_s}))
 
@@ -189,13 +189,13 @@ def main() -> None:
     from memory import run_measured
 
     from lesion_pl.config import load_config
-    from lesion_pl.hardware import precision_for, resolve_auto
+    from lesion_pl.hardware import resolve_auto
 
     cfg = resolve_auto(load_config(None, args.overrides))
     ham = Path(os.environ.get("LESION_PL_DATA", ROOT.parent / "shared" / "data")) / "ham10000"
-    print(f"{describe()}; lesion-pl's precision: {precision_for(cfg)}")
+    print(f"{describe()}; lesion-pl's precision: {cfg.trainer.precision}")
     print(f"config: configs/ham10000.yaml {' '.join('--set ' + o for o in args.overrides)} "
-          f"(model {cfg['model']['name']}, {cfg['data']['image_size']} px, batch {cfg['data']['batch_size']}); "
+          f"(model {cfg.model.name}, {cfg.data.image_size} px, batch {cfg.data.batch_size}); "
           f"{args.steps} timed steps after {args.warmup}")
     with tempfile.TemporaryDirectory() as tmp:
         big = stand_ins(ham, args.big, Path(tmp) / "big")

@@ -17,8 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from machine import describe  # noqa: E402  (the script's own folder is on sys.path)
 
@@ -30,9 +28,11 @@ def copy_with_tta(run: Path, dest: Path, tta: bool) -> Path:
         if (run / name).exists():
             shutil.copy(run / name, dest / name)
     shutil.copytree(run / "checkpoints", dest / "checkpoints")
-    cfg = yaml.safe_load((dest / "config.yaml").read_text())
-    cfg.setdefault("calibration", {})["tta"] = tta
-    (dest / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    from lesion_pl.config import load_config, save_config
+
+    cfg = load_config(dest / "config.yaml")
+    cfg.calibration.tta = tta
+    save_config(cfg, dest / "config.yaml")
     return dest
 
 

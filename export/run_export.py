@@ -55,7 +55,7 @@ def export_run(run_path: Path, opset: int = 18, int8: bool = False, data_root: P
     summary = json.loads(run.summary.read_text()) if run.summary.exists() else {}
     classifier = load_run_model(run)
     hp = classifier.hparams
-    size = int(cfg["data"]["image_size"])
+    size = int(cfg.data.image_size)
     out_dir = run.path / "export"
     fp32 = out_dir / "model.onnx"
     cal = load_calibration(run, data_root, progress)

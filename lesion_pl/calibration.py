@@ -7,11 +7,16 @@ The torch-free ONNX runtime imports `promise_text` from here, so this module mus
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .clinical import fuse
 from .errors import LesionPLError
 from .scoring import softmax
+
+if TYPE_CHECKING:  # the runtime imports this module: no pydantic at run time
+    from .config import Calibration
 
 
 def views_note(tta: bool, calibrated_tta: bool) -> str | None:
@@ -78,7 +83,8 @@ def fit_fusion_weight(probs: np.ndarray, ratio: np.ndarray, labels: np.ndarray, 
     return round(best[1], 6), best[0]
 
 
-def validation_decision_bias(config: dict, class_weights, class_prior, tau: float) -> list[float] | None:
+def validation_decision_bias(calibration: "Calibration", class_weights, class_prior,
+                             tau: float) -> list[float] | None:
     """What validation adds to the logits so that its metrics score the class `calibration.decision` names.
 
     The logits learn the class distribution the loss sees: the sampler's class prior times the loss's
@@ -87,13 +93,12 @@ def validation_decision_bias(config: dict, class_weights, class_prior, tau: floa
     checkpoint and stops early, does the same, so a sampler that is not class-balanced is judged as test
     will judge it. The default balanced sampler has a uniform prior: no shift.
     """
-    c = config["calibration"]
-    if not class_prior or not c["prior_correction"]:
+    if not class_prior or not calibration.prior_correction:
         return None  # calibrate then names the most probable class
     prior = np.asarray(class_prior, dtype=np.float64)
     if class_weights:
         prior = prior * np.asarray(class_weights, dtype=np.float64)
-    bias = decision_bias((1.0 - tau) * np.log(prior / prior.sum()), c["decision"])
+    bias = decision_bias((1.0 - tau) * np.log(prior / prior.sum()), calibration.decision)
     return None if bias is None or np.allclose(bias, 0.0) else bias
 
 

@@ -15,11 +15,12 @@ def load_classifier(path: Path, map_location: str = "cpu"):
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not hp or "config" not in hp:
         raise LesionPLError(f"{path} is not a lesion-pl checkpoint (no hyper_parameters.config)")
-    from .config import with_defaults
+    from .config import config_from
 
     hp = dict(hp)
-    config = with_defaults(hp["config"])  # a checkpoint of an older lesion-pl lacks the newer keys
-    hp["config"] = dict(config, model=dict(config["model"], pretrained=False, weights=None))
+    config = config_from(hp["config"])  # through the typed models: keys an older lesion-pl lacked take defaults
+    config.model.pretrained, config.model.weights = False, None  # the weights are in the checkpoint itself
+    hp["config"] = config
     model = LesionClassifier(**hp)
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()

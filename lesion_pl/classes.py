@@ -1,11 +1,12 @@
 """The label space: class codes (in the order of the model's outputs), display names, which are malignant and
 which one is melanoma. HAM10000's seven diagnoses are the default, defined here once; a run may name another
 space (`data.classes`: a preset below, or its own codes) and everything downstream reads the run's
-(`label_space(config)`, the checkpoint's config, calibration.json and the ONNX metadata carry it).
+(`label_space(config.data)`, the checkpoint's config, calibration.json and the ONNX metadata carry it).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .errors import LesionPLError
 
@@ -26,6 +27,9 @@ MALIGNANT: tuple[str, ...] = ("akiec", "bcc", "mel")
 NUM_CLASSES = len(CLASSES)
 CLASS_TO_INDEX: dict[str, int] = {c: i for i, c in enumerate(CLASSES)}
 MALIGNANT_INDICES: tuple[int, ...] = tuple(CLASS_TO_INDEX[c] for c in MALIGNANT)
+
+if TYPE_CHECKING:
+    from .config import Data
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,6 @@ def parse_label_space(spec) -> LabelSpace:
                       tuple(c for c in codes if c in malignant), melanoma, source_map)
 
 
-def label_space(config: dict) -> LabelSpace:
-    """The run's label space, from its (resolved) config."""
-    return parse_label_space(config["data"].get("classes"))
+def label_space(data: "Data") -> LabelSpace:
+    """The run's label space, from its config's data section (`data.classes`)."""
+    return parse_label_space(data.classes)

@@ -1,13 +1,16 @@
 """What `auto` means on this machine: the training precision and the input size."""
 from __future__ import annotations
 
-import copy
 import functools
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import Config, Model
 
 PROBE_SIZE = 128  # px: the size `data.image_size: auto` trains at where bf16 is chosen
 
 
-def precision_for(cfg: dict) -> str:
+def precision_for(cfg: Config) -> str:
     """Lightning's precision for `trainer.precision`.
 
     "auto": bf16-mixed on CUDA; on a CPU that multiplies bf16 in hardware (AVX-512 bf16, AMX), whichever
@@ -19,36 +22,36 @@ def precision_for(cfg: dict) -> str:
     """
     import torch
 
-    p = cfg["trainer"]["precision"]
+    p = cfg.trainer.precision
     if p != "auto":
         return str(p)
-    if torch.cuda.is_available() and cfg["trainer"]["accelerator"] != "cpu":
+    if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu":
         return "bf16-mixed"
     if not cpu_has_bf16():
         return "32-true"
-    t = cfg["trainer"]
-    if str(t.get("devices", 1)) != "1" or int(t.get("num_nodes") or 1) > 1:
+    t = cfg.trainer
+    if str(t.devices) != "1" or int(t.num_nodes) > 1:
         return "bf16-mixed"  # several processes would each time the CPU they share, and might disagree
     return faster_on_cpu(*_probe(cfg))
 
 
-def _probe(cfg: dict) -> tuple:
+def _probe(cfg: Config) -> tuple:
     """What `faster_on_cpu` times for this config: the network, the size, a batch, the memory layout."""
-    size = cfg["data"]["image_size"]
-    return (_network_key(cfg["model"]), PROBE_SIZE if size == "auto" else int(size),
-            min(int(cfg["data"]["batch_size"]), 32), bool(cfg["trainer"]["channels_last"]))
+    size = cfg.data.image_size
+    return (_network_key(cfg.model), PROBE_SIZE if size == "auto" else int(size),
+            min(int(cfg.data.batch_size), 32), bool(cfg.trainer.channels_last))
 
 
-def probed_rates(cfg: dict) -> dict | None:
+def probed_rates(cfg: Config) -> dict | None:
     """Images/s per precision where `precision_for(cfg)` timed them in this process, else None."""
     return PROBES.get(_probe(cfg))
 
 
-def _network_key(model_cfg: dict) -> str:
+def _network_key(model: Model) -> str:
     """The network's architecture as a hashable key (its weights do not change its speed)."""
     import json
 
-    return json.dumps({k: v for k, v in model_cfg.items() if k not in ("pretrained", "weights", "normalization")},
+    return json.dumps(model.model_dump(exclude={"pretrained", "weights", "normalization"}),
                       sort_keys=True)
 
 
@@ -62,16 +65,17 @@ def faster_on_cpu(network: str, size: int, batch: int, channels_last: bool, step
     import torch
 
     from .classes import NUM_CLASSES
+    from .config import Model
     from .models import build_network
 
-    cfg = {**json.loads(network), "pretrained": False, "weights": None}
+    model = Model(**json.loads(network))
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, size, size, generator=g)
     y = torch.randint(0, NUM_CLASSES, (batch,), generator=g)
     rates = {}
     for precision, bf16 in (("32-true", False), ("bf16-mixed", True)):
         with torch.random.fork_rng():  # the networks' random initialisation leaves fit's seeding alone
-            net = build_network(cfg).train()
+            net = build_network(model).train()
         xs = x
         if channels_last:
             net, xs = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
@@ -112,24 +116,24 @@ def cpu_supports(check: str) -> bool:
     return bool(getattr(torch.cpu, check, lambda: False)())
 
 
-def image_size_for(cfg: dict) -> int:
+def image_size_for(cfg: Config) -> int:
     """`data.image_size` in pixels; "auto": 128 where training runs in bf16, else 64.
 
     bf16 makes 128 px affordable in the hour, and 128 px scored higher on validation over three seeds
     (benchmarks/RESULTS.md: "Should the default follow the hardware?").
     """
-    size = cfg["data"]["image_size"]  # checked when the config loaded (config_rules)
+    size = cfg.data.image_size
     if size == "auto":
         return 128 if precision_for(cfg).startswith("bf16") else 64
     return int(size)
 
 
-def resolve_auto(cfg: dict) -> dict:
+def resolve_auto(cfg: Config) -> Config:
     """A copy of `cfg` with `data.image_size` as pixels and `trainer.precision` as Lightning's name, chosen
     together (the size follows the precision), so that a saved run names what it trained with."""
-    if "auto" not in (cfg["data"]["image_size"], cfg["trainer"]["precision"]):
+    if "auto" not in (cfg.data.image_size, cfg.trainer.precision):
         return cfg
-    out = copy.deepcopy(cfg)
-    out["data"]["image_size"] = image_size_for(cfg)
-    out["trainer"]["precision"] = precision_for(cfg)
+    out = cfg.model_copy(deep=True)
+    out.data.image_size = image_size_for(cfg)
+    out.trainer.precision = precision_for(cfg)
     return out

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 
 from .classes import HAM10000, LabelSpace
-from .errors import LesionPLError
 from .scoring import score_indices
 
 
@@ -32,11 +31,3 @@ def training_loss(logits: torch.Tensor, soft: torch.Tensor, class_weights: torch
     if malignant_weight:
         loss = loss + malignant_weight * malignant_loss(logits, soft, space)
     return loss
-
-
-def malignant_weight(loss: dict) -> float:
-    """`loss.malignant_weight` as a float >= 0 (0: off)."""
-    value = loss["malignant_weight"]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise LesionPLError(f"loss.malignant_weight must be a number >= 0, got {value!r}")
-    return float(value)

@@ -9,9 +9,10 @@ from torch import nn
 
 from .calibration import validation_decision_bias
 from .classes import label_space
+from .config import Config
 from .data.transforms import batch_mixer
 from .evaluate.metrics import metric_collection
-from .losses import malignant_weight, training_loss
+from .losses import training_loss
 from .models.factory import Normalize, build_network, weights_normalization
 from .optim import optimizer_and_schedule
 
@@ -22,35 +23,37 @@ class LesionClassifier(pl.LightningModule):
     `mean`/`std` are the channel statistics the inputs are normalised with (0..1 scale): the training
     split's, or None for the pretrained weights' own (`models.normalization_stats`). They are buffers of
     the model and hyperparameters of the checkpoint, so they travel into test, export and the ONNX graph.
-    `net`: the network to train (`models.build_network(config["model"], classes)`, which is what a checkpoint rebuilds;
+    `net`: the network to train (`models.build_network(config.model, classes)`, which is what a checkpoint rebuilds;
     built here where not given).
     """
 
-    def __init__(self, config: dict, mean: list | None, std: list | None, class_weights: list | None = None,
+    def __init__(self, config: Config, mean: list | None, std: list | None, class_weights: list | None = None,
                  class_prior: list | None = None, net: nn.Module | None = None):
         super().__init__()
-        self.save_hyperparameters(ignore=["net"])
+        self.save_hyperparameters(ignore=["net", "config"])
+        # plain values in the checkpoint (it loads with weights_only=True); checkpoint.load_classifier reads them back
+        self.hparams["config"] = config.model_dump()
         self.config = config
-        self.space = label_space(config)
-        self.net = net if net is not None else build_network(config["model"], self.space.num_classes)
+        self.space = label_space(config.data)
+        self.net = net if net is not None else build_network(config.model, self.space.num_classes)
         if mean is None:  # the weights' own preprocessing, recorded so that a reloaded model needs no weights
             mean, std = weights_normalization(self.net)
             self.hparams.update(mean=mean, std=std)
-        self.normalize = Normalize(mean, std, config["data"]["color_constancy"])
-        self.channels_last = bool(config["trainer"]["channels_last"])
+        self.normalize = Normalize(mean, std, config.data.color_constancy)
+        self.channels_last = bool(config.trainer.channels_last)
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
         self.set_class_prior(class_prior)
-        self.mix = batch_mixer(config["data"]["augment"], self.space.num_classes)
-        self.malignant_weight = malignant_weight(config["loss"])
+        self.mix = batch_mixer(config.data.augment, self.space.num_classes)
+        self.malignant_weight = float(config.loss.malignant_weight)
         self.train_metrics = metric_collection(auroc=False, space=self.space).clone(prefix="train/")
         self.val_metrics = metric_collection(per_class=True, space=self.space).clone(prefix="val/")
 
     def set_class_prior(self, class_prior: list | None) -> None:
         """The class prior of the training batches, and the logit shifts that follow from it."""
-        tau = float(self.config["loss"]["logit_adjustment"])
+        tau = float(self.config.loss.logit_adjustment)
         # logit adjustment (Menon et al., ICLR 2021): the training loss sees logits + tau * log(prior of the
         # training batches), so the logits themselves learn the class-balanced posterior
         shift = tau * torch.log(torch.tensor(class_prior, dtype=torch.float32)) if tau and class_prior else None
@@ -58,7 +61,7 @@ class LesionClassifier(pl.LightningModule):
         # plain attributes, not buffers: the weight average (EMA) pairs the buffers of the model and of its
         # average one to one, and a shift can come and go as the prior changes
         self.logit_shift = shift
-        bias = validation_decision_bias(self.config, weights, class_prior, tau)
+        bias = validation_decision_bias(self.config.calibration, weights, class_prior, tau)
         self.eval_shift = None if bias is None else torch.tensor(bias, dtype=torch.float32)
 
     def _shifted(self, logits: torch.Tensor, name: str) -> torch.Tensor:
@@ -73,7 +76,7 @@ class LesionClassifier(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
-        if self.config["data"].get("sampler_start") is not None and dm is not None:  # the sampler ramps
+        if self.config.data.sampler_start is not None and dm is not None:  # the sampler ramps
             self.set_class_prior(dm.sampled_class_prior(self.current_epoch))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -92,7 +95,7 @@ class LesionClassifier(pl.LightningModule):
         else:
             logits, soft = self(images), target
         shifted = self._shifted(logits, "logit_shift") if stage == "train" else logits.float()
-        loss = training_loss(shifted, soft, self.class_weights, float(self.config["loss"]["label_smoothing"]),
+        loss = training_loss(shifted, soft, self.class_weights, float(self.config.loss.label_smoothing),
                              self.malignant_weight, self.space)
         metrics = getattr(self, f"{stage}_metrics")
         scored = self._shifted(logits, "eval_shift") if stage != "train" else logits.float()
@@ -122,4 +125,5 @@ class LesionClassifier(pl.LightningModule):
         self._log_epoch("val")
 
     def configure_optimizers(self):
-        return optimizer_and_schedule(self.net, self.config, self.trainer)
+        c = self.config
+        return optimizer_and_schedule(self.net, c.optim, c.model, c.trainer.max_time, self.trainer)

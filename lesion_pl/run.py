@@ -12,8 +12,12 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import LesionPLError
+
+if TYPE_CHECKING:
+    from .config import Config
 
 
 def check_evaluation_name(name: str) -> None:
@@ -103,7 +107,7 @@ class RunDir:
         return what
 
     def load_config(self, data_root: Path | None = None, data_format: str | None = None,
-                    skip_bad_images: bool = False, data_overrides: list[str] = ()) -> dict:
+                    skip_bad_images: bool = False, data_overrides: list[str] = ()) -> Config:
         """The run's saved config (over the defaults), pointed at other data where given; `data_overrides`:
         `data.KEY=value` items (how to read that data: its columns, labels, rows), nothing about the model."""
         from .config import load_config
@@ -111,18 +115,19 @@ class RunDir:
         require_data_keys(data_overrides)
         cfg = load_config(self.config, list(data_overrides))
         if data_root is not None:
-            cfg["data"]["root"] = str(data_root)
+            cfg.data.root = str(data_root)
         if data_format is not None:
-            cfg["data"]["format"] = data_format
+            cfg.data.format = data_format
         if skip_bad_images:
-            cfg["data"]["skip_bad_images"] = True
+            cfg.data.skip_bad_images = True
         return cfg
 
-    def datamodule(self, cfg: dict, progress: bool = True, whole: bool = False):
+    def datamodule(self, cfg: Config, progress: bool = True, whole: bool = False):
         """The run's data with its own splits.csv (or, `whole`, every image as one split), checked and cached."""
         from .data.datamodule import LesionDataModule
 
-        return LesionDataModule(cfg, splits_file=None if whole else self.splits, progress=progress, whole=whole).build()
+        return LesionDataModule(cfg.data, cfg.seed, splits_file=None if whole else self.splits, progress=progress,
+                                whole=whole).build()
 
     @contextmanager
     def lock(self, command: str, create: bool = False):
@@ -189,10 +194,9 @@ class RunDir:
         self.require(self.splits, made_by)
         for ckpt in self.best_checkpoints:  # a fit that was stopped before it finished continues with --resume
             self.require(ckpt, made_by + (" --resume" if (ckpt.parent / "last.ckpt").exists() else ""))
-        from .config import read_yaml
+        from .config import load_config
 
-        # the saved file itself: a run older than the option has no such key, and is one model
-        expected = int(read_yaml(self.config).get("trainer", {}).get("members") or 1)
+        expected = int(load_config(self.config).trainer.members)  # a run older than the option: one model
         if expected > 1 and len(self.members) < expected:
             raise LesionPLError(f"{self.path} is an ensemble of {expected} members but holds "
                                 f"{len(self.members)}; `{made_by} --resume` trains the rest")

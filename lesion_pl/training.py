@@ -9,10 +9,9 @@ import warnings
 from pathlib import Path
 
 from .classes import label_space
-from .config import save_config
-from .config_rules import duration_seconds
+from .config import Config, Trainer, duration_seconds, save_config
 from .errors import LesionPLError
-from .hardware import precision_for, probed_rates, resolve_auto
+from .hardware import probed_rates, resolve_auto
 from .io import atomic_path, atomic_write_json
 from .run import RunDir
 
@@ -24,7 +23,9 @@ def _max_time(value):
     return timedelta(seconds=seconds) if seconds else None
 
 
-def build_trainer(cfg: dict, run: RunDir, progress: bool = True, started: float | None = None):
+def build_trainer(t: Trainer, run: RunDir, progress: bool = True, started: float | None = None):
+    """fit's Lightning Trainer for the trainer section `t` (its precision resolved): checkpoints, early stopping,
+    the learning rate and elapsed time in the log, the per-step EMA."""
     from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
 
@@ -36,33 +37,32 @@ def build_trainer(cfg: dict, run: RunDir, progress: bool = True, started: float 
                             category=FutureWarning)
     # and its model summary cannot size a bf16 model: a warning, with a file path, in every bf16 fit
     warnings.filterwarnings("ignore", message="Precision bf16-mixed is not supported by the model summary")
-    t = cfg["trainer"]
     monitor = "val/balanced_accuracy"
     callbacks = [
         ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor=monitor, mode="max",
                         save_top_k=1, save_last=True, auto_insert_metric_name=False),
-        EarlyStopping(monitor=monitor, mode="max", patience=int(t["patience"]),
-                      stopping_threshold=float(t["stop_at"]) if t.get("stop_at") is not None else None),
+        EarlyStopping(monitor=monitor, mode="max", patience=int(t.patience),
+                      stopping_threshold=float(t.stop_at) if t.stop_at is not None else None),
         LearningRateMonitor(logging_interval="epoch"),
         ElapsedTime(started or time.time()),
     ]
-    callbacks += step_callbacks(cfg)
+    callbacks += step_callbacks(t)
     return _trainer(
-        cfg, max_epochs=int(t["max_epochs"]), max_time=_max_time(t.get("max_time")),
+        t, max_epochs=int(t.max_epochs), max_time=_max_time(t.max_time),
         callbacks=callbacks, logger=CSVLogger(run.path, name="logs", version=""),
-        limit_train_batches=t["limit_train_batches"], limit_val_batches=t["limit_val_batches"],
+        limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
         enable_progress_bar=progress, enable_model_summary=progress, log_every_n_steps=10,
         num_sanity_val_steps=0, deterministic=False,
     )
 
 
-def step_callbacks(cfg: dict) -> list:
+def step_callbacks(t: Trainer) -> list:
     """What `fit` does on every training step besides the step itself: the exponential moving average of the
     weights (validation, checkpoints and everything after them use the averaged weights). The speed benchmarks
     time a step with these, so that they time fit's step."""
     from pytorch_lightning.callbacks import EMAWeightAveraging
 
-    decay = cfg["trainer"].get("ema_decay")
+    decay = t.ema_decay
     return [EMAWeightAveraging(decay=float(decay))] if decay else []
 
 
@@ -76,7 +76,7 @@ class _NoNoise(logging.Filter):
         return not any(n in str(record.msg) for n in self.NOISE)
 
 
-def _trainer(cfg: dict, quiet: bool = False, **kwargs):
+def _trainer(t: Trainer, quiet: bool = False, **kwargs):
     """A Lightning Trainer on the config's hardware; a one-line error where Lightning refuses it (a strategy
     it does not have, a GPU the machine does not have). `quiet`: without Lightning's notes on the hardware."""
     import pytorch_lightning as pl
@@ -88,18 +88,19 @@ def _trainer(cfg: dict, quiet: bool = False, **kwargs):
     level = notes.level
     if quiet:
         notes.setLevel(logging.WARNING)
-    t = cfg["trainer"]
+    if t.precision == "auto":
+        raise LesionPLError("trainer.precision is auto: resolve it for this machine first (hardware.resolve_auto)")
     try:
-        return pl.Trainer(accelerator=t["accelerator"], devices=t["devices"], num_nodes=int(t.get("num_nodes") or 1),
-                          strategy=t.get("strategy") or "auto", precision=precision_for(cfg), **kwargs)
+        return pl.Trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=int(t.num_nodes),
+                          strategy=t.strategy, precision=t.precision, **kwargs)
     except (ValueError, TypeError, ImportError, MisconfigurationException) as e:
-        raise LesionPLError(f"Lightning refused trainer.accelerator={t['accelerator']}, devices={t['devices']}, "
-                            f"strategy={t.get('strategy')}: {str(e).splitlines()[0]}") from None
+        raise LesionPLError(f"Lightning refused trainer.accelerator={t.accelerator}, devices={t.devices}, "
+                            f"strategy={t.strategy}: {str(e).splitlines()[0]}") from None
     finally:
         notes.setLevel(level)
 
 
-def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> dict | None:
+def fit(cfg: Config, out: Path, resume: bool = False, progress: bool = True) -> dict | None:
     """Train `cfg` into run folder `out`; returns the summary also written to summary.json.
 
     With several processes (DDP), Lightning starts the others once this one has built the split and
@@ -111,8 +112,8 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
     started = time.time()  # elapsed times in the log count from here, imports and data checks included
     import pytorch_lightning as pl
 
-    chosen = [k for k, v in (("data.image_size", cfg["data"]["image_size"]),
-                             ("trainer.precision", cfg["trainer"]["precision"])) if v == "auto"]
+    chosen = [k for k, v in (("data.image_size", cfg.data.image_size),
+                             ("trainer.precision", cfg.trainer.precision)) if v == "auto"]
     resolved = resolve_auto(cfg)  # the saved config names the size and precision trained with
     probe = probed_rates(cfg) if "trainer.precision" in chosen else None
     cfg = resolved
@@ -121,7 +122,7 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
 
     run = RunDir(Path(out))
     members = member_count(cfg, run, resume)
-    if members > 1 and (str(cfg["trainer"]["devices"]) != "1" or int(cfg["trainer"].get("num_nodes") or 1) > 1):
+    if members > 1 and (str(cfg.trainer.devices) != "1" or int(cfg.trainer.num_nodes) > 1):
         raise LesionPLError(f"trainer.members={members} trains its members one after another in one process; "
                             "with several devices or machines, fit each member as a run of its own")
     trained = run.members + ([run] if run.checkpoints.exists() else [])
@@ -136,22 +137,23 @@ def fit(cfg: dict, out: Path, resume: bool = False, progress: bool = True) -> di
     elif not resume and (run.path / "logs" / "metrics.csv").exists():  # another run's log, which fit would replace
         raise LesionPLError(f"run folder {out} already holds {Path('logs') / 'metrics.csv'} of another run; "
                             "choose another --out, or pass --resume to continue that run")
-    pl.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
-    dm = LesionDataModule(cfg, splits_file=run.splits if run.splits.exists() else None, progress=progress)
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    dm = LesionDataModule(cfg.data, cfg.seed, splits_file=run.splits if run.splits.exists() else None,
+                          progress=progress)
     dm.build()  # every data check happens here, before the run folder is written
-    require_full_batch(len(dm.indices("train")), int(cfg["data"]["batch_size"]), dm.root)
+    require_full_batch(len(dm.indices("train")), int(cfg.data.batch_size), dm.root)
     if progress:
         timed = f"; bf16 {probe['bf16-mixed']:.0f} vs fp32 {probe['32-true']:.0f} images/s here" if probe else ""
         note = f" ({' and '.join(chosen)}: auto, this machine's choice{timed})" if chosen else ""
-        print(f"training {cfg['model']['name']} at {cfg['data']['image_size']} px in {precision_for(cfg)}{note}",
+        print(f"training {cfg.model.name} at {cfg.data.image_size} px in {cfg.trainer.precision}{note}",
               flush=True)
 
     # a trainer Lightning refuses, a bad time limit, an unknown network or unreadable weights: all refused
     # before the run folder is written
-    _trainer(cfg, quiet=True, logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    _max_time(cfg["trainer"].get("max_time"))
+    _trainer(cfg.trainer, quiet=True, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    _max_time(cfg.trainer.max_time)
     from .models import build_network
-    net = build_network(cfg["model"], label_space(cfg).num_classes)
+    net = build_network(cfg.model, label_space(cfg.data).num_classes)
     if resume and members == 1:
         _require_readable(run.last)
     from .data.splits import write_splits
@@ -189,31 +191,29 @@ def require_full_batch(train_images: int, batch_size: int, root) -> None:
                             f"data.batch_size={max(1, train_images // 2)} or use more images")
 
 
-def member_count(cfg: dict, run: RunDir, resume: bool) -> int:
+def member_count(cfg: Config, run: RunDir, resume: bool) -> int:
     """How many models `fit` trains; a run resumed from a top-level last.ckpt is one model, whatever
     the default (runs made before `trainer.members` existed have no such key)."""
     if resume and run.last.exists():
         return 1
-    return int(cfg["trainer"].get("members") or 1)  # checked with the rest of the config (config.check)
+    return int(cfg.trainer.members)
 
 
-def _member_config(cfg: dict, i: int, budget_left: float | None, members_left: int) -> dict:
+def _member_config(cfg: Config, i: int, budget_left: float | None, members_left: int) -> Config:
     """Member i: the run's config with seed + i, trained as one model, with its share of the time left."""
-    import copy
-
-    member = copy.deepcopy(cfg)
-    member["seed"] = int(cfg["seed"]) + i
-    member["trainer"]["members"] = 1
+    member = cfg.model_copy(deep=True)
+    member.seed = int(cfg.seed) + i
+    member.trainer.members = 1
     if budget_left is not None:
-        member["trainer"]["max_time"] = round(max(60.0, budget_left / members_left))
+        member.trainer.max_time = round(max(60.0, budget_left / members_left))
     return member
 
 
-def _train_members(cfg: dict, run: RunDir, dm, members: int, progress: bool, started: float) -> dict:
+def _train_members(cfg: Config, run: RunDir, dm, members: int, progress: bool, started: float) -> dict:
     """Train (or finish, on --resume) each member in turn; the ensemble's summary."""
     import pytorch_lightning as pl
 
-    budget = duration_seconds(cfg["trainer"].get("max_time"))
+    budget = duration_seconds(cfg.trainer.max_time)
     done = []
     for i in range(members):
         member = RunDir(run.path / "members" / str(i))
@@ -226,19 +226,18 @@ def _train_members(cfg: dict, run: RunDir, dm, members: int, progress: bool, sta
         save_config(mcfg, member.config)
         shutil.copy(run.splits, member.splits)
         if progress:
-            print(f"member {i + 1} of {members} (seed {mcfg['seed']}) -> {member.path}", flush=True)
-        pl.seed_everything(int(mcfg["seed"]), workers=True, verbose=False)
-        dm.cfg = mcfg  # the same data; the sampler draws with the member's seed
-        summary = _train(mcfg, member, dm, member.last.exists(), progress, started)
+            print(f"member {i + 1} of {members} (seed {mcfg.seed}) -> {member.path}", flush=True)
+        pl.seed_everything(int(mcfg.seed), workers=True, verbose=False)
+        # the same data; the sampler draws with the member's seed
+        summary = _train(mcfg, member, dm.for_seed(mcfg.seed), member.last.exists(), progress, started)
         done.append(summary)
-    dm.cfg = cfg
     first = done[0]
     epochs = sum(d["epochs"] for d in done)
     fit_seconds = round(sum(d["fit_seconds"] for d in done), 1)
     return {
         **{k: first[k] for k in ("data_root", "images", "left_out", "rows_kept", "sources", "skipped_bad_images",
                                  "split_note", "model", "image_size", "precision")},
-        "members": [{"run": str(Path("members") / str(i)), "seed": int(cfg["seed"]) + i,
+        "members": [{"run": str(Path("members") / str(i)), "seed": int(cfg.seed) + i,
                      **{k: d[k] for k in ("epochs", "best_epoch", "best_val_balanced_accuracy", "fit_seconds",
                                           "seconds_per_epoch")}} for i, d in enumerate(done)],
         "epochs": epochs,
@@ -252,13 +251,13 @@ def _train_members(cfg: dict, run: RunDir, dm, members: int, progress: bool, sta
     }
 
 
-def _train(cfg: dict, run: RunDir, dm, resume: bool, progress: bool, started: float, net=None) -> dict | None:
+def _train(cfg: Config, run: RunDir, dm, resume: bool, progress: bool, started: float, net=None) -> dict | None:
     """One model trained into `run` (checkpoints, logs, summary.json); its summary (None off rank 0). `net`: the
     network fit already built (and so checked); None: built from `cfg` (an ensemble's members, each its seed)."""
     from .models.factory import normalization_stats
     from .module import LesionClassifier
 
-    model = LesionClassifier(cfg, *normalization_stats(cfg["model"], dm.train_stats), dm.class_weights(),
+    model = LesionClassifier(cfg, *normalization_stats(cfg.model, dm.train_stats), dm.class_weights(cfg.loss),
                              dm.sampled_class_prior(), net=net)
     mean, std = model.hparams["mean"], model.hparams["std"]
     loaded = model.net.loaded_weights
@@ -273,7 +272,7 @@ def _train(cfg: dict, run: RunDir, dm, resume: bool, progress: bool, started: fl
         if log.exists():
             shutil.copy(log, backup)  # Lightning's CSVLogger starts metrics.csv afresh
             before, epochs_before = _elapsed_in(backup), _validated_epochs(backup)
-    trainer = build_trainer(cfg, run, progress, started - before)  # elapsed time runs on across resumes
+    trainer = build_trainer(cfg.trainer, run, progress, started - before)  # elapsed time runs on across resumes
     start = time.time()
     try:
         trainer.fit(model, datamodule=dm, ckpt_path=str(run.last) if resume else None)
@@ -294,9 +293,9 @@ def _train(cfg: dict, run: RunDir, dm, resume: bool, progress: bool, started: fl
         "sources": dm.table.attrs.get("sources"),  # data.sources: each archive's root, format and images
         "skipped_bad_images": dm.skipped,
         "split_note": dm.table.attrs.get("note"),  # e.g. a source without groups: the split may leak
-        "model": cfg["model"]["name"],
-        "image_size": int(cfg["data"]["image_size"]),
-        "precision": precision_for(cfg),  # what "auto" meant on the machine that trained
+        "model": cfg.model.name,
+        "image_size": int(cfg.data.image_size),
+        "precision": cfg.trainer.precision,  # what "auto" meant on the machine that trained
         "epochs": int(trainer.current_epoch),
         "best_epoch": _best_epoch(run),
         "best_val_balanced_accuracy": float(ckpt_cb.best_model_score) if ckpt_cb.best_model_score is not None else None,

@@ -45,7 +45,7 @@ def test_referral_benchmark_reproduces_the_runs_own_thresholds(trained_run):
     assert set(rows) == {(s, r) for s in ("malignant", "melanoma") for r in ("point", "0.90", "0.95", "0.99")}
     cal = json.loads((trained_run / "calibration.json").read_text())
     default = f"{cal['operating_points']['malignant']['confidence']:.2f}"  # the run was calibrated at the default
-    assert default == f"{load_config()['calibration']['referral_confidence']:.2f}"
+    assert default == f"{load_config().calibration.referral_confidence:.2f}"
     for name in ("malignant", "melanoma"):
         assert float(rows[name, default][3]) == pytest.approx(cal["operating_points"][name]["threshold"], abs=1e-4)
         thresholds = [float(rows[name, r][3]) for r in ("point", "0.90", "0.95", "0.99")]

@@ -34,7 +34,7 @@ from lesion_pl.scoring import decide, softmax
 
 from .conftest import clinical_metadata, invoke
 
-CONFIDENCE = load_config()["calibration"]["referral_confidence"]  # the default the fixture run was calibrated at
+CONFIDENCE = load_config().calibration.referral_confidence  # the default the fixture run was calibrated at
 
 
 def _ece(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:

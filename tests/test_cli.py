@@ -15,6 +15,7 @@ import yaml
 from PIL import Image
 
 from lesion_pl.classes import CLASSES
+from lesion_pl.config import load_config
 
 from .conftest import FAST, PROJECT, invoke, make_dataset, sample_meta
 
@@ -57,8 +58,8 @@ def test_fit_notes_the_hardware_once_and_no_noise(fitted):
 
 
 def test_fit_writes_a_complete_run_folder(fitted, small_ham):
-    cfg = yaml.safe_load((fitted / "config.yaml").read_text())
-    assert cfg["data"]["image_size"] == 48 and cfg["data"]["root"] == str(small_ham)
+    cfg = load_config(fitted / "config.yaml")
+    assert cfg.data.image_size == 48 and cfg.data.root == str(small_ham)
     splits = pd.read_csv(fitted / "splits.csv")
     meta = pd.read_csv(small_ham / "HAM10000_metadata.csv")
     assert sorted(splits["image_id"]) == sorted(meta["image_id"])
@@ -145,8 +146,8 @@ def test_data_summary(small_ham):
     from lesion_pl.data.splits import make_splits
 
     cfg = load_config(None, [f"data.root={small_ham}"])
-    table = read_source("ham10000", small_ham, cfg["data"])
-    split = make_splits(table, cfg["data"]["splits"], 42)
+    table = read_source("ham10000", small_ham, cfg.data)
+    split = make_splits(table, cfg.data.splits, 42)
     for dx, counts in meta["dx"].value_counts().items():
         per = [int(((table["dx"] == dx) & (split == s)).sum()) for s in ("train", "val", "test")]
         assert rows[dx] == [*per, counts], dx

@@ -8,11 +8,11 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from lesion_pl import clinical
 from lesion_pl.calibration import fit_fusion_weight
 from lesion_pl.classes import CLASS_TO_INDEX, MALIGNANT_INDICES, NUM_CLASSES, parse_label_space
+from lesion_pl.config import load_config, save_config
 from lesion_pl.evaluate.metrics import binary_auroc
 from lesion_pl.scoring import ScoringPolicy
 
@@ -107,9 +107,9 @@ def test_calibrate_and_test_write_the_fusion_and_the_image_only_metrics(trained_
     # the same run with clinical: false: no fusion, and the image-only figures become the headline
     run = tmp_path / "image_only"
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("test", "report", "export"))
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    cfg["calibration"]["clinical"] = False
-    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    cfg = load_config(run / "config.yaml")
+    cfg.calibration.clinical = False
+    save_config(cfg, run / "config.yaml")
     assert invoke("calibrate", "--run", run, "--quiet").exit_code == 0
     assert "clinical" not in json.loads((run / "calibration.json").read_text())
     assert invoke("test", "--run", run, "--quiet").exit_code == 0

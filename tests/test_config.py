@@ -12,10 +12,10 @@ from lesion_pl.errors import LesionPLError
 def test_overrides_parse_values():
     cfg = load_config(None, ["data.image_size=64", "model.widths=[8,16]", "trainer.max_time=null",
                              "model.name=resnet18", "optim.lr=1e-3"])
-    assert cfg["data"]["image_size"] == 64
-    assert cfg["model"]["widths"] == [8, 16]
-    assert cfg["model"]["name"] == "resnet18"
-    assert cfg["optim"]["lr"] == pytest.approx(1e-3)
+    assert cfg.data.image_size == 64
+    assert cfg.model.widths == [8, 16]
+    assert cfg.model.name == "resnet18"
+    assert cfg.optim.lr == pytest.approx(1e-3)
 
 
 def test_unknown_key_is_an_error():
@@ -68,9 +68,9 @@ def test_settings_lightning_refuses_are_one_line_before_anything_is_written(smal
 def test_user_file_over_defaults_and_roundtrip(tmp_path):
     (tmp_path / "c.yaml").write_text("data:\n  batch_size: 8\n")
     cfg = load_config(tmp_path / "c.yaml")
-    assert cfg["data"]["batch_size"] == 8 and cfg["data"]["image_size"] == "auto"
+    assert cfg.data.batch_size == 8 and cfg.data.image_size == "auto"
     save_config(cfg, tmp_path / "out.yaml")
-    assert read_yaml(tmp_path / "out.yaml") == cfg
+    assert read_yaml(tmp_path / "out.yaml") == cfg.model_dump() and load_config(tmp_path / "out.yaml") == cfg
 
 
 def test_cli_and_package_import_without_torch():
@@ -103,11 +103,11 @@ def test_auto_precision_on_the_cpu_follows_its_bf16_support_and_speed(monkeypatc
     timed = []
     monkeypatch.setattr(hardware, "faster_on_cpu", lambda *a: timed.append(a) or faster)
     cfg = load_config(None, [])
-    assert cfg["trainer"]["precision"] == "auto"
+    assert cfg.trainer.precision == "auto"
     assert precision_for(cfg) == expected
     assert len(timed) == (1 if avx512_bf16 or amx else 0)  # only a bf16 CPU is timed
     if timed:  # the default network at the size auto would train at, a batch of at most 32
-        assert json.loads(timed[0][0])["name"] == cfg["model"]["name"] and timed[0][1:] == (128, 32, True)
+        assert json.loads(timed[0][0])["name"] == cfg.model.name and timed[0][1:] == (128, 32, True)
     # several processes (DDP on the CPU) do not each time the CPU they share
     assert precision_for(load_config(None, ["trainer.devices=2"])) == ("bf16-mixed" if timed else "32-true")
     # a precision set by hand is kept, whatever the CPU
@@ -165,7 +165,7 @@ def test_auto_image_size_follows_the_training_precision(monkeypatch, bf16_cpu, c
     cfg = load_config(None, [f"trainer.precision={precision}"])
     assert hardware.image_size_for(cfg) == expected
     resolved = hardware.resolve_auto(cfg)
-    assert resolved["data"]["image_size"] == expected and cfg["data"]["image_size"] == "auto"
+    assert resolved.data.image_size == expected and cfg.data.image_size == "auto"
     # a size set by hand is kept, whatever the hardware
     assert hardware.image_size_for(load_config(None, ["data.image_size=96", f"trainer.precision={precision}"])) == 96
 
@@ -179,35 +179,42 @@ def test_a_bad_image_size_is_named(size):
 
 
 def test_an_older_config_gets_the_defaults_it_lacks():
-    """A checkpoint's config from an older lesion-pl: each missing key from the YAML, the rest kept."""
-    from lesion_pl.config import with_defaults
+    """A checkpoint's config from an older lesion-pl, through the same models: each missing key its default, the
+    rest kept."""
+    from lesion_pl.config import config_from
 
-    cfg = load_config()
-    old = {**cfg, "data": {k: v for k, v in cfg["data"].items() if k != "color_constancy"},
-           "calibration": {k: v for k, v in cfg["calibration"].items() if k != "prior_correction"}}
-    old["trainer"] = {**cfg["trainer"], "channels_last": False}
-    filled = with_defaults(old)
-    assert filled["data"]["color_constancy"] is None and filled["calibration"]["prior_correction"] is True
-    assert filled["trainer"]["channels_last"] is False  # what the old config said stays
-    assert "color_constancy" not in old["data"]  # the old one is not changed
+    values = load_config().model_dump()
+    del values["data"]["color_constancy"], values["calibration"]["prior_correction"]
+    values["trainer"]["channels_last"] = False
+    filled = config_from(values)
+    assert filled.data.color_constancy is None and filled.calibration.prior_correction is True
+    assert filled.trainer.channels_last is False  # what the old config said stays
+    with pytest.raises(LesionPLError, match="unknown config key 'data.colour'"):
+        config_from({"data": {"colour": 1}})
 
 
-def test_every_key_of_the_default_config_has_its_rule():
-    """Each key's default and doc are in the YAML, its rule in config_rules.CHECKS (or it is checked against the
-    data where it is read): none is left unchecked at load."""
-    from lesion_pl.config_rules import CHECKED_WHERE_READ, CHECKS, FORMATS
+def test_the_documented_default_is_the_models_defaults_and_every_key_has_a_rule_and_a_doc():
+    """configs/ham10000.yaml documents the defaults; they live in the typed models (lesion_pl/config/models.py),
+    where each key also has its rule (what it takes) and a one-line doc."""
+    from pydantic import BaseModel
+
+    from lesion_pl.config import DOCUMENTED_DEFAULT, FORMATS, Config, read_yaml
     from lesion_pl.data.sources import READERS
 
-    def leaves(node, prefix=""):
-        for key, value in node.items():
-            name = prefix + key
-            if isinstance(value, dict) and value and name not in CHECKED_WHERE_READ + (
-                    "data.label_map", "calibration.clinical_columns"):
-                yield from leaves(value, name + ".")
-            else:
-                yield name
+    assert read_yaml(DOCUMENTED_DEFAULT) == Config().model_dump()
 
-    assert [k for k in leaves(load_config()) if k not in CHECKS and k not in CHECKED_WHERE_READ] == []
+    def fields(model, prefix=""):
+        for name, info in model.model_fields.items():
+            sub = info.annotation if isinstance(info.annotation, type) else None
+            if sub is not None and issubclass(sub, BaseModel):
+                yield from fields(sub, prefix + name + ".")
+            else:
+                yield prefix + name, info
+    found = dict(fields(Config))
+    assert len(found) > 80
+    unruled = [k for k, info in found.items() if not any(type(m).__name__ == "BeforeValidator" for m in info.metadata)]
+    assert unruled == [], unruled
+    assert [k for k, info in found.items() if not info.description] == []
     assert set(FORMATS) == {"auto", *READERS}
     with pytest.raises(LesionPLError, match="data.format must be one of auto, ham10000"):
         load_config(None, ["data.format=excel"])
@@ -219,9 +226,9 @@ def test_a_free_form_mapping_takes_any_keys_and_a_section_only_its_own():
     """data.label_map and data.where default to {}: `--set` gives them whatever keys the data needs (as the README
     shows), while a section (data.columns) still refuses a key it does not have."""
     cfg = load_config(None, ["data.label_map={nevus: nv, SCC: akiec}", "data.where={split: val}"])
-    assert cfg["data"]["label_map"] == {"nevus": "nv", "SCC": "akiec"} and cfg["data"]["where"] == {"split": "val"}
-    assert load_config(None, ["data.columns={image: file}"])["data"]["columns"] == {"image": "file", "label": "label",
-                                                                                      "group": None}
+    assert cfg.data.label_map == {"nevus": "nv", "SCC": "akiec"} and cfg.data.where == {"split": "val"}
+    columns = load_config(None, ["data.columns={image: file}"]).data.columns
+    assert columns.model_dump() == {"image": "file", "label": "label", "group": None}
     with pytest.raises(LesionPLError, match="unknown config key 'data.columns.site'"):
         load_config(None, ["data.columns={site: x}"])
     with pytest.raises(LesionPLError, match="data.where must be a mapping of column names"):

@@ -10,7 +10,6 @@ import onnx
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from export.runtime import LesionOnnxClassifier
 from lesion_pl.checkpoint import load_run_model
@@ -64,10 +63,10 @@ def test_gradcam_of_an_ensemble_averages_its_members_maps():
 def test_members_share_the_time_budget():
     cfg = load_config(None, ["trainer.members=3", "seed=7"])
     first = _member_config(cfg, 0, 600.0, 3)
-    assert first["seed"] == 7 and first["trainer"]["members"] == 1 and first["trainer"]["max_time"] == 200
-    assert _member_config(cfg, 1, 600.0 - 150.0, 2)["trainer"]["max_time"] == 225  # the first used less
-    assert _member_config(cfg, 2, None, 1)["trainer"]["max_time"] is None
-    assert cfg["trainer"]["members"] == 3  # the run's own config is left as it was
+    assert first.seed == 7 and first.trainer.members == 1 and first.trainer.max_time == 200
+    assert _member_config(cfg, 1, 600.0 - 150.0, 2).trainer.max_time == 225  # the first used less
+    assert _member_config(cfg, 2, None, 1).trainer.max_time is None
+    assert cfg.trainer.members == 3  # the run's own config is left as it was
 
 
 def test_fit_trains_each_member_as_a_run_of_its_own(ensemble_run):
@@ -76,8 +75,8 @@ def test_fit_trains_each_member_as_a_run_of_its_own(ensemble_run):
     assert not run.checkpoints.exists()
     splits = run.splits.read_text()
     for i, m in enumerate(run.members):
-        cfg = yaml.safe_load(m.config.read_text())
-        assert cfg["seed"] == 42 + i and cfg["trainer"]["members"] == 1
+        cfg = load_config(m.config)
+        assert cfg.seed == 42 + i and cfg.trainer.members == 1
         assert m.splits.read_text() == splits and m.best.exists()
         assert pd.read_csv(m.path / "logs" / "metrics.csv")["val/balanced_accuracy"].notna().any()
     a, b = (torch.load(m.best, weights_only=True)["state_dict"] for m in run.members)

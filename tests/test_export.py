@@ -231,5 +231,5 @@ def test_int8_scales_depthwise_networks_per_channel():
     from lesion_pl.config import load_config
     from lesion_pl.models import build_network
 
-    assert not has_depthwise(build_network(load_config(None, ["model.widths=[8,16,32,64]"])["model"]))
-    assert has_depthwise(build_network(load_config(None, ["model.name=efficientnet_lite0"])["model"]))
+    assert not has_depthwise(build_network(load_config(None, ["model.widths=[8,16,32,64]"]).model))
+    assert has_depthwise(build_network(load_config(None, ["model.name=efficientnet_lite0"]).model))

@@ -347,7 +347,10 @@ def test_page_warning_equals_the_runtimes(small_ham, tmp_path):
     real = load_rgb(sorted((small_ham / "images").glob("*.jpg"))[0])
     noisy = np.full((150, 200, 3), 128, dtype=np.uint8)
     noisy[::7, ::5] = 131  # a spread just around one grey level
-    variants = [real, Image.new("RGB", (200, 150), (90, 60, 40)), real.resize((20, 15)), Image.fromarray(noisy)]
+    near = np.full((150, 200, 3), 128, dtype=np.uint8)
+    near[:, 150:] = 130  # a quarter two levels up: a spread of about 0.87, just under the blank rule's 1.0
+    variants = [real, Image.new("RGB", (200, 150), (90, 60, 40)), real.resize((20, 15)), Image.fromarray(noisy),
+                Image.fromarray(near)]
     cases, want = [], []
     for i, img in enumerate(variants):
         for size in (48, 128):
@@ -359,6 +362,8 @@ def test_page_warning_equals_the_runtimes(small_ham, tmp_path):
     got = node("""console.log(JSON.stringify(input.cases.map(([raw, w, h, s]) =>
                     L.imageWarning(w, h, s, new Uint8Array(fs.readFileSync(raw))))));""", {"cases": cases}, tmp_path)
     assert got == want and "" in want and any("single colour" in w for w in want) and any("only" in w for w in want)
+    spread = [float(resize_center_crop(variants[-1], s).reshape(-1, 3).std(0).max()) for s in (48, 128)]
+    assert all(0.5 < x < 1.0 for x in spread), spread  # the case that tells a threshold of 1.0 from another
 
 
 def test_the_service_page_shows_a_tiny_or_blank_images_warning(served_model, tmp_path, browser):

@@ -15,7 +15,7 @@ def _datamodule(root, *sets):
     from lesion_pl.data.datamodule import LesionDataModule
 
     cfg = load_config(None, [f"data.root={root}", "data.image_size=32", "data.batch_size=16", *sets])
-    return LesionDataModule(cfg, progress=False).build()
+    return LesionDataModule(cfg.data, cfg.seed, progress=False).build()
 
 
 @pytest.mark.parametrize("sampler, power", [("shuffle", 0.0), ("sqrt", 0.5), ("balanced", 1.0), (0.75, 0.75)])
@@ -85,10 +85,10 @@ def test_bad_sampler_settings_are_refused(small_ham, sets, message):
 
 def test_balanced_class_weights_equalise_the_classes(small_ham):
     dm = _datamodule(small_ham, "loss.class_weights=balanced")
-    counts, w = dm.class_counts(), np.array(dm.class_weights())
+    counts, w = dm.class_counts(), np.array(dm.class_weights(load_config(None, ["loss.class_weights=balanced"]).loss))
     assert np.allclose(counts * w, (counts * w)[0])      # every class weighs the same in the loss
     assert np.isclose((counts * w).sum() / counts.sum(), 1.0)
-    assert _datamodule(small_ham).class_weights() is None  # default: none
+    assert _datamodule(small_ham).class_weights(load_config().loss) is None  # default: none
 
 
 def test_logit_adjusted_loss_shifts_training_logits_only():
@@ -183,7 +183,7 @@ def test_sampler_ramp_moves_the_batches_and_the_validation_rule_with_the_epoch(s
                              "model.widths=[8,16,32,64]", *sets])
     from lesion_pl.data.datamodule import LesionDataModule
 
-    dm = LesionDataModule(cfg, progress=False).build()
+    dm = LesionDataModule(cfg.data, cfg.seed, progress=False).build()
     model = LesionClassifier(cfg, *dm.train_stats(), None, dm.sampled_class_prior())
     ema = pl.callbacks.EMAWeightAveraging(decay=0.99)  # as fit has: it pairs the model's buffers with its own
     pl.Trainer(max_epochs=3, limit_train_batches=2, limit_val_batches=1, callbacks=[Record(), ema], logger=False,

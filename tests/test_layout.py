@@ -91,3 +91,18 @@ def test_ci_stops_in_one_line_where_the_browser_or_node_cannot_be_installed(tmp_
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr == ("error: could not install chromium chromium-driver nodejs (apt-get); the browser and "
                            "JavaScript tests need them\n")
+
+
+def test_no_module_but_the_configs_reads_a_raw_config_section():
+    """The configuration is typed (lesion_pl/config/): code takes `cfg.data`, `cfg.trainer` ..., never a subscript or
+    a .get of a section or a key on a config or one of its sections."""
+    pattern = re.compile(r"""\b(\w*cfg|config|\w+_config)(\[["']|\.get\(["'])""")
+    found = []
+    for path in sorted([*(PROJECT / "lesion_pl").rglob("*.py"), *(PROJECT / "export").rglob("*.py"),
+                        PROJECT / "cli.py"]):
+        if "config" in path.relative_to(PROJECT).parts[:2]:
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if pattern.search(line.split("#")[0]):
+                found.append(f"{path.relative_to(PROJECT)}:{n}: {line.strip()}")
+    assert found == [], "\n".join(found)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from lesion_pl.classes import MALIGNANT_INDICES, NUM_CLASSES
-from lesion_pl.config import load_config, with_defaults
+from lesion_pl.config import config_from, load_config
 from lesion_pl.errors import LesionPLError
 from lesion_pl.losses import malignant_loss
 from lesion_pl.module import LesionClassifier
@@ -64,7 +64,8 @@ def test_training_loss_adds_the_weighted_malignant_term():
         [int(t) in MALIGNANT_INDICES for t in target])).float()
     assert torch.allclose(loss, expected, atol=1e-5)
     # the default (0) and an older run's config without the key (as a checkpoint loads it): the plain cross entropy
-    for config in (load_config(None, SMALL), with_defaults({**cfg, "loss": {"label_smoothing": 0.0}})):
+    older = {**cfg.model_dump(), "loss": {"label_smoothing": 0.0}}  # no malignant_weight key: its default
+    for config in (load_config(None, SMALL), config_from(older)):
         plain = LesionClassifier(config, [0.5] * 3, [0.2] * 3).eval()
         plain.load_state_dict(m.state_dict())
         plain.log = lambda *a, **k: None
@@ -74,7 +75,11 @@ def test_training_loss_adds_the_weighted_malignant_term():
 
 @pytest.mark.parametrize("value", [-0.5, "yes", True, [1]])
 def test_bad_malignant_weight_is_refused(value):
-    cfg = load_config(None, SMALL)
-    cfg["loss"]["malignant_weight"] = value
+    """Where a config is made (a file, --set, a checkpoint's): one line; set in code: the model refuses it too."""
+    import yaml
+    from pydantic import ValidationError
+
     with pytest.raises(LesionPLError, match=r"loss.malignant_weight must be a number >= 0, got "):
-        LesionClassifier(cfg, [0.5] * 3, [0.2] * 3)
+        load_config(None, [*SMALL, f"loss.malignant_weight={yaml.safe_dump(value, default_flow_style=True).strip()}"])
+    with pytest.raises(ValidationError, match="a number >= 0"):
+        load_config(None, SMALL).loss.malignant_weight = value

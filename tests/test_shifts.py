@@ -102,3 +102,15 @@ def test_rotation_keeps_the_size_and_blackens_corners(photos):
 def test_an_unknown_shift_is_named():
     with pytest.raises(LesionPLError, match="unknown shift 'fisheye'.*jpeg_30"):
         apply_shift("fisheye", Image.new("RGB", (10, 10)), 0, 0)
+
+
+@pytest.mark.parametrize("quality", [30, 50, 70])
+def test_jpeg_shifts_are_pillows_encoding_at_their_quality(photos, quality):
+    """Written out here: each image saved by Pillow as JPEG at the named quality (4:2:0) and read back."""
+    import io
+
+    for img in photos:
+        buf = io.BytesIO()
+        img.convert("RGB").save(buf, format="JPEG", quality=quality, subsampling=2)
+        expected = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+        assert np.array_equal(np.asarray(apply_shift(f"jpeg_{quality}", img, 0, 0)), expected)

@@ -21,7 +21,7 @@ from .conftest import invoke
 
 
 def _model_cfg(*sets):
-    return load_config(None, list(sets))["model"]
+    return load_config(None, list(sets)).model
 
 
 @pytest.mark.parametrize("name", sorted(PACKAGES))
@@ -84,14 +84,14 @@ def test_a_file_that_fits_only_the_head_is_refused(tmp_path):
     backbone = sum(not k.startswith("classifier.") for k in net.state_dict())  # every tensor but the head's
     with pytest.raises(LesionPLError, match=rf"fits 0 of the {backbone} backbone tensors .*missing conv_stem.weight.*"
                                             "refused"):
-        build_network(dict(cfg, weights=str(tmp_path / "head.pth")))
+        build_network(cfg.model_copy(update={"weights": str(tmp_path / "head.pth")}))
 
 
 def test_a_file_with_one_wrong_shape_is_refused_and_a_full_one_loads(tmp_path):
     cfg = _model_cfg("model.name=efficientnet_lite0")
     state = build_network(cfg).state_dict()
     torch.save(state, tmp_path / "full.pth")
-    net = build_network(dict(cfg, weights=str(tmp_path / "full.pth")))
+    net = build_network(cfg.model_copy(update={"weights": str(tmp_path / "full.pth")}))
     backbone = sum(not k.startswith("classifier.") for k in state)
     assert net.loaded_weights.loaded == len(state) and net.loaded_weights.head == "loaded"
     assert all(torch.equal(a, b) for a, b in zip(state.values(), net.state_dict().values()))
@@ -100,7 +100,7 @@ def test_a_file_with_one_wrong_shape_is_refused_and_a_full_one_loads(tmp_path):
     torch.save(state, tmp_path / "bad.pth")
     with pytest.raises(LesionPLError, match=rf"fits {backbone - 1} of the {backbone} .*conv_head.weight is "
                                             r"\(10, 320, 1, 1\)"):
-        build_network(dict(cfg, weights=str(tmp_path / "bad.pth")))
+        build_network(cfg.model_copy(update={"weights": str(tmp_path / "bad.pth")}))
 
 
 class Evil:
@@ -114,11 +114,11 @@ def test_a_pickled_weights_file_is_refused_without_running_it(tmp_path, capsys):
     torch.save({"conv_stem.weight": Evil()}, tmp_path / "evil.pth")
     cfg = _model_cfg("model.name=efficientnet_lite0")
     with pytest.raises(LesionPLError, match="evil.pth: it holds pickled Python objects, which lesion-pl never loads"):
-        build_network(dict(cfg, weights=str(tmp_path / "evil.pth")))
+        build_network(cfg.model_copy(update={"weights": str(tmp_path / "evil.pth")}))
     assert "pickled code ran" not in capsys.readouterr().out
     (tmp_path / "text.pth").write_text("101")
     with pytest.raises(LesionPLError, match="text.pth: not a PyTorch checkpoint"):
-        build_network(dict(cfg, weights=str(tmp_path / "text.pth")))
+        build_network(cfg.model_copy(update={"weights": str(tmp_path / "text.pth")}))
 
 
 def test_normalization_key_is_checked():
@@ -147,7 +147,7 @@ def test_offline_pretrained_fit_carries_the_weights_preprocessing(small_ham, tmp
     model = load_classifier(out / "checkpoints" / "best.ckpt")
     assert model.net.loaded_weights is None  # rebuilt from the checkpoint alone, no weights read
     assert torch.allclose(model.normalize.mean.flatten(), torch.full((3,), 127.5))
-    groups = parameter_groups(model.net, model.config["optim"], pretrained=True)
+    groups = parameter_groups(model.net, model.config.optim, pretrained=True)
     assert sum(len(g["params"]) for g in groups) == len(list(model.net.parameters()))
     # what the optimiser really ran at, as Lightning logged it per parameter group: the backbone's groups at a
     # quarter of the head's, at every logged step of the schedule

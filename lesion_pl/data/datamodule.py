@@ -8,6 +8,7 @@ cache lives on the GPU and the loaders hand over row numbers only.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -17,16 +18,15 @@ import torch
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from ..classes import label_space
-from ..config import resolve_data_root
-from ..config_rules import balance_power
+from ..config import Data, Loss, balance_power, resolve_data_root
 from ..errors import LesionPLError
-from ..hardware import image_size_for
 from .cache import build_cache, default_cache_dir
 from .check import bad_images_cached
 from .dataset import CachedImages
 from .sources import read_source, read_sources
-from .splits import SPLITS, check_no_leak, make_splits, read_splits
+from .splits import SPLITS, check_no_leak, make_splits, read_splits, split_seed
 from .transforms import augment_batch
+
 
 class EpochWeightedSampler(WeightedRandomSampler):
     """Draws with replacement with per-image weights that may change with the epoch: Lightning calls
@@ -56,12 +56,17 @@ def channel_stats(cache: np.ndarray, indices: np.ndarray, chunk: int = 512) -> t
 
 
 class LesionDataModule(pl.LightningDataModule):
-    def __init__(self, cfg: dict, splits_file: Path | None = None, progress: bool = True, whole: bool = False):
-        """`whole`: every image in one 'all' split and no split file (evaluating a model on other data)."""
+    def __init__(self, data: Data, seed: int, splits_file: Path | None = None, progress: bool = True,
+                 whole: bool = False):
+        """`data`: the config's data section, its image size resolved (`hardware.resolve_auto`); `seed`: the run's
+        (the split's where data.splits names none, and the sampler's). `whole`: every image in one 'all' split
+        and no split file (evaluating a model on other data)."""
         super().__init__()
-        self.cfg = cfg
+        if data.image_size == "auto":
+            raise LesionPLError("data.image_size is auto: resolve it for this machine first (hardware.resolve_auto)")
+        self.data, self.seed = data, int(seed)
         self.whole = whole
-        self.splits_file = splits_file or cfg["data"].get("splits_file")
+        self.splits_file = splits_file or data.splits_file
         self.progress = progress
         self.table: pd.DataFrame | None = None
         self.split: pd.Series | None = None
@@ -70,16 +75,17 @@ class LesionDataModule(pl.LightningDataModule):
     def build(self) -> "LesionDataModule":
         if self.table is not None:
             return self
-        d = self.cfg["data"]
-        self.root = resolve_data_root(self.cfg)
+        d = self.data
+        self.root = resolve_data_root(d)
         # the run's own sources together; evaluating other data (`whole`), that data alone
-        table = read_source(d["format"], self.root, d) if self.whole else read_sources(d, self.root)
+        table = read_source(d.format, self.root, d) if self.whole else read_sources(d, self.root)
         if "melanoma_target" in table and not self.whole:
             raise LesionPLError(f"{self.root} has only melanoma/benign labels (ISIC 2020): it cannot train or be "
-                                "split; evaluate a run on it with `python cli.py test --run RUN --data-root DIR --split all`")
+                                "split; evaluate a run on it with `python cli.py test --run RUN --data-root DIR "
+                                "--split all`")
         self.skipped: dict[str, str] = dict(table.attrs.get("missing", {}))  # listed but not on disk (skipped)
-        if d.get("skip_bad_images"):
-            unreadable = bad_images_cached(table["path"].tolist(), d.get("cache_dir"), self.progress)
+        if d.skip_bad_images:
+            unreadable = bad_images_cached(table["path"].tolist(), d.cache_dir, self.progress)
             table = table[~table["path"].isin(unreadable)].reset_index(drop=True)
             self.skipped.update(unreadable)
         if self.whole:
@@ -89,25 +95,31 @@ class LesionDataModule(pl.LightningDataModule):
         elif "official_split" in table:  # a source that comes with its own split (DermaMNIST)
             split = table["official_split"].rename("split")
         else:
-            s = d["splits"]
-            split = make_splits(table, s, int(s.get("seed", self.cfg["seed"])),
-                                d.get("cache_dir") or default_cache_dir())
+            split = make_splits(table, d.splits, split_seed(d, self.seed), d.cache_dir or default_cache_dir())
         if not self.whole and "official_split" not in table:
             check_no_leak(table, split)
             for name in SPLITS:
                 if not (split == name).any():
-                    raise LesionPLError(f"the {name} split is empty ({len(table)} images, fractions {d['splits']})")
-            space = label_space(self.cfg)
+                    raise LesionPLError(f"the {name} split is empty ({len(table)} images, "
+                                        f"fractions {d.splits.model_dump(exclude={'seed'})})")
+            space = label_space(d)
             trained = set(table["dx"][(split == "train").to_numpy()])
             unseen = [c for c in space.classes if c not in trained]
-            if unseen and d.get("classes") is not None:  # a space the user named: each class must be learnt
+            if unseen and d.classes is not None:  # a space the user named: each class must be learnt
                 raise LesionPLError(f"no training image of class(es) {', '.join(unseen)} of data.classes "
                                     f"({', '.join(space.classes)}) in {self.root}: map labels into them with "
                                     "data.label_map, or leave them out of data.classes")
-        self.cache = build_cache(table["path"].tolist(), image_size_for(self.cfg), d.get("cache_dir"),
-                                 progress=self.progress, in_memory_max_gb=float(d["cache_in_memory_max_gb"]))
+        self.cache = build_cache(table["path"].tolist(), int(d.image_size), d.cache_dir, progress=self.progress,
+                                 in_memory_max_gb=float(d.cache_in_memory_max_gb))
         self.table, self.split = table, split
         return self
+
+    def for_seed(self, seed: int) -> "LesionDataModule":
+        """The same data (table, split, cache: shared, not copied) with another seed for the sampler: an ensemble's
+        member."""
+        other = copy.copy(self)
+        other.seed = int(seed)
+        return other
 
     def train_stats(self) -> tuple[list, list]:
         """Per-channel mean and std of the training split (normalisation for a new model)."""
@@ -120,11 +132,12 @@ class LesionDataModule(pl.LightningDataModule):
 
     def class_counts(self, split: str = "train") -> np.ndarray:
         labels = self.table["label"].to_numpy()[self.indices(split)]
-        return np.bincount(labels, minlength=label_space(self.cfg).num_classes)
+        return np.bincount(labels, minlength=label_space(self.data).num_classes)
 
-    def class_weights(self) -> list[float] | None:
-        """Loss weights count^-p, scaled to average 1 over the training images."""
-        p = balance_power(self.cfg["loss"]["class_weights"], "loss.class_weights")
+    def class_weights(self, loss: Loss) -> list[float] | None:
+        """The loss section's class weights for this training split: count^-p, scaled to average 1 over the
+        training images (None: unweighted)."""
+        p = balance_power(loss.class_weights, "loss.class_weights")
         if p == 0:
             return None
         counts = np.maximum(self.class_counts(), 1)
@@ -137,12 +150,12 @@ class LesionDataModule(pl.LightningDataModule):
 
         With `data.sampler_start`, p moves linearly from that sampler's power to `data.sampler`'s over
         the first `data.sampler_ramp_epochs` epochs."""
-        d = self.cfg["data"]
-        end = balance_power(d["sampler"], "data.sampler")
-        if d.get("sampler_start") is None:
+        d = self.data
+        end = balance_power(d.sampler, "data.sampler")
+        if d.sampler_start is None:
             return end
-        start = balance_power(d["sampler_start"], "data.sampler_start")
-        ramp = d["sampler_ramp_epochs"]
+        start = balance_power(d.sampler_start, "data.sampler_start")
+        ramp = d.sampler_ramp_epochs
         return end if epoch is None else start + (end - start) * min(1.0, epoch / ramp)
 
     def row_weights(self, split: str = "train") -> np.ndarray:
@@ -150,10 +163,10 @@ class LesionDataModule(pl.LightningDataModule):
         e.g. {dx_type: {follow_up: 0.25}}: a follow-up image is drawn a quarter as often as another of its class."""
         rows = self.table.iloc[self.indices(split)]
         weight = np.ones(len(rows))
-        if self.cfg["data"]["balance_sources"] and "source" in rows:  # each source's images weigh as much in all
+        if self.data.balance_sources and "source" in rows:  # each source's images weigh as much in all
             per_source = rows["source"].map(rows["source"].value_counts()).to_numpy(dtype=float)
             weight *= len(rows) / (rows["source"].nunique() * per_source)
-        for column, by_value in (self.cfg["data"]["sample_weights"] or {}).items():
+        for column, by_value in (self.data.sample_weights or {}).items():
             if column not in rows:
                 raise LesionPLError(f"data.sample_weights names column '{column}', which the data in {self.root} "
                                     f"does not have (it has: {', '.join(map(str, rows.columns))})")
@@ -166,7 +179,7 @@ class LesionDataModule(pl.LightningDataModule):
         """Training images per class, each counted by its row weight; a class missing from train keeps a count of
         1 (log(0) would make the smoothed loss infinite)."""
         labels = self.table["label"].to_numpy()[self.indices("train")]
-        counts = np.bincount(labels, weights=self.row_weights(), minlength=label_space(self.cfg).num_classes)
+        counts = np.bincount(labels, weights=self.row_weights(), minlength=label_space(self.data).num_classes)
         return np.where(counts > 0, counts, 1.0)
 
     def _sampler_weights(self, epoch: int | None = None) -> np.ndarray:
@@ -187,7 +200,7 @@ class LesionDataModule(pl.LightningDataModule):
         return CachedImages(self.cache, idx, labels.tolist(), rows_only=rows_only)
 
     def _fit_dataset(self, split: str) -> CachedImages:
-        return self.dataset(split, rows_only=bool(self.cfg["data"].get("cache_on_device")))
+        return self.dataset(split, rows_only=bool(self.data.cache_on_device))
 
     def _device_cache(self, device: torch.device) -> torch.Tensor:
         if self._on_device is None or self._on_device.device != device:
@@ -196,15 +209,15 @@ class LesionDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, target = batch
-        if self.cfg["data"].get("cache_on_device"):  # the loader sent cache rows
+        if self.data.cache_on_device:  # the loader sent cache rows
             images = self._device_cache(images.device)[images].permute(0, 3, 1, 2)
         if self.trainer is not None and self.trainer.training:
-            images = augment_batch(images, self.cfg["data"]["augment"])
+            images = augment_batch(images, self.data.augment)
         return images, target
 
     def _loader(self, ds, shuffle=False, sampler=None, drop_last=False) -> DataLoader:
-        workers = int(self.cfg["data"]["num_workers"])
-        return DataLoader(ds, batch_size=int(self.cfg["data"]["batch_size"]), shuffle=shuffle, sampler=sampler,
+        workers = int(self.data.num_workers)
+        return DataLoader(ds, batch_size=int(self.data.batch_size), shuffle=shuffle, sampler=sampler,
                           num_workers=workers, persistent_workers=workers > 0,
                           pin_memory=torch.cuda.is_available(), drop_last=drop_last)
 
@@ -221,12 +234,12 @@ class LesionDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = self._fit_dataset("train")
-        ramp = self.cfg["data"].get("sampler_start") is not None
+        ramp = self.data.sampler_start is not None
         rows = self.row_weights()
         if self.sampler_power() == 0 and not ramp and (rows == 1).all():
             return self._loader(ds, shuffle=True, drop_last=True)
         labels = np.asarray(ds.labels)
-        gen = torch.Generator().manual_seed(int(self.cfg["seed"]))
+        gen = torch.Generator().manual_seed(int(self.seed))
         sampler = EpochWeightedSampler(lambda epoch: rows * self._sampler_weights(epoch if ramp else None)[labels],
                                        num_samples=len(ds), generator=gen)
         return self._loader(ds, sampler=sampler, drop_last=True)

@@ -38,7 +38,8 @@ def rebase(url: str, base_url: str | None) -> str:
 
 
 def _open(url: str, start: int = 0):
-    req = urllib.request.Request(url, headers={"User-Agent": "lesion-pl", **({"Range": f"bytes={start}-"} if start else {})})
+    headers = {"User-Agent": "lesion-pl", **({"Range": f"bytes={start}-"} if start else {})}
+    req = urllib.request.Request(url, headers=headers)
     try:
         return urllib.request.urlopen(req, timeout=TIMEOUT)
     except urllib.error.HTTPError as e:
@@ -76,7 +77,8 @@ def fetch(url: str, dest: Path, md5: str | None, progress: bool = True, manual_h
             resp = _open(url, have)
         except ConnectionError as e:
             if attempt == 0:  # nothing answers at all: offline, fail fast
-                raise LesionPLError(f"{e}. Offline? Download {url} by hand and put it at {dest}. {manual_hint}".strip()) from None
+                raise LesionPLError(f"{e}. Offline? Download {url} by hand and put it at {dest}. "
+                                    f"{manual_hint}".strip()) from None
             continue
         with resp:
             if have and resp.status != 206:  # the server ignored the range: start again

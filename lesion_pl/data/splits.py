@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..config import Data, Splits
 from ..errors import LesionPLError
 from ..io import atomic_path, file_lock
 
@@ -54,13 +55,19 @@ def _sgkf_folds(table: pd.DataFrame, seed: int) -> np.ndarray:
     return fold_of
 
 
-def make_splits(table: pd.DataFrame, fractions: dict, seed: int, cache_dir: Path | None = None) -> pd.Series:
+def split_seed(data: Data, seed: int) -> int:
+    """The split's seed: data.splits.seed, else the run's."""
+    return int(seed if data.splits.seed is None else data.splits.seed)
+
+
+def make_splits(table: pd.DataFrame, fractions: Splits | dict, seed: int, cache_dir: Path | None = None) -> pd.Series:
     """A 'train'/'val'/'test' label per row of `table`; all images of one group share a split. A table of several
     sources (column `source`) is split source by source, each by its own groups and fractions."""
     if "source" in table and table["source"].nunique() > 1:
         return pd.concat([make_splits(rows.drop(columns="source"), fractions, seed, cache_dir)
                           for _, rows in table.groupby("source", sort=False)]).reindex(table.index)
-    fr = {s: float(fractions.get(s, 0.0)) for s in SPLITS}
+    given = fractions.model_dump() if isinstance(fractions, Splits) else fractions
+    fr = {s: float(given.get(s, 0.0)) for s in SPLITS}
     if any(v < 0 for v in fr.values()) or abs(sum(fr.values()) - 1.0) > 1e-6:
         raise LesionPLError(f"split fractions must be >= 0 and sum to 1, got {fr}")
     folds = {s: round(fr[s] * N_FOLDS) for s in SPLITS}
@@ -129,23 +136,22 @@ def summarize(table: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
     return counts
 
 
-def split_summary(cfg: dict, splits_file: Path | None = None) -> dict:
-    """`data summary`: the config's data source read and split (from `splits_file`, the source's official split,
-    or made here), its class counts per split, what was left out, and the leak check (raises on a leak)."""
+def split_summary(data: Data, seed: int, splits_file: Path | None = None) -> dict:
+    """`data summary`: the config's data read and split (from `splits_file`, the source's official split, or made
+    here as fit would), its class counts per split, what was left out, and the leak check (raises on a leak)."""
     from ..config import resolve_data_root
     from .cache import default_cache_dir
     from .sources import read_sources
 
-    root = resolve_data_root(cfg)
-    table = read_sources(cfg["data"], root)
-    s = cfg["data"]["splits"]
+    root = resolve_data_root(data)
+    table = read_sources(data, root)
     if splits_file:
         split, how = read_splits(table, splits_file), f"split from {splits_file}"
     elif "official_split" in table:
         split, how = table["official_split"].rename("split"), "the source's official split"
     else:
-        seed = int(s.get("seed", cfg["seed"]))
-        split = make_splits(table, s, seed, cfg["data"]["cache_dir"] or default_cache_dir())
+        seed = split_seed(data, seed)
+        split = make_splits(table, data.splits, seed, data.cache_dir or default_cache_dir())
         how = f"split seed {seed}"
     note = table.attrs.get("note")
     if note is None:

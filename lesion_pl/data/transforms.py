@@ -19,6 +19,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..config import Augment, ColorJitter
+
 _GRAY = (0.299, 0.587, 0.114)
 
 
@@ -26,33 +28,41 @@ def _uniform(n: int, low: float, high: float, generator) -> torch.Tensor:
     return low + (high - low) * torch.rand(n, generator=generator)
 
 
-def affine_params(n: int, aug: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+def as_augment(aug: Augment | dict) -> Augment:
+    """The augment section, or a dict of its keys (validated; keys it lacks take the training defaults)."""
+    return aug if isinstance(aug, Augment) else Augment.model_validate(aug)
+
+
+def affine_params(n: int, aug: Augment | dict, generator: torch.Generator | None = None) -> torch.Tensor:
     """(n, 2, 3) matrices mapping output coordinates to input coordinates, both in [-1, 1]."""
-    lo, hi = aug.get("scale", (1.0, 1.0))
-    r0, r1 = aug.get("ratio", (1.0, 1.0))
+    aug = as_augment(aug)
+    lo, hi = aug.scale
+    r0, r1 = aug.ratio
     area = _uniform(n, lo, hi, generator)
     ratio = torch.exp(_uniform(n, math.log(r0), math.log(r1), generator))
     w = torch.sqrt(area * ratio).clamp(max=1.0)   # crop width and height as fractions of the image
     h = torch.sqrt(area / ratio).clamp(max=1.0)
     cx = _uniform(n, -1.0, 1.0, generator) * (1 - w)
     cy = _uniform(n, -1.0, 1.0, generator) * (1 - h)
-    if aug.get("hflip"):
+    if aug.hflip:
         w = w * (torch.randint(0, 2, (n,), generator=generator) * 2 - 1)
-    if aug.get("vflip"):
+    if aug.vflip:
         h = h * (torch.randint(0, 2, (n,), generator=generator) * 2 - 1)
-    angle = torch.deg2rad(_uniform(n, -1.0, 1.0, generator) * float(aug.get("rotation") or 0))
+    angle = torch.deg2rad(_uniform(n, -1.0, 1.0, generator) * float(aug.rotation))
     cos, sin = torch.cos(angle), torch.sin(angle)
     # input = diag(w, h) @ R(angle) @ output + centre: rotate the output view, then crop/flip
     return torch.stack([torch.stack([w * cos, -w * sin, cx], 1),
                         torch.stack([h * sin, h * cos, cy], 1)], 1)
 
 
-def color_jitter(x: torch.Tensor, jitter: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+def color_jitter(x: torch.Tensor, jitter: ColorJitter | dict,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
     """Brightness, contrast, saturation and hue jitter on float images in 0..255 (N, 3, H, W).
 
     All four are linear in the pixel values, so they are composed into one 3x3 matrix and one offset
     per image and applied in a single batched matmul (clamped once, at the end).
     """
+    jitter = jitter.model_dump() if isinstance(jitter, ColorJitter) else jitter
     n = len(x)
     dev, dt = x.device, x.dtype
     gray = torch.tensor(_GRAY, device=dev, dtype=dt)
@@ -152,41 +162,43 @@ def jpeg(x: torch.Tensor, low: float, high: float, generator=None) -> torch.Tens
     return torch.stack(out).to(x.device, x.dtype)
 
 
-def augment_batch(images: torch.Tensor, aug: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+def augment_batch(images: torch.Tensor, aug: Augment | dict,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> augmented float (N, 3, H, W) in 0..255, on the images' device.
 
     After the geometry and the colour jitter, the acquisition augmentations that mimic other clinics'
     images (benchmarks/shift.py), each off unless configured: `channel_gain`, `gamma`, `blur`,
     `vignette`, `downscale`, `jpeg` (last: it encodes the image as it would reach the model)."""
+    aug = as_augment(aug)
     x = images.float()
     theta = affine_params(len(x), aug, generator).to(x.device, x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    jitter = aug.get("color_jitter") or {}
+    jitter = aug.color_jitter.model_dump()
     if any(jitter.values()):
         x = color_jitter(x, jitter, generator)
-    if aug.get("channel_gain"):
-        x = channel_gain(x, float(aug["channel_gain"]), generator)
-    if aug.get("gamma"):
-        x = gamma(x, *map(float, aug["gamma"]), generator)
-    if aug.get("blur"):
-        x = blur(x, float(aug["blur"]), generator)
-    if aug.get("vignette"):
-        x = vignette(x, float(aug["vignette"]), generator)
-    if aug.get("downscale"):
-        x = downscale(x, float(aug["downscale"]), generator)
-    if aug.get("jpeg"):
-        x = jpeg(x, *map(float, aug["jpeg"]), generator)
+    if aug.channel_gain:
+        x = channel_gain(x, float(aug.channel_gain), generator)
+    if aug.gamma:
+        x = gamma(x, *map(float, aug.gamma), generator)
+    if aug.blur:
+        x = blur(x, float(aug.blur), generator)
+    if aug.vignette:
+        x = vignette(x, float(aug.vignette), generator)
+    if aug.downscale:
+        x = downscale(x, float(aug.downscale), generator)
+    if aug.jpeg:
+        x = jpeg(x, *map(float, aug.jpeg), generator)
     return x
 
 
-def batch_mixer(augment: dict, num_classes: int):
+def batch_mixer(augment: Augment, num_classes: int):
     """torchvision's MixUp and/or CutMix on whole training batches (None when both alphas are 0);
     with both, each batch gets one of the two at random, as in timm."""
     from torchvision.transforms import v2
 
     mixers = [cls(alpha=float(alpha), num_classes=num_classes)
-              for cls, alpha in ((v2.MixUp, augment["mixup"]), (v2.CutMix, augment["cutmix"]))
+              for cls, alpha in ((v2.MixUp, augment.mixup), (v2.CutMix, augment.cutmix))
               if alpha and float(alpha) > 0]
     if not mixers:
         return None

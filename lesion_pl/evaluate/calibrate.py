@@ -20,6 +20,7 @@ from ..calibration import (
     referral_threshold,
 )
 from ..classes import HAM10000, LabelSpace, label_space
+from ..config import Calibration
 from ..io import atomic_write_json
 from ..run import RunDir
 from ..scoring import ScoringPolicy, score_names, scores_and_positives, softmax
@@ -52,18 +53,18 @@ def fit_clinical(dm, val_ds, val_probs: np.ndarray, val_labels: np.ndarray, colu
                                                                                      space))}
 
 
-def fit_operating_points(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, c: dict, seed: int,
+def fit_operating_points(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, c: Calibration, seed: int,
                          space: LabelSpace = HAM10000) -> dict:
     """Per referral score of the space: the highest threshold that reaches the configured sensitivity
     (`calibration.malignant_sensitivity`, `melanoma_sensitivity`) with the configured confidence on new lesions
     (`calibration.referral_confidence`), and what it gives on these images."""
     out = {}
     for name in score_names(space):
-        target = c[f"{name}_sensitivity"]
+        target = getattr(c, f"{name}_sensitivity")
         scores, positive = scores_and_positives(probs, labels, name, space)
         if positive.any():
-            op = referral_threshold(scores, positive, groups, float(target), c["referral_confidence"],
-                                    int(c["bootstrap"]), seed)
+            op = referral_threshold(scores, positive, groups, float(target), c.referral_confidence,
+                                    int(c.bootstrap), seed)
             out[name] = {**op, "val": binary_stats(scores, positive, op["threshold"])}
     return out
 
@@ -129,27 +130,27 @@ def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool 
     dm = dm or run.datamodule(cfg, progress)
     ds = dm.dataset("val")
     labels = np.asarray(ds.labels)
-    c = cfg["calibration"]
-    tta = bool(c["tta"])  # the scores thresholds are chosen on must be the scores they will be applied to
+    c = cfg.calibration
+    tta = bool(c.tta)  # the scores thresholds are chosen on must be the scores they will be applied to
     logits = predict_logits(load_run_model(run), ds, tta=tta, progress=progress)
-    space = label_space(cfg)
+    space = label_space(cfg.data)
     result = {"split": "val", "n_images": int(len(labels)), "tta": tta, "label_space": space.as_config()}
-    if c["prior_correction"]:
+    if c.prior_correction:
         counts = np.maximum(dm.class_counts("train"), 1)
         log_prior = np.log(counts / counts.sum())
         fitted = fit_prior_correction(logits, labels, log_prior)
         result.update({k: fitted[k] for k in ("temperature", "class_bias", "prior_weight")})
         # the probabilities now carry the training prior; the balanced rule divides it out again
-        result.update(decision=c["decision"], decision_bias=decision_bias(log_prior, c["decision"]))
+        result.update(decision=c.decision, decision_bias=decision_bias(log_prior, c.decision))
     else:
         result.update(temperature=fit_temperature(logits, labels), class_bias=None, prior_weight=0.0,
                       decision="accuracy", decision_bias=None)  # no prior to divide out
     rows = dm.table.iloc[ds.indices]
-    groups, seed = rows["group"].to_numpy(), int(cfg["seed"])
+    groups, seed = rows["group"].to_numpy(), int(cfg.seed)
     probs = ScoringPolicy.from_calibration(result)(logits).probabilities
     records = None
-    if c["clinical"]:
-        result["clinical"], result["clinical_fit"] = fit_clinical(dm, ds, probs, labels, c["clinical_columns"], space)
+    if c.clinical:
+        result["clinical"], result["clinical_fit"] = fit_clinical(dm, ds, probs, labels, c.clinical_columns, space)
         records = rows if result["clinical"] else None
     before = calibration_errors(softmax(logits), labels, space)
     guard = keep_errors_down(
@@ -170,7 +171,7 @@ def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool 
                   val_balanced_accuracy_argmax_logits=balanced_accuracy(labels, softmax(logits).argmax(1)),
                   val_auroc_malignant=binary_auroc(*scores_and_positives(probs, labels, "malignant", space)),
                   operating_points=fit_operating_points(probs, labels, groups, c, seed, space))
-    sources = by_source(probs, labels, pred, rows, space, int(c["bootstrap"]), seed)
+    sources = by_source(probs, labels, pred, rows, space, int(c.bootstrap), seed)
     if sources is not None:  # a run of several sources: validation per source, beside the pooled figures
         result["by_source"] = sources
     # the scores the thresholds were chosen on, for benchmarks/referral.py and anyone re-checking them

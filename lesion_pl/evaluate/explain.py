@@ -25,10 +25,10 @@ def explain_images(paths: list[Path], run_path: Path, out_dir: Path | None = Non
     run = RunDir(Path(run_path))
     run.require_fitted()
     cfg = run.load_config()
-    size = int(cfg["data"]["image_size"])
+    size = int(cfg.data.image_size)
     cal_path = run.path / "calibration.json"
     cal = json.loads(cal_path.read_text()) if cal_path.exists() else {}
-    policy = ScoringPolicy.from_calibration(cal, label_space(cfg))
+    policy = ScoringPolicy.from_calibration(cal, label_space(cfg.data))
     classes, space = policy.classes, policy.space
     model = load_run_model(run)
     out_dir = Path(out_dir) if out_dir else run.path / "explain"

@@ -15,6 +15,7 @@ import torch
 from ..calibration import promise_text
 from ..classes import LabelSpace, label_space
 from ..clinical import age_years
+from ..config import Config
 from ..errors import LesionPLError
 from ..io import atomic_path, atomic_write_text
 from ..run import RunDir
@@ -82,7 +83,7 @@ class Tested:
     source: Path  # the evaluation's folder (RUN/test or RUN/evaluations/NAME)
     metrics: dict
     preds: pd.DataFrame  # its predictions.csv
-    cfg: dict
+    cfg: Config
     dm: object  # the datamodule that read the images
     images: np.ndarray  # [N, S, S, 3] uint8, as the model saw them
     probs: np.ndarray  # [N, C] as test reported them
@@ -114,7 +115,7 @@ def _tested(run: RunDir, data_root: Path | None, progress: bool, evaluation: str
     try:
         dm = run.datamodule(cfg, progress, whole=whole)
     except LesionPLError as e:
-        raise LesionPLError(f"{e} (the run's images are read from {cfg['data']['root'] or 'the default data root'}; "
+        raise LesionPLError(f"{e} (the run's images are read from {cfg.data.root or 'the default data root'}; "
                             f"the last `test` read {metrics.get('data_root')}: pass --data-root DIR)") from None
     row_of = pd.Series(np.arange(len(dm.table)), index=dm.table["image_id"])
     missing = preds["image_id"][~preds["image_id"].isin(row_of.index)]
@@ -122,7 +123,7 @@ def _tested(run: RunDir, data_root: Path | None, progress: bool, evaluation: str
         raise LesionPLError(f"{len(missing)} tested image(s) are not in the data at {dm.root}, e.g. "
                             f"{missing.iloc[0]}; rerun `{test_cmd}`")
     rows = row_of[preds["image_id"]].to_numpy()
-    space = label_space(cfg)
+    space = label_space(cfg.data)
     target = preds["dx"].map(space.index).to_numpy()
     pred = preds["pred"].map(space.index).to_numpy(dtype=np.int64, copy=True)
     frame = dm.table.iloc[rows].reset_index(drop=True).assign(pred=[space.classes[i] for i in pred],
@@ -155,7 +156,7 @@ def _galleries(t: Tested, cams: np.ndarray, per_class: int, per_confusion: int):
         return {"overlay": overlay(t.images[k], cams[k]), "true": classes[t.target[k]], "pred": classes[t.pred[k]],
                 "probs": t.probs[k], "image_id": t.preds["image_id"][k]}
 
-    rng = np.random.default_rng(int(t.cfg["seed"]))
+    rng = np.random.default_rng(int(t.cfg.seed))
     sample = []
     for c in range(len(classes)):
         idx = np.flatnonzero(t.target == c)
@@ -397,13 +398,13 @@ def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_st
                                                        "recall_macro", "f1_macro", "auroc_macro", "auroc_malignant")},
                            index=[f"test ({metrics['n_images']} images)"])
     per_class = pd.DataFrame(metrics["per_class"]).T
-    space = space or label_space(cfg)
+    space = space or label_space(cfg.data)
     per_class.insert(0, "diagnosis", [space.name(c) for c in per_class.index])
     per_class["support"] = per_class["support"].astype(int)
     members = len(summary.get("members", []))
-    facts = {"trained on": summary.get("data_root", str(cfg["data"]["root"])), "tested on": _scored(metrics),
-             "model": cfg["model"]["name"] + (f", an ensemble of {members}" if members else ""),
-             "input size": f"{cfg['data']['image_size']} px", "epochs run": summary.get("epochs"),
+    facts = {"trained on": summary.get("data_root", str(cfg.data.root)), "tested on": _scored(metrics),
+             "model": cfg.model.name + (f", an ensemble of {members}" if members else ""),
+             "input size": f"{cfg.data.image_size} px", "epochs run": summary.get("epochs"),
              "best epoch (validation)": summary.get("best_epoch"),
              "training wall time": f"{summary['fit_seconds'] / 60:.1f} min" if "fit_seconds" in summary else "",
              "checkpoint": metrics.get("checkpoint", ""), "test-time augmentation": metrics.get("tta", False)}
@@ -466,6 +467,6 @@ def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_st
     if cam_stats:
         s += ["<h3>Where the model looks: Grad-CAM mass inside the lesion mask</h3>",
               _table(pd.DataFrame({k: [v] for k, v in cam_stats.items()}))]
-    s += ["<h2>Config</h2>", f"<pre>{text(yaml.safe_dump(cfg, sort_keys=False))}</pre>",
+    s += ["<h2>Config</h2>", f"<pre>{text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))}</pre>",
           "<p class='note'>Data: HAM10000 (Tschandl et al., Sci. Data 2018), CC BY-NC.</p></body></html>"]
     return "\n".join(s)

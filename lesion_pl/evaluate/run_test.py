@@ -9,6 +9,7 @@ import torch
 
 from ..calibration import brier_score
 from ..classes import label_space
+from ..config import Config
 from ..errors import LesionPLError
 from ..io import atomic_dir, atomic_write_json
 from ..run import RunDir, require_data_keys
@@ -46,9 +47,9 @@ def evaluation_target(run: RunDir, data_root: Path | None, data_format: str | No
     from ..data.sources import detect_format
 
     own_cfg = run.load_config()
-    own_root = resolve_data_root(own_cfg).resolve()
+    own_root = resolve_data_root(own_cfg.data).resolve()
     root = Path(data_root).expanduser().resolve() if data_root is not None else own_root
-    own = root == own_root and data_format in (None, own_cfg["data"]["format"])
+    own = root == own_root and data_format in (None, own_cfg.data.format)
     if out is not None:
         return Path(out), name or Path(out).name
     if name is None:
@@ -100,7 +101,7 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     ds = dm.dataset(split)
     if len(ds) == 0:
         raise LesionPLError(f"the {split} split of {dm.root} is empty")
-    if split == "all" and dm.root.resolve() != resolve_data_root(run.load_config()).resolve():
+    if split == "all" and dm.root.resolve() != resolve_data_root(run.load_config().data).resolve():
         require_unseen(run, dm.table, dm.root)
 
     cal = load_calibration(run, data_root, progress)
@@ -108,7 +109,7 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
         tta = bool(cal.get("tta", False))
     logits = predict_logits(load_run_model(run), ds, tta=tta, progress=progress)
     rows = dm.table.iloc[ds.indices]
-    policy = ScoringPolicy.from_calibration(cal, label_space(cfg))
+    policy = ScoringPolicy.from_calibration(cal, label_space(cfg.data))
     space = policy.space
     scored = policy(logits, rows)
     raw, probs, pred = softmax(logits), scored.probabilities, scored.top_index
@@ -122,10 +123,10 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
               "rows_kept": dm.table.attrs.get("where"), **_checkpoints(run), "tta": tta,
               "tta_calibrated": bool(cal.get("tta", False)), "skipped_bad_images": dm.skipped,
               "classes": list(space.classes), **report}
-    report["ci95"] = headline_ci(probs, target, rows["group"].to_numpy(), int(cfg["calibration"]["bootstrap"]),
-                                 int(cfg["seed"]), pred, space)
+    report["ci95"] = headline_ci(probs, target, rows["group"].to_numpy(), int(cfg.calibration.bootstrap),
+                                 int(cfg.seed), pred, space)
     before, after = calibration_errors(raw, target, space), calibration_errors(probs, target, space)
-    floor = calibration_error_floor(probs, space, seed=int(cfg["seed"]))
+    floor = calibration_error_floor(probs, space, seed=int(cfg.seed))
     report["calibration"] = {
         "temperature": cal["temperature"],
         "prior_weight": cal.get("prior_weight", 0.0),
@@ -143,7 +144,7 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
                               "images_with_metadata": int(scored.with_metadata.sum()),
                               "image_only": {k: image_report[k] for k in HEADLINE if k in image_report}}
     positives = {n: is_positive(target, n, space) for n in scored.scores}
-    n_boot, seed = int(cfg["calibration"]["bootstrap"]), int(cfg["seed"])
+    n_boot, seed = int(cfg.calibration.bootstrap), int(cfg.seed)
     report["operating_points"] = operating_points(policy, scored, positives, rows["group"].to_numpy(), n_boot, seed)
     sources = by_source(probs, target, pred, rows, space, n_boot, seed)
     if sources is not None:
@@ -164,7 +165,7 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     return report
 
 
-def _binary_test(run: RunDir, cfg: dict, policy: ScoringPolicy, scored: Scored, rows: pd.DataFrame, split: str, dm,
+def _binary_test(run: RunDir, cfg: Config, policy: ScoringPolicy, scored: Scored, rows: pd.DataFrame, split: str, dm,
                  tta: bool, dest: Path, evaluation: str | None) -> dict:
     """A source with only melanoma/benign labels (ISIC 2020): AUROC of the melanoma and malignancy
     outputs against them, and the run's two referral thresholds applied to them."""
@@ -184,7 +185,7 @@ def _binary_test(run: RunDir, cfg: dict, policy: ScoringPolicy, scored: Scored, 
         report[f"auroc_{name}_vs_target"] = (float(BinaryAUROC()(torch.from_numpy(s), torch.from_numpy(y))) if both
                                              else float("nan"))
     report["operating_points"] = operating_points(policy, scored, {n: y.astype(bool) for n in scored.scores}, groups,
-                                                  int(cfg["calibration"]["bootstrap"]), int(cfg["seed"]))
+                                                  int(cfg.calibration.bootstrap), int(cfg.seed))
     with atomic_dir(dest) as folder:
         write_predictions(predictions_frame(rows, scored, "melanoma_target"), folder / "predictions.csv")
         atomic_write_json(folder / "metrics.json", report)

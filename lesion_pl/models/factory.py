@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -10,6 +11,9 @@ from ..classes import NUM_CLASSES
 from ..errors import LesionPLError
 from .lesion_cnn import LesionCNN
 from .weights import LoadedWeights, load_backbone, load_hub, load_package, no_weights_message, read_state
+
+if TYPE_CHECKING:
+    from ..config import Model
 
 
 def shades_of_gray(x: torch.Tensor, p: float, dims: tuple[int, int], channel: int) -> torch.Tensor:
@@ -50,19 +54,19 @@ class Normalize(nn.Module):
         return (x - mean) / std
 
 
-def uses_weights(model_cfg: dict) -> bool:
+def uses_weights(model: Model) -> bool:
     """Whether the network starts from pretrained or given weights (else from a random initialisation)."""
-    return bool(model_cfg.get("pretrained")) or bool(model_cfg.get("weights"))
+    return bool(model.pretrained) or bool(model.weights)
 
 
-def normalization_stats(model_cfg: dict, dataset_stats) -> tuple[list | None, list | None]:
+def normalization_stats(model: Model, dataset_stats) -> tuple[list | None, list | None]:
     """The mean/std the network's inputs are normalised with (0..1 scale); (None, None): the weights' own,
     known once they are loaded (`model.normalization: auto` with weights). `dataset_stats()` gives the
     training split's, for a network trained from scratch or `model.normalization: dataset`."""
-    norm = model_cfg["normalization"]
+    norm = model.normalization
     if isinstance(norm, dict):
         return list(norm["mean"]), list(norm["std"])
-    if norm == "auto" and uses_weights(model_cfg) and model_cfg["name"] != "lesion_cnn":
+    if norm == "auto" and uses_weights(model) and model.name != "lesion_cnn":
         return None, None
     return dataset_stats()
 
@@ -97,22 +101,22 @@ def _pretrained_timm(name: str, num_classes: int, dropout: float):
         raise LesionPLError(no_weights_message(name, f"{type(e).__name__}: {str(e).splitlines()[0][:160]}")) from None
 
 
-def build_network(model_cfg: dict, num_classes: int = NUM_CLASSES) -> nn.Module:
+def build_network(model: Model, num_classes: int = NUM_CLASSES) -> nn.Module:
     """The network; with weights, `net.loaded_weights` (a LoadedWeights) says where they came from."""
-    name = model_cfg["name"]
-    dropout = float(model_cfg["dropout"])
+    name = model.name
+    dropout = float(model.dropout)
     loaded: LoadedWeights | None = None
     if name == "lesion_cnn":
-        net = LesionCNN(num_classes, widths=tuple(model_cfg["widths"]), dropout=dropout)
-    elif model_cfg.get("pretrained") and not model_cfg.get("weights"):
+        net = LesionCNN(num_classes, widths=tuple(model.widths), dropout=dropout)
+    elif model.pretrained and not model.weights:
         net, loaded = _pretrained_timm(name, num_classes, dropout)
     else:
         net = _create_timm(name, num_classes, dropout)
-    if model_cfg.get("weights"):
-        path = Path(model_cfg["weights"]).expanduser()
+    if model.weights:
+        path = Path(model.weights).expanduser()
         loaded = load_backbone(net, read_state(path, "model.weights file"), f"model.weights file {path}")
-        pcfg = getattr(net, "pretrained_cfg", None) or {}
-        if pcfg.get("mean"):  # a timm architecture's file: its usual preprocessing (model.normalization overrides)
-            loaded.mean, loaded.std = tuple(pcfg["mean"]), tuple(pcfg["std"])
+        timm_defaults = getattr(net, "pretrained_cfg", None) or {}
+        if timm_defaults.get("mean"):  # a timm architecture's file: its usual preprocessing (normalization overrides)
+            loaded.mean, loaded.std = tuple(timm_defaults["mean"]), tuple(timm_defaults["std"])
     net.loaded_weights = loaded
     return net

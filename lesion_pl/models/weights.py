@@ -98,8 +98,8 @@ KEY_MAPS = {"efficientnet_pytorch": efficientnet_pytorch_to_timm}
 # --- reading and loading ------------------------------------------------------------------------------
 def head_prefix(net) -> str:
     """The state-dict prefix of the network's classifier head ("classifier", "fc", "head.fc" ...)."""
-    cfg = getattr(net, "pretrained_cfg", None) or {}
-    name = cfg.get("classifier") if isinstance(cfg, dict) else None
+    timm_defaults = getattr(net, "pretrained_cfg", None) or {}
+    name = timm_defaults.get("classifier") if isinstance(timm_defaults, dict) else None
     return name or "fc"  # LesionCNN's head is `fc`
 
 
@@ -170,12 +170,12 @@ def load_hub(name: str, num_classes: int, **kwargs):
     import timm
 
     net = timm.create_model(name, pretrained=True, num_classes=num_classes, **kwargs)
-    cfg = net.pretrained_cfg
+    timm_defaults = net.pretrained_cfg
     head = head_prefix(net) + "."
     backbone = sum(1 for k in net.state_dict() if not k.startswith(head))
-    source = f"the Hugging Face Hub ({cfg.get('hf_hub_id') or name})"
+    source = f"the Hugging Face Hub ({timm_defaults.get('hf_hub_id') or name})"
     return net, LoadedWeights(source, backbone, backbone, f"new ({num_classes} classes)",
-                              tuple(cfg["mean"]), tuple(cfg["std"]))
+                              tuple(timm_defaults["mean"]), tuple(timm_defaults["std"]))
 
 
 def no_weights_message(name: str, reason: str) -> str:

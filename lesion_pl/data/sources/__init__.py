@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ...config import Columns, Data
 from ...errors import LesionPLError
-from .common import IMAGE_SUFFIXES, index_images, require_root
+from .common import IMAGE_SUFFIXES, data_options, index_images, require_root
 from .dermamnist import available_sizes, read_dermamnist
 from .generic import read_folder, read_generic_csv
 from .ham10000 import HOW_TO_GET as HOW_TO_GET_HAM10000
@@ -41,12 +42,14 @@ def detect_format(root: Path) -> str:
     raise LesionPLError(f"cannot tell the format of {root}; pass --format ({', '.join(READERS)})")
 
 
-def read_source(fmt: str, root: str | Path, options: dict | None = None) -> pd.DataFrame:
+def read_source(fmt: str, root: str | Path, options: Data | dict | None = None) -> pd.DataFrame:
+    """One source read into the run's table; `options`: the config's data section (or a dict of its keys)."""
+    options = data_options(options)
     if fmt == "auto":
         fmt = detect_format(Path(root))
     if fmt not in READERS:
         raise LesionPLError(f"unknown data format '{fmt}' (known: auto, {', '.join(READERS)})")
-    return keep_rows(READERS[fmt](root, options), (options or {}).get("where") or {}, Path(root))
+    return keep_rows(READERS[fmt](root, options), options.where, Path(root))
 
 
 def source_root(root: str | Path) -> Path:
@@ -57,38 +60,34 @@ def source_root(root: str | Path) -> Path:
     return path if path.is_absolute() else default_data_root().parent / path
 
 
-def read_sources(data: dict, root: Path) -> pd.DataFrame:
+def read_sources(data: Data, root: Path) -> pd.DataFrame:
     """The run's data as one table: its own source (data.root, data.format, ...) and each of `data.sources`, read
     with its own format, columns, label map and rows, in the run's label space. Column `source` names each row's
     archive (the run's own: its root's folder name); another source's groups are prefixed with its name, so that
     two archives' lesions never merge. A source that cannot be read is one error naming it, before anything is
     written; an image id in two sources too. attrs["sources"]: per source, its root, format and images."""
-    from ...config import read_yaml
-    from ...config import DEFAULT_CONFIG
-
-    table = read_source(data["format"], root, data)
-    if not data.get("sources"):
+    table = read_source(data.format, root, data)
+    if not data.sources:
         return table
-    defaults = read_yaml(DEFAULT_CONFIG)["data"]  # what a source does not say is the default's, not the run's own
     own = Path(root).name or "data"
     parts = [table.assign(source=own)]
-    info = {own: {"root": str(root), "format": data["format"], "images": len(table)}}
+    info = {own: {"root": str(root), "format": data.format, "images": len(table)}}
     attrs = {"dropped": dict(table.attrs.get("dropped", {})), "missing": dict(table.attrs.get("missing", {})),
              "notes": [f"{own}: {table.attrs['note']}"] if table.attrs.get("note") else []}
-    for i, src in enumerate(data["sources"]):
-        name, where = src["name"], source_root(src["root"])
+    for i, src in enumerate(data.sources):
+        name, where = src.name, source_root(src.root)
         if name == own:
             raise LesionPLError(f"data.sources[{i}] is named '{name}', as the run's own data: name it otherwise")
-        options = {**{k: defaults[k] for k in ("format", "csv", "columns", "label_map", "drop_labels", "where")},
-                   "classes": data.get("classes"), "skip_bad_images": data.get("skip_bad_images"), **src}
-        if src.get("columns"):
-            options["columns"] = {**defaults["columns"], **src["columns"]}
+        # what a source does not say is the default's, not the run's own; the label space and skipping are the run's
+        options = Data(classes=data.classes, skip_bad_images=data.skip_bad_images, format=src.format, csv=src.csv,
+                       columns=src.columns or Columns(), label_map=src.label_map, drop_labels=src.drop_labels,
+                       where=src.where, image_size=data.image_size, cache_dir=data.cache_dir)
         try:
-            part = read_source(options["format"], where, options)
+            part = read_source(options.format, where, options)
         except LesionPLError as e:
             raise LesionPLError(f"data.sources[{i}] ({name}, {where}): {e}") from None
         parts.append(part.assign(group=name + "/" + part["group"].astype(str), source=name))
-        info[name] = {"root": str(where), "format": options["format"], "images": len(part),
+        info[name] = {"root": str(where), "format": options.format, "images": len(part),
                       "rows_kept": part.attrs.get("where")}
         attrs["dropped"].update({f"{name}: {label}": n for label, n in part.attrs.get("dropped", {}).items()})
         attrs["missing"].update(part.attrs.get("missing", {}))
@@ -123,5 +122,6 @@ def keep_rows(table: pd.DataFrame, where: dict, root: Path) -> pd.DataFrame:
     return out
 
 
-__all__ = ["READERS", "detect_format", "index_images", "read_source", "read_sources", "source_root", "read_ham10000", "read_isic_csv",
-           "read_generic_csv", "read_folder", "read_isic2020", "read_dermamnist", "HOW_TO_GET_HAM10000"]
+__all__ = ["READERS", "detect_format", "index_images", "read_source", "read_sources", "source_root", "read_ham10000",
+           "read_isic_csv", "read_generic_csv", "read_folder", "read_isic2020", "read_dermamnist",
+           "HOW_TO_GET_HAM10000"]

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from ...classes import LabelSpace, parse_label_space
+from ...config import Data, config_from
 from ...errors import LesionPLError
 from ...preprocess import SUFFIXES
 
@@ -24,6 +25,15 @@ def index_images(root: Path) -> dict[str, Path]:
     return found
 
 
+def data_options(options: Data | dict | None) -> Data:
+    """What a reader reads by: the config's data section, or a dict of its keys (validated; keys it lacks take
+    their defaults), e.g. read_source("csv", root, {"columns": {"label": "dx"}})."""
+    if isinstance(options, Data):
+        return options
+    values = {k: str(v) if isinstance(v, Path) else v for k, v in (options or {}).items()}
+    return config_from({"data": values}).data
+
+
 def find_csv(root: Path, fits) -> Path | None:
     """The first CSV in `root` or one folder down whose set of column names `fits(columns)`."""
     for csv in sorted(root.glob("*.csv")) + sorted(root.glob("*/*.csv")):
@@ -36,10 +46,10 @@ def find_csv(root: Path, fits) -> Path | None:
     return None
 
 
-def locate_csv(root: Path, options: dict, finder, what: str) -> Path:
+def locate_csv(root: Path, options: Data, finder, what: str) -> Path:
     """The CSV the user named (data.csv), else the one `finder` recognises in `root`; an error naming
     what was looked for otherwise."""
-    csv = Path(options["csv"]) if options.get("csv") else finder(root)
+    csv = Path(options.csv) if options.csv else finder(root)
     if csv is None:
         raise LesionPLError(f"no {what} in {root}; name it with --set data.csv=FILE")
     return csv
@@ -77,7 +87,8 @@ def read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
         raise LesionPLError(f"cannot read {path}: {e}") from None
     missing = [c for c in required if c not in df.columns]
     if missing:
-        raise LesionPLError(f"{path} is missing column(s) {', '.join(missing)} (has: {', '.join(map(str, df.columns))})")
+        raise LesionPLError(f"{path} is missing column(s) {', '.join(missing)} "
+                            f"(has: {', '.join(map(str, df.columns))})")
     if df.empty:
         raise LesionPLError(f"{path} lists no images")
     for col in required:
@@ -88,25 +99,25 @@ def read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     return df
 
 
-def space_of(options: dict) -> LabelSpace:
+def space_of(options: Data) -> LabelSpace:
     """The label space a reader maps into: the run's `data.classes` (HAM10000's seven by default)."""
-    return parse_label_space(options.get("classes"))
+    return parse_label_space(options.classes)
 
 
-def map_labels(raw: pd.Series, where: str, options: dict, source_map: dict | None = None) -> tuple[pd.Series, dict]:
+def map_labels(raw: pd.Series, where: str, options: Data, source_map: dict | None = None) -> tuple[pd.Series, dict]:
     """Source labels -> the run's class codes (case-insensitive): `data.label_map` first, then the reader's
     `source_map` and the space's own (HAM10000's codes into a coarser space). Labels in `data.drop_labels` are
     removed (returned as {label: count}); any other label outside the space is an error naming it."""
     space = space_of(options)
     codes = space.classes
-    lmap = {str(k).strip().lower(): str(v).strip().lower() for k, v in (options.get("label_map") or {}).items()}
+    lmap = {str(k).strip().lower(): str(v).strip().lower() for k, v in (options.label_map or {}).items()}
     for k, v in lmap.items():
         if v not in codes:
             raise LesionPLError(f"data.label_map maps '{k}' to '{v}', which is not a class ({', '.join(codes)})")
     # a reader's or the space's mapping applies only where it lands in the space
     lmap = {**{k.lower(): v for k, v in {**(source_map or {}), **space.source_map}.items() if v in codes}, **lmap}
     norm = raw.astype(str).str.strip().str.lower()
-    dropping = {str(d).strip().lower() for d in options.get("drop_labels") or ()}
+    dropping = {str(d).strip().lower() for d in options.drop_labels or ()}
     dropped = norm.isin(dropping) & ~norm.isin(lmap)
     dx = norm.map(lambda v: lmap.get(v, v))
     unknown = sorted(set(dx[~dropped]) - set(codes))
@@ -120,7 +131,7 @@ def map_labels(raw: pd.Series, where: str, options: dict, source_map: dict | Non
     return dx.where(~dropped), counts
 
 
-def labelled(table: pd.DataFrame, options: dict) -> pd.DataFrame:
+def labelled(table: pd.DataFrame, options: Data) -> pd.DataFrame:
     """`table` with its class index (`label`) in the run's space."""
     table["label"] = table["dx"].map(space_of(options).index).astype(int)
     return table
@@ -154,11 +165,11 @@ def missing_files(images: pd.Series, paths: pd.Series, where: str, root: Path, s
 
 
 def finish(images: pd.Series, paths: pd.Series, dx: pd.Series, groups: pd.Series | None, meta: pd.DataFrame | None,
-           where: str, root: Path, dropped: dict, options: dict) -> pd.DataFrame:
+           where: str, root: Path, dropped: dict, options: Data) -> pd.DataFrame:
     """The reader's table, with missing files reported together (or, with data.skip_bad_images, left out and listed in
     attrs["missing"]) and dropped rows recorded in attrs. `groups` None: each image its own group, and
     attrs["note"] says the split may leak."""
-    missing = missing_files(images[dx.notna()], paths[dx.notna()], where, root, bool(options.get("skip_bad_images")))
+    missing = missing_files(images[dx.notna()], paths[dx.notna()], where, root, bool(options.skip_bad_images))
     keep = dx.notna() & paths.notna()
     require_inside(paths[keep], root)
     dup = images[keep].duplicated()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from ...errors import LesionPLError
-from .common import labelled, map_labels, require_root
+from .common import Data, labelled, map_labels, require_root
 
 SIZES = (28, 64, 128, 224)
 # medmnist's INFO["dermamnist"]["label"] names -> our codes (checked against INFO at read time)
@@ -30,7 +30,7 @@ def available_sizes(root: Path) -> list[int]:
     return [s for s in SIZES if (root / npz_name(s)).is_file()]
 
 
-def read_dermamnist(root: str | Path, options: dict | None = None) -> pd.DataFrame:
+def read_dermamnist(root: str | Path, options: Data | None = None) -> pd.DataFrame:
     import medmnist
     from PIL import Image
 
@@ -39,15 +39,16 @@ def read_dermamnist(root: str | Path, options: dict | None = None) -> pd.DataFra
     options = options or {}
     root = require_root(Path(root), "get it with `python cli.py data download dermamnist --to DIR`")
     sizes = available_sizes(root)
-    size = options.get("dermamnist_size") or (max(sizes) if sizes else None)
+    size = options.dermamnist_size or (max(sizes) if sizes else None)
     if size not in sizes:
-        raise LesionPLError(f"no {npz_name(size or 28)} in {root} (found: {', '.join(map(npz_name, sizes)) or 'none'}); "
+        found = ", ".join(map(npz_name, sizes)) or "none"
+        raise LesionPLError(f"no {npz_name(size or 28)} in {root} (found: {found}); "
                             "get it with `python cli.py data download dermamnist --to DIR`")
     labels = medmnist.INFO["dermamnist"]["label"]
     codes = {int(k): NAMES[v] for k, v in labels.items()}
     npz = root / npz_name(size)
     st = npz.stat()
-    out_dir = Path(options.get("cache_dir") or default_cache_dir()) / f"dermamnist_{size}_{st.st_size}_{st.st_mtime_ns}"
+    out_dir = Path(options.cache_dir or default_cache_dir()) / f"dermamnist_{size}_{st.st_size}_{st.st_mtime_ns}"
     rows = []
     for split in ("train", "val", "test"):
         try:

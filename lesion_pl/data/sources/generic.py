@@ -7,7 +7,17 @@ from pathlib import Path
 import pandas as pd
 
 from ...errors import LesionPLError
-from .common import IMAGE_SUFFIXES, finish, inside_root, locate_csv, map_labels, read_csv, require_root
+from .common import (
+    IMAGE_SUFFIXES,
+    Data,
+    data_options,
+    finish,
+    inside_root,
+    locate_csv,
+    map_labels,
+    read_csv,
+    require_root,
+)
 
 
 def _only_csv(root: Path) -> Path | None:
@@ -15,11 +25,10 @@ def _only_csv(root: Path) -> Path | None:
     return found[0] if len(found) == 1 else None
 
 
-def read_generic_csv(root: str | Path, options: dict | None = None) -> pd.DataFrame:
-    options = options or {}
+def read_generic_csv(root: str | Path, options: Data | dict | None = None) -> pd.DataFrame:
+    options = data_options(options)
     root = require_root(Path(root))
-    c = options.get("columns") or {}
-    image_col, label_col, group_col = c.get("image", "image"), c.get("label", "label"), c.get("group")
+    image_col, label_col, group_col = options.columns.image, options.columns.label, options.columns.group
     csv = locate_csv(root, options, _only_csv, "single CSV file")
     df = read_csv(csv, (image_col, label_col) + ((group_col,) if group_col else ()))
     paths = pd.Series([inside_root(root, rel, str(csv)) for rel in df[image_col]], index=df.index)
@@ -32,8 +41,8 @@ def read_generic_csv(root: str | Path, options: dict | None = None) -> pd.DataFr
                   options)
 
 
-def read_folder(root: str | Path, options: dict | None = None) -> pd.DataFrame:
-    options = options or {}
+def read_folder(root: str | Path, options: Data | dict | None = None) -> pd.DataFrame:
+    options = data_options(options)
     root = require_root(Path(root))
     rows = [(p, sub.name) for sub in sorted(root.iterdir()) if sub.is_dir()
             for p in sorted(sub.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]

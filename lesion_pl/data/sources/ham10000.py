@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from ...errors import LesionPLError
-from .common import finish, index_images, map_labels, read_csv, require_root
+from .common import Data, data_options, finish, index_images, map_labels, read_csv, require_root
 
 METADATA = "HAM10000_metadata.csv"
 REQUIRED = ("lesion_id", "image_id", "dx")
@@ -28,8 +28,8 @@ def find_metadata(root: Path) -> Path | None:
     return nested[0] if nested else None
 
 
-def read_ham10000(root: str | Path, options: dict | None = None) -> pd.DataFrame:
-    options = options or {}
+def read_ham10000(root: str | Path, options: Data | dict | None = None) -> pd.DataFrame:
+    options = data_options(options)
     root = require_root(Path(root), HOW_TO_GET)
     csv = find_metadata(root)
     if csv is None:

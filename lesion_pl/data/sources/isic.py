@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from ...errors import LesionPLError
-from .common import find_csv, finish, locate_csv, index_images, map_labels, read_csv, require_root
+from .common import Data, data_options, find_csv, finish, index_images, locate_csv, map_labels, read_csv, require_root
 
 # column -> class code, where the run's space has that code (AK is akiec in HAM10000's space, ak in isic2019's)
 ISIC_CODES = {"MEL": "mel", "NV": "nv", "BCC": "bcc", "AKIEC": "akiec", "AK": "akiec", "BKL": "bkl",
@@ -19,10 +19,11 @@ def find_ground_truth(root: Path) -> Path | None:
     return find_csv(root, lambda cols: "image" in cols and len(cols & set(ISIC_CODES)) >= 3)
 
 
-def read_isic_csv(root: str | Path, options: dict | None = None) -> pd.DataFrame:
-    options = options or {}
+def read_isic_csv(root: str | Path, options: Data | dict | None = None) -> pd.DataFrame:
+    options = data_options(options)
     root = require_root(Path(root))
-    csv = locate_csv(root, options, find_ground_truth, "ISIC ground-truth CSV (an 'image' column and class columns MEL, NV, ...)")
+    csv = locate_csv(root, options, find_ground_truth,
+                     "ISIC ground-truth CSV (an 'image' column and class columns MEL, NV, ...)")
     gt = read_csv(csv, ("image",))
     classes = [c for c in gt.columns if c in ISIC_CODES]
     onehot = gt[classes].apply(pd.to_numeric, errors="coerce").fillna(0).to_numpy()

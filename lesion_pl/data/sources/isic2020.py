@@ -10,7 +10,17 @@ from pathlib import Path
 import pandas as pd
 
 from ...errors import LesionPLError
-from .common import find_csv, index_images, locate_csv, missing_files, read_csv, require_inside, require_root
+from .common import (
+    Data,
+    data_options,
+    find_csv,
+    index_images,
+    locate_csv,
+    missing_files,
+    read_csv,
+    require_inside,
+    require_root,
+)
 
 REQUIRED = ("image_name", "target")
 
@@ -19,8 +29,8 @@ def find_isic2020_csv(root: Path) -> Path | None:
     return find_csv(root, lambda cols: set(REQUIRED) <= cols)
 
 
-def read_isic2020(root: str | Path, options: dict | None = None) -> pd.DataFrame:
-    options = options or {}
+def read_isic2020(root: str | Path, options: Data | dict | None = None) -> pd.DataFrame:
+    options = data_options(options)
     root = require_root(Path(root))
     csv = locate_csv(root, options, find_isic2020_csv, "ISIC 2020 CSV (columns image_name, target)")
     df = read_csv(csv, REQUIRED)
@@ -30,7 +40,7 @@ def read_isic2020(root: str | Path, options: dict | None = None) -> pd.DataFrame
         raise LesionPLError(f"{csv}: 'target' must be 0 or 1; {int(bad.sum())} row(s) are not "
                             f"(first at line {int(df.index[bad][0]) + 2}: {df['target'][bad].iloc[0]!r})")
     paths = df["image_name"].map(index_images(root))
-    missing = missing_files(df["image_name"], paths, str(csv), root, bool(options.get("skip_bad_images")))
+    missing = missing_files(df["image_name"], paths, str(csv), root, bool(options.skip_bad_images))
     df, target, paths = df[paths.notna()], target[paths.notna()], paths[paths.notna()]
     require_inside(paths, root)
     groups = df["patient_id"].fillna(df["image_name"]) if "patient_id" in df else df["image_name"]
