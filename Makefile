@@ -8,7 +8,7 @@ FIT_ARGS ?=
 
 .PHONY: install run test test-slow clean-venv
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(BIN)/pip || $(PYTHON) -m venv --clear $(VENV)  # also repairs a half-made venv
 	$(BIN)/pip install -r requirements.txt
 	touch $@

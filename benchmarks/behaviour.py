@@ -33,7 +33,7 @@ def record(run: Path, images: int) -> dict:
     import numpy as np
     import pandas as pd
 
-    from export.runtime import LesionOnnxClassifier
+    from lesion_pl.export.runtime import LesionOnnxClassifier
 
     with tempfile.TemporaryDirectory(prefix="behaviour-") as tmp:
         copy = Path(tmp) / "run"

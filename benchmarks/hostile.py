@@ -31,7 +31,7 @@ from PIL import Image
 from serve import ROOT, Server, auth, real_images
 
 sys.path.insert(0, str(ROOT))
-from export.limits import Limits  # noqa: E402
+from lesion_pl.export.limits import Limits  # noqa: E402
 
 EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\n"
        b"newpath 0 0 moveto 8 8 lineto stroke showpage\n%%EOF\n")

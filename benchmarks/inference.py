@@ -63,11 +63,11 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="also print onnxruntime's time per operator type")
     args = ap.parse_args()
 
-    from export.onnx_export import OnnxWrapper
-    from export.runtime import LesionOnnxClassifier
     from lesion_pl.checkpoint import load_run_model
     from lesion_pl.config import load_config
     from lesion_pl.data.datamodule import LesionDataModule
+    from lesion_pl.export.onnx_export import OnnxWrapper
+    from lesion_pl.export.runtime import LesionOnnxClassifier
     from lesion_pl.run import RunDir
 
     run = args.run

@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="the shifts' random draws (white balance)")
     args = ap.parse_args()
 
-    from export.runtime import LesionOnnxClassifier
+    from lesion_pl.export.runtime import LesionOnnxClassifier
 
     run = RunDir(args.run)
     model = run.path / "export" / "model.onnx"

@@ -1,5 +1,2 @@
-"""Export: checkpoint -> self-describing ONNX (with parity check and optional int8), and the
-torch-free onnxruntime predictor (`export.runtime.LesionOnnxClassifier`).
-
-Importing this package imports nothing heavy; `export.runtime` needs only onnxruntime, numpy, Pillow.
-"""
+"""The ONNX export and the torch-free runtime live in the package, lesion_pl/export/ (`lesion_pl.export`), so that an
+installed lesion-pl has them; this folder keeps the checkout's `from export.runtime import LesionOnnxClassifier`."""

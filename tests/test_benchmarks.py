@@ -88,7 +88,7 @@ def test_shift_benchmark_agrees_with_test_unshifted_and_feeds_the_report(trained
     from PIL import Image
     from sklearn.metrics import roc_auc_score
 
-    from export.runtime import LesionOnnxClassifier
+    from lesion_pl.export.runtime import LesionOnnxClassifier
 
     from .conftest import clinical_metadata
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score
 
-from export.runtime import LesionOnnxClassifier
 from lesion_pl.calibration import (
     binary_stats,
     bootstrap_ci,
@@ -30,6 +29,7 @@ from lesion_pl.config import load_config
 from lesion_pl.errors import LesionPLError
 from lesion_pl.evaluate.calibrate import calibration_error_floor, calibration_errors, keep_errors_down
 from lesion_pl.evaluate.metrics import expected_calibration_error, malignancy_calibration_error
+from lesion_pl.export.runtime import LesionOnnxClassifier
 from lesion_pl.scoring import decide, softmax
 
 from .conftest import clinical_metadata, invoke

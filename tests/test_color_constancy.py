@@ -9,9 +9,9 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from export.runtime import LesionOnnxClassifier
 from lesion_pl.classes import CLASSES
 from lesion_pl.data.shifts import apply_shift
+from lesion_pl.export.runtime import LesionOnnxClassifier
 from lesion_pl.models.factory import Normalize, shades_of_gray
 
 from .conftest import FAST, clinical_metadata, invoke

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
-from export.runtime import LesionOnnxClassifier
 from lesion_pl.checkpoint import load_run_model
 from lesion_pl.classes import CLASSES
 from lesion_pl.config import load_config
 from lesion_pl.ensemble import Ensemble
 from lesion_pl.evaluate.gradcam import gradcam
+from lesion_pl.export.runtime import LesionOnnxClassifier
 from lesion_pl.module import LesionClassifier
 from lesion_pl.run import RunDir
 from lesion_pl.training import _member_config

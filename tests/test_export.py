@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from export.runtime import LesionOnnxClassifier
 from lesion_pl import clinical
 from lesion_pl.classes import CLASSES, MALIGNANT
 from lesion_pl.errors import LesionPLError
+from lesion_pl.export.runtime import LesionOnnxClassifier
 
 from .conftest import PROJECT, clinical_metadata, invoke
 
@@ -102,7 +102,7 @@ def test_runtime_imports_and_predicts_without_torch(exported, small_ham):
     code = f"""
 import sys, json
 sys.modules['torch'] = None  # any 'import torch' now fails
-from export.runtime import LesionOnnxClassifier
+from lesion_pl.export.runtime import LesionOnnxClassifier
 r = LesionOnnxClassifier({str(exported)!r}).predict([{str(image)!r}])
 assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules if sys.modules[m] is not None)
 print(json.dumps({{'top': r.top_class[0], 'sum': float(r.probabilities.sum())}}))
@@ -227,8 +227,8 @@ def test_opset_17(trained_run, tmp_path):
 def test_int8_scales_depthwise_networks_per_channel():
     """Per tensor, EfficientNet-Lite0's int8 named nearly every image naevus: `export --int8` quantises a
     network with depthwise convolutions per channel unless told otherwise (--per-tensor)."""
-    from export.run_export import has_depthwise
     from lesion_pl.config import load_config
+    from lesion_pl.export.run_export import has_depthwise
     from lesion_pl.models import build_network
 
     assert not has_depthwise(build_network(load_config(None, ["model.widths=[8,16,32,64]"]).model))

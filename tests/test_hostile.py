@@ -19,10 +19,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from export.limits import Limits
-from export.serve import LOOPBACK, DecodeBudget, create_app
 from lesion_pl.clinical import age_years
 from lesion_pl.evaluate.report import text
+from lesion_pl.export.limits import Limits
+from lesion_pl.export.serve import LOOPBACK, DecodeBudget, create_app
 from lesion_pl.io import spreadsheet_safe
 from lesion_pl.preprocess import ImageReadError, decoded_bytes, load_rgb
 
@@ -389,7 +389,7 @@ def test_decoded_images_go_back_to_the_system_when_freed(tmp_path):
 import re, sys, threading
 import numpy as np
 from PIL import Image
-from export.serve import release_large_buffers
+from lesion_pl.export.serve import release_large_buffers
 
 if sys.argv[1] == "release":
     assert release_large_buffers()

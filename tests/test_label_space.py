@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from export.runtime import LesionOnnxClassifier
 from lesion_pl.classes import HAM10000, PRESETS, parse_label_space
 from lesion_pl.config import load_config
 from lesion_pl.errors import LesionPLError
+from lesion_pl.export.runtime import LesionOnnxClassifier
 from lesion_pl.scoring import score_indices
 
 from .conftest import FAST, invoke, sample_meta

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from export.runtime import LesionOnnxClassifier
 from lesion_pl.config import load_config
 from lesion_pl.evaluate.gradcam import gradcam, mass_inside
+from lesion_pl.export.runtime import LesionOnnxClassifier
 from lesion_pl.module import LesionClassifier
 
 from .conftest import invoke

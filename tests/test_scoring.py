@@ -101,8 +101,8 @@ def test_an_uncalibrated_policy_names_the_most_probable_class_and_refers_no_one(
 def test_the_onnx_metadata_gives_the_same_policy():
     """The runtime's policy (read from an exported file's metadata, the temperature inside the graph) scores
     the graph's probabilities as calibrate's policy scores the logits."""
-    from export.metadata import PREFIX
-    from export.onnx_export import metadata
+    from lesion_pl.export.metadata import PREFIX
+    from lesion_pl.export.onnx_export import metadata
 
     rng = np.random.default_rng(6)
     cal = _calibration(rng, _age_model())

@@ -14,8 +14,8 @@ import onnx
 import pytest
 from PIL import Image
 
-from export.runtime import LesionOnnxClassifier
-from export.serve import Limits, create_app
+from lesion_pl.export.runtime import LesionOnnxClassifier
+from lesion_pl.export.serve import Limits, create_app
 
 from .conftest import PROJECT, clinical_metadata, invoke
 
@@ -147,7 +147,7 @@ def test_health_model_docs_and_page(client, served_model):
 
 
 def test_the_service_imports_no_torch(served_model):
-    code = (f"import sys; from export.serve import create_app; create_app({str(served_model)!r}); "
+    code = (f"import sys; from lesion_pl.export.serve import create_app; create_app({str(served_model)!r}); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], cwd=PROJECT, check=True)
 

@@ -17,8 +17,8 @@ import onnx
 import pytest
 from PIL import Image
 
-from export.runtime import LesionOnnxClassifier
-from export.web_export import ORT_WEB_FILES
+from lesion_pl.export.runtime import LesionOnnxClassifier
+from lesion_pl.export.web_export import ORT_WEB_FILES
 from lesion_pl.preprocess import load_rgb, resize_center_crop
 
 from .conftest import PROJECT, ServiceThread, invoke
@@ -169,7 +169,7 @@ def test_offline_page_in_chromium_shows_the_runtimes_probabilities(trained_run, 
 
 
 def test_service_page_in_chromium_shows_the_runtimes_probabilities(served_model, small_ham, browser):
-    from export.serve import create_app
+    from lesion_pl.export.serve import create_app
 
     clf = LesionOnnxClassifier(served_model)
     paths = sorted((small_ham / "images").glob("*.jpg"))[3:5]
@@ -190,8 +190,8 @@ def test_javascript_states_the_referral_promise_as_python_does(served_model, tmp
 
 
 def test_a_tarball_that_is_not_the_pinned_onnxruntime_web_is_refused(served_model, tmp_path):
-    from export.web_export import ORT_WEB_VERSION, export_web
     from lesion_pl.errors import LesionPLError
+    from lesion_pl.export.web_export import ORT_WEB_VERSION, export_web
 
     fake = tmp_path / f"onnxruntime-web-{ORT_WEB_VERSION}.tgz"
     fake.write_bytes(b"not the package")

@@ -1,0 +1,139 @@
+"""What `auto` means on this machine: the training precision and the input size."""
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import Config, Model
+
+PROBE_SIZE = 128  # px: the size `data.image_size: auto` trains at where bf16 is chosen
+
+
+def precision_for(cfg: Config) -> str:
+    """Lightning's precision for `trainer.precision`.
+
+    "auto": bf16-mixed on CUDA; on a CPU that multiplies bf16 in hardware (AVX-512 bf16, AMX), whichever
+    of bf16-mixed and 32-true trains this network faster there (`faster_on_cpu`, timed once per process):
+    bf16 was 1.6x faster for LesionCNN on an AMD EPYC with AVX-512 bf16 (at no cost on validation) and 2.9x
+    on an Intel Xeon with AMX, but 1.7x slower for EfficientNet-Lite0 on that Xeon (benchmarks/RESULTS.md:
+    "bf16 on a CPU that has it", "A longer fine-tune"); 32-true on other CPUs, where bf16 autocast is ~12x
+    slower (benchmarks/step_speed.py).
+    """
+    import torch
+
+    p = cfg.trainer.precision
+    if p != "auto":
+        return str(p)
+    if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu":
+        return "bf16-mixed"
+    if not cpu_has_bf16():
+        return "32-true"
+    t = cfg.trainer
+    if str(t.devices) != "1" or int(t.num_nodes) > 1:
+        return "bf16-mixed"  # several processes would each time the CPU they share, and might disagree
+    return faster_on_cpu(*_probe(cfg))
+
+
+def _probe(cfg: Config) -> tuple:
+    """What `faster_on_cpu` times for this config: the network, the size, a batch, the memory layout."""
+    size = cfg.data.image_size
+    return (_network_key(cfg.model), PROBE_SIZE if size == "auto" else int(size),
+            min(int(cfg.data.batch_size), 32), bool(cfg.trainer.channels_last))
+
+
+def probed_rates(cfg: Config) -> dict | None:
+    """Images/s per precision where `precision_for(cfg)` timed them in this process, else None."""
+    return PROBES.get(_probe(cfg))
+
+
+def _network_key(model: Model) -> str:
+    """The network's architecture as a hashable key (its weights do not change its speed)."""
+    import json
+
+    return json.dumps(model.model_dump(exclude={"pretrained", "weights", "normalization"}),
+                      sort_keys=True)
+
+
+@functools.lru_cache(maxsize=None)
+def faster_on_cpu(network: str, size: int, batch: int, channels_last: bool, steps: int = 2) -> str:
+    """Time `steps` training steps (after one warm-up) of this network on random images in fp32 and in bf16
+    autocast, on this CPU's threads; `choose_precision` of the rates."""
+    import json
+    import time
+
+    import torch
+
+    from .classes import NUM_CLASSES
+    from .config import Model
+    from .models import build_network
+
+    model = Model(**json.loads(network))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=g)
+    y = torch.randint(0, NUM_CLASSES, (batch,), generator=g)
+    rates = {}
+    for precision, bf16 in (("32-true", False), ("bf16-mixed", True)):
+        with torch.random.fork_rng():  # the networks' random initialisation leaves fit's seeding alone
+            net = build_network(model).train()
+        xs = x
+        if channels_last:
+            net, xs = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        opt = torch.optim.AdamW(net.parameters(), 1e-3, fused=True)
+        for i in range(steps + 1):
+            if i == 1:
+                start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = torch.nn.functional.cross_entropy(net(xs), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        rates[precision] = steps * batch / (time.perf_counter() - start)
+    PROBES[(network, size, batch, channels_last)] = rates
+    return choose_precision(rates)
+
+
+BF16_MARGIN = 1.1  # bf16 must be this much faster than fp32 to be chosen
+
+
+def choose_precision(rates: dict) -> str:
+    """Images/s per precision -> the one `auto` trains in: bf16 where it is at least BF16_MARGIN times faster."""
+    return "bf16-mixed" if rates["bf16-mixed"] >= BF16_MARGIN * rates["32-true"] else "32-true"
+
+
+PROBES: dict = {}  # what faster_on_cpu measured, images/s per precision, for fit to print
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware."""
+    return cpu_supports("_is_avx512_bf16_supported") or cpu_supports("_is_amx_tile_supported")
+
+
+def cpu_supports(check: str) -> bool:
+    """One of torch's own CPU checks, e.g. "_is_vnni_supported": private API, so a torch without it says False."""
+    import torch
+
+    return bool(getattr(torch.cpu, check, lambda: False)())
+
+
+def image_size_for(cfg: Config) -> int:
+    """`data.image_size` in pixels; "auto": 128 where training runs in bf16, else 64.
+
+    bf16 makes 128 px affordable in the hour, and 128 px scored higher on validation over three seeds
+    (benchmarks/RESULTS.md: "Should the default follow the hardware?").
+    """
+    size = cfg.data.image_size
+    if size == "auto":
+        return 128 if precision_for(cfg).startswith("bf16") else 64
+    return int(size)
+
+
+def resolve_auto(cfg: Config) -> Config:
+    """A copy of `cfg` with `data.image_size` as pixels and `trainer.precision` as Lightning's name, chosen
+    together (the size follows the precision), so that a saved run names what it trained with."""
+    if "auto" not in (cfg.data.image_size, cfg.trainer.precision):
+        return cfg
+    out = cfg.model_copy(deep=True)
+    out.data.image_size = image_size_for(cfg)
+    out.trainer.precision = precision_for(cfg)
+    return out
