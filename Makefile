@@ -35,6 +35,7 @@ run: install
 
 test: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy lesion_pl/config lesion_pl/scoring.py
 	$(BIN)/python -m pytest
 
 test-slow: install

@@ -84,7 +84,7 @@ def differences(a, b, path: str = "") -> tuple[float, list[str]]:
         if len(a) != len(b):
             return 0.0, [f"{path}: {len(a)} items != {len(b)}"]
         worst, other = 0.0, []
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             d, o = differences(x, y, f"{path}[{i}]")
             worst, other = max(worst, d), other + o
         return worst, other

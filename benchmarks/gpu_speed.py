@@ -10,6 +10,7 @@ it for LesionCNN and resnet18.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -38,10 +39,8 @@ class Utilisation:
 
     def _read(self) -> None:
         for line in self._proc.stdout:
-            try:
+            with contextlib.suppress(ValueError):
                 self.samples.append(float(line.strip()))
-            except ValueError:
-                pass
 
     def stop(self) -> str:
         if self._proc is None:

@@ -60,7 +60,7 @@ def raw(url: str, head: str, body: bytes = b"") -> int:
         s.settimeout(2)
         try:
             answer = s.recv(65536)
-        except socket.timeout:  # still reading: send the body
+        except TimeoutError:  # still reading: send the body
             s.settimeout(30)
             s.sendall(body)
             answer = s.recv(65536)

@@ -103,7 +103,7 @@ def main() -> None:
                 ci = bootstrap_ci(scores, positive, groups, op["threshold"], 1000, seed)
                 half = split_half(*val[name], args.target, confidence, args.splits, args.boot, seed)
 
-                def cell(k):
+                def cell(k, s=s, ci=ci):  # this row's figures
                     return f"{metric_text(s[k])} [{metric_text(ci[k][0])}, {metric_text(ci[k][1])}]"
                 short = op["lower_bound"] is not None and op["lower_bound"] < args.target
                 bound = metric_text(op["lower_bound"]) + ("*" if short else "")

@@ -83,7 +83,7 @@ def plan(n: int, bad_share: float, n_images: int, seed: int = 0) -> list[tuple[s
     rng = np.random.default_rng(seed)
     kinds = list(BAD)
     out = []
-    for i in range(n):
+    for _i in range(n):
         kind = kinds[int(rng.integers(len(kinds)))] if rng.random() < bad_share else "good"
         out.append((kind, int(rng.integers(n_images))))
     return out
@@ -115,7 +115,7 @@ def load(url: str, images: list[tuple[str, bytes]], requests: list[tuple[str, in
         for c in clients:
             c.close()
     errors, probs = [], {}
-    for (kind, idx), (status, _, body) in zip(requests, results):
+    for (kind, idx), (status, _, body) in zip(requests, results, strict=True):
         want = 200 if kind == "good" else BAD[kind][4]
         if status != want:
             errors.append(f"{kind} request for {images[idx][0]}: HTTP {status} (expected {want}): {body}")
@@ -125,7 +125,7 @@ def load(url: str, images: list[tuple[str, bytes]], requests: list[tuple[str, in
             if idx in probs and np.abs(probs[idx] - p).max() > 1e-5:
                 errors.append(f"{images[idx][0]}: probabilities differ between two requests of it")
             probs.setdefault(idx, p)
-    times = np.array([t for (kind, _), (_, t, _) in zip(requests, results) if kind == "good"])
+    times = np.array([t for (kind, _), (_, t, _) in zip(requests, results, strict=True) if kind == "good"])
     return {"requests": len(requests), "good": int(len(times)), "bad": len(requests) - int(len(times)),
             "wall_s": wall, "good_per_s": len(times) / wall, "p50_ms": float(np.percentile(times, 50) * 1e3),
             "p95_ms": float(np.percentile(times, 95) * 1e3), "errors": errors, "probabilities": probs}

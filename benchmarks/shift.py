@@ -132,4 +132,4 @@ if __name__ == "__main__":
     try:
         main()
     except LesionPLError as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from None

@@ -57,7 +57,7 @@ def main() -> None:
     rows = {}
     for side in ("default", "candidate"):
         rows[side] = [run_figures(r) for r in getattr(args, side)]
-        for run, f in zip(getattr(args, side), rows[side]):
+        for run, f in zip(getattr(args, side), rows[side], strict=True):
             fails = ", ".join(f"{n} (AUROC {x['auroc_malignant']:+.3f}, sensitivity {x['referral_sensitivity']:+.3f})"
                               for n, x in f["failed"].items()) or "none"
             print(f"{side:9} {run.name:16} held {f['held']}/{f['shifts']}  worst AUROC drop {f['worst_drop']:.3f}  "

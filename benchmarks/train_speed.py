@@ -62,7 +62,7 @@ def plain(cfg, files: list[str], labels: list[int], steps: int, warmup: int) -> 
     net = build_network(cfg.model).train()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     seen, start = 0, None
-    for epoch in range(100):
+    for _epoch in range(100):
         for x, y in loader:
             if seen == warmup:
                 start = time.perf_counter()

@@ -83,7 +83,7 @@ def fit_fusion_weight(probs: np.ndarray, ratio: np.ndarray, labels: np.ndarray, 
     return round(best[1], 6), best[0]
 
 
-def validation_decision_bias(calibration: "Calibration", class_weights, class_prior,
+def validation_decision_bias(calibration: Calibration, class_weights, class_prior,
                              tau: float) -> list[float] | None:
     """What validation adds to the logits so that its metrics score the class `calibration.decision` names.
 

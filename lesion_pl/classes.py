@@ -127,6 +127,6 @@ def parse_label_space(spec) -> LabelSpace:
                       tuple(c for c in codes if c in malignant), melanoma, source_map)
 
 
-def label_space(data: "Data") -> LabelSpace:
+def label_space(data: Data) -> LabelSpace:
     """The run's label space, from its config's data section (`data.classes`)."""
     return parse_label_space(data.classes)

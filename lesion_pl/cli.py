@@ -8,12 +8,12 @@ import errno
 import functools
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
 from .errors import LesionPLError
 from .export.limits import Limits
+from .formats import FORMATS
 from .run import RunDir
 
 app = typer.Typer(help="Train, evaluate and export CNN classifiers for dermoscopic skin-lesion images.",
@@ -39,18 +39,18 @@ def friendly_errors(fn):
             return fn(*args, **kwargs)
         except LesionPLError as e:
             typer.secho(f"error: {e}", fg="red", err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         except ModuleNotFoundError as e:  # lesion-pl installed without the extra this command needs
             extra = "serve" if fn.__name__ == "serve" else "train"
             typer.secho(f"error: `lesion-pl {fn.__name__.replace('_', ' ')}` needs {e.name}, which this install of "
                         f"lesion-pl leaves out: pip install 'lesion-pl[{extra}]'", fg="red", err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         except OSError as e:
             if e.errno not in WRITE_ERRORS:
                 raise
             where = f" {e.filename}" if e.filename else ""
             typer.secho(f"error: cannot write{where}: {e.strerror}", fg="red", err=True)
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
     return wrapper
 
 
@@ -60,7 +60,7 @@ DATA_ROOT_OPT = typer.Option(None, "--data-root", "-d",
 RUN_OPT = typer.Option(..., "--run", "-r", help="Run folder made by `fit`.")
 QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 FORMAT_OPT = typer.Option(None, "--format", "-f",
-                          help="Dataset format: auto, ham10000, isic-csv, isic2020, csv, folder, dermamnist.")
+                          help=f"Dataset format: {', '.join(FORMATS)}.")
 SKIP_BAD_OPT = typer.Option(False, "--skip-bad-images",
                             help="Leave out unreadable images (counted) instead of failing.")
 SET_OPT = typer.Option(None, "--set", "-s", help="Override a config key: --set data.image_size=96 (repeatable).")
@@ -70,18 +70,18 @@ SET_OPT = typer.Option(None, "--set", "-s", help="Override a config key: --set d
 @friendly_errors
 def fit(
     out: Path = typer.Option(..., "--out", "-o", help="Run folder for config, splits, checkpoints, logs."),
-    config: Optional[Path] = CONFIG_OPT,
-    data_root: Optional[Path] = DATA_ROOT_OPT,
-    max_epochs: Optional[int] = typer.Option(None, help="Override trainer.max_epochs."),
-    seed: Optional[int] = typer.Option(None, help="Override the seed (training and split)."),
+    config: Path | None = CONFIG_OPT,
+    data_root: Path | None = DATA_ROOT_OPT,
+    max_epochs: int | None = typer.Option(None, help="Override trainer.max_epochs."),
+    seed: int | None = typer.Option(None, help="Override the seed (training and split)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run from its last.ckpt."),
-    data_format: Optional[str] = FORMAT_OPT,
+    data_format: str | None = FORMAT_OPT,
     skip_bad_images: bool = SKIP_BAD_OPT,
-    accelerator: Optional[str] = typer.Option(None, help="Override trainer.accelerator: auto, cpu or gpu."),
-    devices: Optional[str] = typer.Option(None, help="Override trainer.devices: a count per machine, or auto."),
-    num_nodes: Optional[int] = typer.Option(None, help="Override trainer.num_nodes (machines, e.g. under SLURM)."),
-    strategy: Optional[str] = typer.Option(None, help="Override trainer.strategy, e.g. ddp."),
-    overrides: Optional[List[str]] = SET_OPT,
+    accelerator: str | None = typer.Option(None, help="Override trainer.accelerator: auto, cpu or gpu."),
+    devices: str | None = typer.Option(None, help="Override trainer.devices: a count per machine, or auto."),
+    num_nodes: int | None = typer.Option(None, help="Override trainer.num_nodes (machines, e.g. under SLURM)."),
+    strategy: str | None = typer.Option(None, help="Override trainer.strategy, e.g. ddp."),
+    overrides: list[str] | None = SET_OPT,
     quiet: bool = QUIET_OPT,
 ):
     """Train a model; writes the resolved config, splits.csv, logs and checkpoints into --out.
@@ -128,19 +128,19 @@ def fit(
 @friendly_errors
 def test(
     run: Path = RUN_OPT,
-    data_root: Optional[Path] = DATA_ROOT_OPT,
+    data_root: Path | None = DATA_ROOT_OPT,
     split: str = typer.Option("test", help="Which split to evaluate: test, val, train or all."),
-    tta: Optional[bool] = typer.Option(
+    tta: bool | None = typer.Option(
         None, "--tta/--no-tta", help="Average the 8 flips/90-degree rotations of each image (default: as the run "
         "was calibrated, calibration.tta)."),
-    data_format: Optional[str] = FORMAT_OPT,
+    data_format: str | None = FORMAT_OPT,
     skip_bad_images: bool = SKIP_BAD_OPT,
-    name: Optional[str] = typer.Option(
+    name: str | None = typer.Option(
         None, "--name", help="Name of this evaluation: RUN/evaluations/NAME (default: the split on the run's own "
         "data, else the data root's folder name and format)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write this evaluation into DIR instead."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write this evaluation into DIR instead."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an evaluation folder of the same name."),
-    overrides: Optional[List[str]] = typer.Option(
+    overrides: list[str] | None = typer.Option(
         None, "--set", "-s", help="How to read the data (data.* keys only, repeatable): --set "
         "'data.columns={image: image, label: dx}' --set 'data.where={split: val}'."),
     quiet: bool = QUIET_OPT,
@@ -167,7 +167,7 @@ def test(
 @friendly_errors
 def calibrate(
     run: Path = RUN_OPT,
-    data_root: Optional[Path] = DATA_ROOT_OPT,
+    data_root: Path | None = DATA_ROOT_OPT,
     quiet: bool = QUIET_OPT,
 ):
     """Fit temperature scaling, the class-prior correction, the clinical-metadata fusion and the referral
@@ -187,15 +187,15 @@ def export(
     run: Path = RUN_OPT,
     opset: int = typer.Option(18, help="ONNX opset (17 or newer)."),
     int8: bool = typer.Option(False, "--int8", help="Also write model.int8.onnx and compare it with fp32."),
-    per_channel: Optional[bool] = typer.Option(
+    per_channel: bool | None = typer.Option(
         None, "--per-channel/--per-tensor", help="int8 weight scales per output channel or per tensor (default: per "
         "channel where the network has depthwise convolutions, e.g. EfficientNet-Lite, else per tensor)."),
-    web: Optional[Path] = typer.Option(None, "--web", help="Also write an offline page into this folder: the model "
+    web: Path | None = typer.Option(None, "--web", help="Also write an offline page into this folder: the model "
                                        "runs in the browser (onnxruntime-web), images never leave the device."),
     web_int8: bool = typer.Option(False, "--web-int8", help="The offline page runs model.int8.onnx (implies --int8)."),
-    ort_web: Optional[Path] = typer.Option(None, "--ort-web", help="onnxruntime-web's npm tarball, where the npm "
+    ort_web: Path | None = typer.Option(None, "--ort-web", help="onnxruntime-web's npm tarball, where the npm "
                                            "registry cannot be reached (default: fetched once, then cached)."),
-    data_root: Optional[Path] = DATA_ROOT_OPT,
+    data_root: Path | None = DATA_ROOT_OPT,
     quiet: bool = QUIET_OPT,
 ):
     """Export the best checkpoint to RUN/export/model.onnx and verify it against PyTorch on real images."""
@@ -209,19 +209,19 @@ def export(
     if web is not None:
         from lesion_pl.export.web_export import export_web
 
-        w = export_web(run / "export" / ("model.int8.onnx" if web_int8 else "model.onnx"), web, ort_web,
+        w = export_web(RunDir(run).onnx_int8 if web_int8 else RunDir(run).onnx, web, ort_web,
                        progress=not quiet)
         typer.echo(f"offline page: {w['folder']} ({w['bytes'] / 2**20:.1f} MB, onnxruntime-web "
                    f"{w['onnxruntime_web']}); open it through any static server, e.g. "
                    f"`python -m http.server --directory {w['folder']} 8080`, then http://127.0.0.1:8080/")
 
 
-def _expand(inputs: List[Path]) -> List[Path]:
+def _expand(inputs: list[Path]) -> list[Path]:
     """Files as given, folders as the image files under them (the formats lesion-pl decodes); an error if that
     finds none."""
     from lesion_pl.preprocess import SUFFIXES
 
-    files: List[Path] = []
+    files: list[Path] = []
     for item in inputs:
         if item.is_dir():
             files += sorted(p for p in item.rglob("*") if p.suffix.lower() in SUFFIXES)
@@ -235,15 +235,15 @@ def _expand(inputs: List[Path]) -> List[Path]:
 @app.command()
 @friendly_errors
 def predict(
-    images: List[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    images: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
     model: Path = typer.Option(..., "--model", "-m", help="An ONNX file made by `export`."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the predictions to a .csv or .json file."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the predictions to a .csv or .json file."),
     batch_size: int = typer.Option(32, help="Images per onnxruntime call."),
-    limit: Optional[int] = typer.Option(None, min=1, help="Predict only the first N files found."),
-    tta: Optional[bool] = typer.Option(
+    limit: int | None = typer.Option(None, min=1, help="Predict only the first N files found."),
+    tta: bool | None = typer.Option(
         None, "--tta/--no-tta", help="Average the 8 flips/90-degree rotations of each image (default: as the model's "
         "run was calibrated; --no-tta is 8x faster, its thresholds fitted on other scores)."),
-    metadata: Optional[Path] = typer.Option(
+    metadata: Path | None = typer.Option(
         None, "--metadata", help="A CSV of clinical metadata: a column naming the image (image, image_id, image_name "
         "or file; matched on the file name without suffix) and age, sex, site (or the training data's names, "
         "e.g. localization). Images without a row: image only."),
@@ -265,7 +265,7 @@ def serve(
     model: Path = typer.Option(..., "--model", "-m", help="An ONNX file made by `export`."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface; put it behind TLS)."),
     port: int = typer.Option(8000, min=1, max=65535),
-    token: Optional[str] = typer.Option(None, envvar="LESION_PL_TOKEN", show_envvar=True,
+    token: str | None = typer.Option(None, envvar="LESION_PL_TOKEN", show_envvar=True,
                                         help="Every API call must send 'Authorization: Bearer TOKEN'."),
     max_image_mb: float = typer.Option(Limits.max_image_mb, min=0.01, help="Largest file accepted, per image."),
     max_images: int = typer.Option(Limits.max_images, min=1, help="Most images in one request."),
@@ -278,7 +278,7 @@ def serve(
                                            "take; the others wait."),
     max_batch: int = typer.Option(1, min=1, help="Run the images of concurrent requests together, up to this many "
                                   "(1: each request on its own, the faster on a 2-core CPU: benchmarks/RESULTS.md)."),
-    threads: Optional[int] = typer.Option(None, min=1, help="onnxruntime threads (default: its own choice, the "
+    threads: int | None = typer.Option(None, min=1, help="onnxruntime threads (default: its own choice, the "
                                           "machine's physical cores)."),
 ):
     """Serve an exported model over HTTP (no torch): POST /predict, GET /model, /health, a page at /, docs at /docs.
@@ -310,10 +310,10 @@ def serve(
 @friendly_errors
 def report(
     run: Path = typer.Option(..., "--run", "-r", help="Run folder made by `fit` and `test`."),
-    data_root: Optional[Path] = typer.Option(
+    data_root: Path | None = typer.Option(
         None, "--data-root", "-d", help="Where the tested images are now (default: where the last `test` read them "
         "for --split all, else the run's data root)."),
-    evaluation: Optional[str] = typer.Option(
+    evaluation: str | None = typer.Option(
         None, "--evaluation", "-e", help="Report on RUN/evaluations/NAME (default: the run's own test split)."),
     quiet: bool = QUIET_OPT,
 ):
@@ -329,9 +329,9 @@ def report(
 @app.command()
 @friendly_errors
 def explain(
-    images: List[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
+    images: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
     run: Path = RUN_OPT,
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the overlays (default RUN/explain)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Folder for the overlays (default RUN/explain)."),
 ):
     """Grad-CAM overlays with the prediction, one PNG per image."""
     from lesion_pl.evaluate.explain import explain_images
@@ -340,7 +340,7 @@ def explain(
     done, errors = explain_images(files, run, out)
     for path, png, top, p, mal in done:
         typer.echo(f"{path}: {top} {p:.3f}, malignancy {mal:.3f} -> {png}")
-    for path, reason in errors:
+    for _, reason in errors:
         typer.secho(f"failed: {reason}", fg="red", err=True)
     if errors:
         raise typer.Exit(1)
@@ -349,11 +349,11 @@ def explain(
 @data_app.command("summary")
 @friendly_errors
 def data_summary(
-    data_root: Optional[Path] = DATA_ROOT_OPT,
-    data_format: Optional[str] = FORMAT_OPT,
-    config: Optional[Path] = CONFIG_OPT,
-    splits: Optional[Path] = typer.Option(None, help="A splits.csv to use instead of making the split."),
-    overrides: Optional[List[str]] = SET_OPT,
+    data_root: Path | None = DATA_ROOT_OPT,
+    data_format: str | None = FORMAT_OPT,
+    config: Path | None = CONFIG_OPT,
+    splits: Path | None = typer.Option(None, help="A splits.csv to use instead of making the split."),
+    overrides: list[str] | None = SET_OPT,
 ):
     """Images, lesions and class counts per split; checks that no lesion is in two splits."""
     from lesion_pl.config import load_config
@@ -372,7 +372,7 @@ def data_download(
     dataset: str = typer.Argument(..., help="ham10000 or dermamnist."),
     to: Path = typer.Option(Path("data"), "--to", help="Folder to put the dataset in (as <to>/<dataset>/)."),
     size: int = typer.Option(28, help="dermamnist: image size, 28, 64, 128 or 224."),
-    base_url: Optional[str] = typer.Option(None, help="Fetch from this mirror instead of the official host."),
+    base_url: str | None = typer.Option(None, help="Fetch from this mirror instead of the official host."),
     quiet: bool = QUIET_OPT,
 ):
     """Download a public dataset (checksums verified, partial downloads resumed) so that `fit` finds it."""
@@ -390,11 +390,11 @@ def data_download(
 @data_app.command("check")
 @friendly_errors
 def data_check(
-    data_root: Optional[Path] = DATA_ROOT_OPT,
-    data_format: Optional[str] = FORMAT_OPT,
+    data_root: Path | None = DATA_ROOT_OPT,
+    data_format: str | None = FORMAT_OPT,
     out: Path = typer.Option(Path("bad_images.csv"), "--out", "-o", help="Where to write the list of bad files."),
-    config: Optional[Path] = CONFIG_OPT,
-    overrides: Optional[List[str]] = SET_OPT,
+    config: Path | None = CONFIG_OPT,
+    overrides: list[str] | None = SET_OPT,
 ):
     """Open every image of a dataset in parallel; list the unreadable ones with the reason."""
     import pandas as pd
@@ -417,7 +417,7 @@ def data_check(
             tmp, index=False)
     typer.echo(f"{len(table)} images checked, {len(bad)} bad, {len(flagged)} readable but tiny or blank; "
                f"list written to {out}")
-    for path, reason in list(bad.items())[:10]:
+    for _, reason in list(bad.items())[:10]:
         typer.secho(f"  {reason}", fg="red", err=True)
     for path, why in list(flagged.items())[:10]:
         typer.secho(f"  warning: {path}: {why}", fg="yellow", err=True)

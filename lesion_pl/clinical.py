@@ -15,7 +15,8 @@ Numpy only at prediction time (the ONNX runtime imports it); scikit-learn only t
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +72,7 @@ def encode(records: Mapping[str, Sequence], model: dict) -> tuple[np.ndarray, np
     site_index = {v: i for i, v in enumerate(model["sites"])}
     x = np.zeros((n, AGE_DECADES + len(sex_index) + len(site_index)))
     has_any = np.zeros(n, dtype=bool)
-    for r, (age, sex, site) in enumerate(zip(ages, sexes, sites)):
+    for r, (age, sex, site) in enumerate(zip(ages, sexes, sites, strict=True)):
         has_any[r] = age is not None or sex in sex_index or site in site_index
         if age is not None:
             x[r, min(int(age // 10), AGE_DECADES - 1)] = 1.0
@@ -127,9 +128,10 @@ def fit(records: Mapping[str, Sequence], labels: np.ndarray, columns: Mapping[st
     labels = np.asarray(labels)
     if not present(records, columns) or len(np.unique(labels)) < 2:
         return None
-    model = {"columns": {f: columns[f] for f in present(records, columns)}}
+    fields = {f: columns[f] for f in present(records, columns)}
+    model: dict[str, Any] = {"columns": fields}
     for field, key in (("sex", "sexes"), ("site", "sites")):
-        name = model["columns"].get(field)
+        name = fields.get(field)
         model[key] = sorted({t for t in map(_text, records[name]) if t is not None}) if name else []
     x, _ = encode(records, model)
     lr = LogisticRegression(C=c, max_iter=5000).fit(x, labels)

@@ -55,7 +55,7 @@ def _network_key(model: Model) -> str:
                       sort_keys=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def faster_on_cpu(network: str, size: int, batch: int, channels_last: bool, steps: int = 2) -> str:
     """Time `steps` training steps (after one warm-up) of this network on random images in fp32 and in bf16
     autocast, on this CPU's threads; `choose_precision` of the rates."""

@@ -121,19 +121,48 @@ def atomic_write_json(path: Path, data) -> None:
     atomic_write_text(path, to_json(data, indent=2) + "\n")
 
 
-@contextmanager
-def file_lock(path: Path):
-    """Hold an exclusive lock on `path` (created if missing) for the block; other holders wait.
+class LockHeld(Exception):
+    """Another process holds the lock; the text is what it wrote there (its command and pid)."""
 
-    The lock file is removed afterwards. Callers re-check their target once they hold the lock and
-    write it atomically, so the lock only saves repeated work; correctness never depends on it.
-    """
+
+@contextmanager
+def exclusive_lock(path: Path, wait: bool = True, holder: str = ""):
+    """Hold an exclusive lock for the block: an flock on `path` (created for it, holding `holder`, removed on
+    release); with `wait` False, LockHeld at once where another process holds it. The one lock of lesion-pl: a run
+    folder's (RunDir.lock), and the image cache's and the split's, whose builders wait for each other.
+
+    A waiter may get the lock on a file its holder has just removed: it takes it again on the one on disk, so that
+    two processes never both hold it. Callers that build something re-check their target once they hold the lock
+    and write it atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    while True:
+        handle = open(path, "a+")  # noqa: SIM115  (held past this function: closed when the lock is released)
         try:
-            yield
-        finally:
-            path.unlink(missing_ok=True)
-            fcntl.flock(f, fcntl.LOCK_UN)
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.seek(0)
+            held_by = handle.read().strip()
+            handle.close()
+            raise LockHeld(held_by or "another process") from None
+        try:
+            same = os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        handle.close()
+    handle.seek(0)
+    handle.truncate()
+    handle.write(holder)
+    handle.flush()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()
+
+
+def file_lock(path: Path):
+    """`exclusive_lock`, waiting for any other holder (the cache's and the split's builders)."""
+    return exclusive_lock(path, wait=True, holder=f"lesion-pl (pid {os.getpid()})")

@@ -51,10 +51,7 @@ def decoded_bytes(img: Image.Image) -> int:
     BMP and GIF have no orientation."""
     w, h = img.size
     per_pixel = MODE_BYTES.get(img.mode, 4) + CONVERSION_BYTES.get(img.mode, 3)
-    if img.format in EXIF_IN_HEADER:
-        turned = img.getexif().get(0x0112, 1) not in (1, None)
-    else:
-        turned = img.format == "PNG"
+    turned = img.getexif().get(274, 1) not in (1, None) if img.format in EXIF_IN_HEADER else img.format == "PNG"
     return w * h * (per_pixel + (MODE_BYTES.get(img.mode, 4) if turned else 0))
 
 
@@ -107,7 +104,7 @@ def image_warning(img: Image.Image, size: int | None = None, pixels: np.ndarray 
     """Why a readable RGB image should not be trusted to a diagnosis, or None: far smaller than the model's input
     (it is upscaled from a few pixels) or no content at all (one colour: blank, a failed capture), judged on what
     the model sees (`pixels`: `resize_center_crop(img, size)` where the caller has it). The offline page's
-    `imageWarning` (export/web/lesion.js) is the same rule."""
+    `imageWarning` (lesion_pl/export/web/lesion.js) is the same rule."""
     w, h = img.size
     floor = max(MIN_SIDE, (size or 0) // 2)
     if min(w, h) < floor:
@@ -128,6 +125,19 @@ def resize_center_crop(img: Image.Image, size: int) -> np.ndarray:
     left, top = (new_w - size) // 2, (new_h - size) // 2
     img = img.crop((left, top, left + size, top + size))
     return np.asarray(img, dtype=np.uint8)
+
+
+def dihedral_views(images, turn, mirror) -> list:
+    """The 8 views test-time augmentation averages, in the one order used everywhere (lesion_pl/export/web/lesion.js's
+    `ttaViews` too): the images turned by 0, 90, 180 and 270 degrees counter-clockwise, then each of those
+    mirrored left to right. `turn(images, k)` and `mirror(images)` do it for the array type at hand."""
+    turned = [turn(images, k) for k in range(4)]
+    return turned + [mirror(v) for v in turned]
+
+
+def numpy_views(batch: np.ndarray) -> list[np.ndarray]:
+    """`dihedral_views` of uint8 NHWC images (the ONNX runtime's)."""
+    return dihedral_views(batch, lambda a, k: np.rot90(a, k, axes=(1, 2)), lambda a: a[:, :, ::-1])
 
 
 def preprocess_file(path: str | Path, size: int) -> np.ndarray:

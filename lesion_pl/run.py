@@ -9,7 +9,7 @@ logs/; the calibration, test and export of the ensemble live at the top.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -64,9 +64,57 @@ class RunDir:
         return self.checkpoints / "last.ckpt"
 
     @property
-    def members(self) -> list["RunDir"]:
+    def log(self) -> Path:
+        """Lightning's per-epoch CSV: losses, metrics, learning rates, elapsed time."""
+        return self.path / "logs" / "metrics.csv"
+
+    @property
+    def calibration(self) -> Path:
+        return self.path / "calibration.json"
+
+    @property
+    def val_predictions(self) -> Path:
+        """The validation scores the calibration and thresholds were chosen on."""
+        return self.path / "val_predictions.csv"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.path / "export"
+
+    @property
+    def onnx(self) -> Path:
+        return self.export_dir / "model.onnx"
+
+    @property
+    def onnx_int8(self) -> Path:
+        return self.export_dir / "model.int8.onnx"
+
+    @property
+    def report(self) -> Path:
+        """The report of the run's own test split (an evaluation's is in its own folder)."""
+        return self.path / "report"
+
+    @property
+    def shift(self) -> Path:
+        """benchmarks/shift.py's figures on the run's test split (report shows them)."""
+        return self.path / "shift.json"
+
+    @property
+    def explain(self) -> Path:
+        """`explain`'s overlays, unless told another folder."""
+        return self.path / "explain"
+
+    @property
+    def members_dir(self) -> Path:
+        return self.path / "members"
+
+    def member(self, i: int) -> RunDir:
+        return RunDir(self.members_dir / str(i))
+
+    @property
+    def members(self) -> list[RunDir]:
         """The ensemble's member runs in order (none: a single model)."""
-        folder = self.path / "members"
+        folder = self.members_dir
         if not folder.is_dir():
             return []
         return [RunDir(p) for p in sorted((p for p in folder.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))]
@@ -143,7 +191,7 @@ class RunDir:
         if workers or (not create and not self.path.is_dir()):
             yield
             return
-        import fcntl
+        from .io import LockHeld, exclusive_lock
 
         created = not self.path.exists()
         try:
@@ -152,36 +200,18 @@ class RunDir:
             raise LesionPLError(f"cannot create run folder {self.path}: {e.strerror or e}") from None
         if not self.path.is_dir():
             raise LesionPLError(f"run folder {self.path} is a file, not a folder")
-        path = self.path / ".lock"
-        while True:
-            try:
-                handle = open(path, "a+")
-            except OSError as e:
-                raise LesionPLError(f"cannot write in run folder {self.path}: {e.strerror or e}") from None
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
-                handle.close()
-                raise LesionPLError(f"run folder {self.path} is in use by {holder}; wait for it to finish, or "
-                                    "choose another folder") from None
-            try:  # the file may have been removed by the holder we waited on: lock the one on disk
-                same = os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            handle.close()
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"lesion-pl {command} (pid {os.getpid()})")
-        handle.flush()
         try:
-            yield
-        finally:
-            path.unlink(missing_ok=True)
-            handle.close()
+            with ExitStack() as held:
+                try:
+                    held.enter_context(exclusive_lock(self.path / ".lock", wait=False,
+                                                      holder=f"lesion-pl {command} (pid {os.getpid()})"))
+                except LockHeld as e:
+                    raise LesionPLError(f"run folder {self.path} is in use by {e}; wait for it to finish, or choose "
+                                        "another folder") from None
+                except OSError as e:
+                    raise LesionPLError(f"cannot write in run folder {self.path}: {e.strerror or e}") from None
+                yield
+        finally:  # the lock is released (its file removed) first
             if created and self.path.is_dir() and not any(self.path.iterdir()):
                 self.path.rmdir()
 

@@ -10,8 +10,8 @@ torch-free runtime all score through it. numpy only: the ONNX runtime imports it
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -88,7 +88,7 @@ def metadata_space(value) -> LabelSpace:
     classes = value("classes", list(HAM10000.classes))
     names = value("display_names", None)
     melanoma = value("melanoma", "mel" if "mel" in classes else None)
-    return parse_label_space({"codes": classes, "names": dict(zip(classes, names)) if names else {},
+    return parse_label_space({"codes": classes, "names": dict(zip(classes, names, strict=True)) if names else {},
                               "malignant": value("malignant", list(HAM10000.malignant)), "melanoma": melanoma})
 
 
@@ -107,7 +107,7 @@ class Scored:
         """True where the score reaches its referral threshold (None: the run has no threshold for it)."""
         return None if name not in self.thresholds else self.scores[name] >= self.thresholds[name]
 
-    def take(self, rows: np.ndarray) -> "Scored":
+    def take(self, rows: np.ndarray) -> Scored:
         """These rows only (a boolean mask or indices): a subset scored as the whole was."""
         def pick(a):
             return a if a is None or np.ndim(a) == 0 else np.asarray(a)[rows]
@@ -130,7 +130,7 @@ class ScoringPolicy:
     in_graph: bool = False  # temperature and class bias already applied (an ONNX model's probabilities output)
 
     @classmethod
-    def from_calibration(cls, cal: Mapping | None, space: LabelSpace = HAM10000) -> "ScoringPolicy":
+    def from_calibration(cls, cal: Mapping | None, space: LabelSpace = HAM10000) -> ScoringPolicy:
         """A run's calibration.json (None or {}: uncalibrated, the most probable class named); its label space
         is the one it records (calibrations made before spaces existed: HAM10000's), else `space`."""
         cal = cal or {}
@@ -144,7 +144,7 @@ class ScoringPolicy:
                    dict(cal.get("operating_points_image_only") or points), bool(cal.get("tta", False)))
 
     @classmethod
-    def from_onnx_metadata(cls, meta: Mapping[str, str]) -> "ScoringPolicy":
+    def from_onnx_metadata(cls, meta: Mapping[str, str]) -> ScoringPolicy:
         """An exported model's lesion-pl metadata (keys without the prefix), read as the file states it:
         its own label space; the temperature and class bias are inside the graph."""
         def value(key, default):

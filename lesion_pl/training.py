@@ -134,7 +134,7 @@ def fit(cfg: Config, out: Path, resume: bool = False, progress: bool = True) -> 
     elif not resume and any(r.checkpoints.exists() and any(r.checkpoints.iterdir()) for r in trained):
         raise LesionPLError(f"run folder {out} already holds checkpoints; "
                             "pass --resume to continue it, or choose another --out")
-    elif not resume and (run.path / "logs" / "metrics.csv").exists():  # another run's log, which fit would replace
+    elif not resume and run.log.exists():  # another run's log, which fit would replace
         raise LesionPLError(f"run folder {out} already holds {Path('logs') / 'metrics.csv'} of another run; "
                             "choose another --out, or pass --resume to continue that run")
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -216,7 +216,7 @@ def _train_members(cfg: Config, run: RunDir, dm, members: int, progress: bool, s
     budget = duration_seconds(cfg.trainer.max_time)
     done = []
     for i in range(members):
-        member = RunDir(run.path / "members" / str(i))
+        member = run.member(i)
         if member.summary.exists():  # trained before a --resume
             done.append(json.loads(member.summary.read_text()))
             continue
@@ -263,7 +263,7 @@ def _train(cfg: Config, run: RunDir, dm, resume: bool, progress: bool, started: 
     loaded = model.net.loaded_weights
     if progress and loaded is not None:
         print(loaded.describe(), flush=True)
-    log = run.path / "logs" / "metrics.csv"
+    log = run.log
     backup = log.with_name("metrics.before-resume.csv")
     before, epochs_before = 0.0, 0  # trained before this resume: the log's elapsed time and validated epochs
     if resume:
@@ -374,7 +374,7 @@ def _val_metrics_at(run: RunDir, epoch: int | None) -> dict:
     """The validation metrics logged for `epoch` (from logs/metrics.csv)."""
     import pandas as pd
 
-    log = run.path / "logs" / "metrics.csv"
+    log = run.log
     if epoch is None or not log.exists():
         return {}
     df = pd.read_csv(log)

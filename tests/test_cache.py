@@ -1,6 +1,8 @@
 """The image cache: decoded once, equal to the shared preprocessing, reused, and strict on bad files."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -68,7 +70,7 @@ def test_other_size_other_cache(paths, tmp_path):
 
 def test_corrupt_image_is_named_and_no_cache_left(paths, tmp_path):
     bad = tmp_path / "ISIC_9999999.jpg"
-    bad.write_bytes(open(paths[0], "rb").read()[:600])  # a truncated JPEG
+    bad.write_bytes(Path(paths[0]).read_bytes()[:600])  # a truncated JPEG
     with pytest.raises(LesionPLError, match=r"1 bad image\(s\): cannot read image .*ISIC_9999999.jpg"):
         build_cache(paths + [str(bad)], 32, tmp_path / "c", progress=False)
     assert not list((tmp_path / "c").glob("*"))

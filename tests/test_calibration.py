@@ -365,7 +365,7 @@ def test_predict_says_refer_or_not(trained_run, small_ham):
     r1 = invoke("predict", *files, "--model", model, "--no-tta")
     assert "scored on one view" in r1.output and "calibrated on 8-view scores" in r1.output
     res = clf.predict(files)
-    for f, refer in zip(files, res.refer):
+    for f, refer in zip(files, res.refer, strict=True):
         line = next(out for out in r.output.splitlines() if out.startswith(str(f)))
         assert line.endswith("refer") if refer else line.endswith("no referral at this threshold")
 

@@ -31,7 +31,7 @@ def fitted(small_ham, tmp_path_factory):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         r = invoke("fit", "--data-root", small_ham, "--out", out, "--max-epochs", 2, *FAST)
-        warnings.warn("probe: the recording still works after fit")
+        warnings.warn("probe: the recording still works after fit", stacklevel=1)
     notes.removeHandler(handler)
     assert r.exit_code == 0, r.output
     FIT_WARNINGS[:] = [str(w.message) for w in caught]

@@ -120,7 +120,7 @@ def test_runtime_accepts_any_image_mode(exported, small_ham, tmp_path):
     src.convert("CMYK").save(tmp_path / "cmyk.jpg")
     src.convert("RGBA").save(tmp_path / "rgba.png")
     src.convert("L").save(tmp_path / "gray.png")
-    Image.fromarray((np.asarray(src.convert("L")).astype(np.uint16) * 257)).save(tmp_path / "gray16.png")
+    Image.fromarray(np.asarray(src.convert("L")).astype(np.uint16) * 257).save(tmp_path / "gray16.png")
     inputs = [tmp_path / "cmyk.jpg", tmp_path / "rgba.png", tmp_path / "gray.png", tmp_path / "gray16.png",
               src, rgb, rgb.astype(np.uint16) * 257]
     result = clf.predict(inputs)
@@ -233,3 +233,21 @@ def test_int8_scales_depthwise_networks_per_channel():
 
     assert not has_depthwise(build_network(load_config(None, ["model.widths=[8,16,32,64]"]).model))
     assert has_depthwise(build_network(load_config(None, ["model.name=efficientnet_lite0"]).model))
+
+
+def test_the_eight_views_are_one_definition_in_torch_and_numpy(small_ham):
+    """Test-time augmentation's views, as PyTorch scores them (NCHW) and as the ONNX runtime does (NHWC): the same
+    images in the same order (the page's JavaScript is held to that order in tests/test_web.py)."""
+    import torch
+
+    from lesion_pl.evaluate.inference import torch_views
+    from lesion_pl.preprocess import numpy_views, preprocess_file
+
+    batch = np.stack([preprocess_file(p, 48) for p in sorted((small_ham / "images").glob("*.jpg"))[:3]])
+    by_numpy = numpy_views(batch)
+    by_torch = torch_views(torch.from_numpy(batch).permute(0, 3, 1, 2))
+    assert len(by_numpy) == len(by_torch) == 8
+    for a, b in zip(by_numpy, by_torch, strict=True):
+        assert np.array_equal(a, b.permute(0, 2, 3, 1).numpy())
+    assert np.array_equal(by_numpy[1][0], np.rot90(batch[0]))  # counter-clockwise
+    assert np.array_equal(by_numpy[4][0], batch[0][:, ::-1])  # then the mirrors, the unturned first

@@ -117,7 +117,8 @@ def test_data_summary_for_each_format(ham_root, ham_meta, tmp_path):
     mine = tmp_path / "csv"
     mine.mkdir()
     shutil.copytree(folder, mine / "pics")
-    pd.DataFrame({"image": [f"pics/{d}/{i}.jpg" for i, d in zip(meta["image_id"], meta["dx"])], "label": meta["dx"],
+    images = [f"pics/{d}/{i}.jpg" for i, d in zip(meta["image_id"], meta["dx"], strict=True)]
+    pd.DataFrame({"image": images, "label": meta["dx"],
                   "lesion": meta["lesion_id"]}).to_csv(mine / "labels.csv", index=False)
     for root, extra in ((isic, []), (folder, []), (mine, ["--format", "csv", "--set", "data.columns.group=lesion"])):
         r = invoke("data", "summary", "--data-root", root, *extra)
@@ -172,7 +173,7 @@ def dermamnist_npz(ham_root, ham_meta, root, size=28, per_split=(14, 7, 7)):
     root.mkdir(parents=True, exist_ok=True)
     meta = sample_meta(ham_meta, 4, seed=6).sample(frac=1.0, random_state=0).reset_index(drop=True)
     arrays, start = {}, 0
-    for split, n in zip(("train", "val", "test"), per_split):
+    for split, n in zip(("train", "val", "test"), per_split, strict=True):
         part = meta[start:start + n]
         start += n
         arrays[f"{split}_images"] = np.stack([

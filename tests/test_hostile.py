@@ -171,7 +171,7 @@ def test_predict_and_training_read_absurd_ages_as_unknown(served_model, small_ha
     images = sorted((small_ham / "images").glob("*.jpg"))[:3]
     meta = tmp_path / "meta.csv"
     meta.write_text("image,age,sex,localization\n" + "".join(
-        f"{p.stem},{a},male,back\n" for p, a in zip(images, ("inf", "1e400", "50"))))
+        f"{p.stem},{a},male,back\n" for p, a in zip(images, ("inf", "1e400", "50"), strict=True)))
     out = tmp_path / "p.csv"
     r = invoke("predict", *images, "--model", served_model, "--metadata", meta, "--out", out)
     assert r.exit_code == 0, r.output
@@ -189,7 +189,8 @@ def test_predict_and_training_read_absurd_ages_as_unknown(served_model, small_ha
     cal = json.loads((run / "calibration.json").read_text())
     notes = " ".join(cal["clinical_fit"]["read_as_unknown"])
     split = pd.read_csv(run / "splits.csv").set_index("image_id")["split"]
-    seen = [a for a, i in zip(table["age"][:5], table["image_id"][:5]) if split[i] in ("train", "val") and a != "nan"]
+    seen = [a for a, i in zip(table["age"][:5], table["image_id"][:5], strict=True)
+            if split[i] in ("train", "val") and a != "nan"]
     assert seen and all(f"'{float(a)}'" in notes for a in seen), notes  # as the reader parsed them: 1e400 is inf
 
 
@@ -338,8 +339,8 @@ def test_a_plain_export_removes_the_int8_model_it_no_longer_matches(trained_run,
 
 
 def test_page_warning_equals_the_runtimes(small_ham, tmp_path):
-    """export/web/lesion.js's imageWarning against preprocess.image_warning: a real image, a blank one, a tiny one,
-    a nearly blank one."""
+    """lesion_pl/export/web/lesion.js's imageWarning against preprocess.image_warning: a real image, a blank one, a
+    tiny one, a nearly blank one."""
     from lesion_pl.preprocess import image_warning, resize_center_crop
 
     from .test_web import node

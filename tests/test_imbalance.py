@@ -48,7 +48,7 @@ def test_sample_weights_draw_follow_up_nevi_less_and_the_prior_follows(small_ham
     share = 0.25 * follow.sum() / (0.25 * follow.sum() + ((rows["label"] == nv).to_numpy() & ~follow).sum())
     loader = dm.train_dataloader()
     positions = np.asarray(loader.dataset.indices)
-    is_follow = dict(zip(dm.indices("train"), follow))
+    is_follow = dict(zip(dm.indices("train"), follow, strict=True))
     drawn, follow_drawn, nv_drawn = np.zeros(7), 0, 0
     for _ in range(200):
         picks = list(loader.sampler)

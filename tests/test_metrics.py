@@ -18,7 +18,7 @@ IDX = {c: i for i, c in enumerate(CLASSES)}
 
 def one_hot_probs(preds, confidences):
     p = torch.full((len(preds), 7), 0.0)
-    for row, (c, conf) in enumerate(zip(preds, confidences)):
+    for row, (c, conf) in enumerate(zip(preds, confidences, strict=True)):
         p[row] = (1 - conf) / 6
         p[row, IDX[c]] = conf
     return p

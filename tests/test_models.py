@@ -52,7 +52,7 @@ def test_local_weights_file(tmp_path):
     src = build_network(cfg)
     torch.save(src.state_dict(), tmp_path / "w.pth")
     net = build_network(cfg.model_copy(update={"weights": str(tmp_path / "w.pth")}))
-    for a, b in zip(src.state_dict().values(), net.state_dict().values()):
+    for a, b in zip(src.state_dict().values(), net.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     with pytest.raises(LesionPLError, match="does not exist"):
         build_network(cfg.model_copy(update={"weights": str(tmp_path / "missing.pth")}))

@@ -62,10 +62,9 @@ def test_a_second_command_on_a_busy_run_folder_is_refused(small_ham, tmp_path):
 
 
 def test_the_lock_refuses_in_process_too(tmp_path):
-    with RunDir(tmp_path / "r").lock("report", create=True):
-        with pytest.raises(LesionPLError, match="is in use by lesion-pl report"):
-            with RunDir(tmp_path / "r").lock("test"):
-                pass
+    with RunDir(tmp_path / "r").lock("report", create=True), \
+            pytest.raises(LesionPLError, match="is in use by lesion-pl report"), RunDir(tmp_path / "r").lock("test"):
+        pass
     assert not (tmp_path / "r").exists()  # made by the lock, left empty: removed
 
 

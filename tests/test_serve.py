@@ -43,7 +43,7 @@ def upload(paths):
 
 def assert_rows_equal(got: list[dict], want: list[dict], skip=("file",)):
     assert len(got) == len(want)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert set(g) == set(w)
         for k in w:
             if k in skip:

@@ -28,13 +28,13 @@ def test_everything_off_is_the_identity(ham_root):
 def test_flips_give_the_mirror_images_both_ways(ham_root):
     x = real_batch(ham_root, n=32)
     out = augment_batch(x, {**OFF, "hflip": True}, torch.Generator().manual_seed(0))
-    same = [torch.allclose(o, i.float(), atol=1e-3) for o, i in zip(out, x)]
-    mirrored = [torch.allclose(o, i.float().flip(-1), atol=1e-3) for o, i in zip(out, x)]
-    assert all(s or m for s, m in zip(same, mirrored))
+    same = [torch.allclose(o, i.float(), atol=1e-3) for o, i in zip(out, x, strict=True)]
+    mirrored = [torch.allclose(o, i.float().flip(-1), atol=1e-3) for o, i in zip(out, x, strict=True)]
+    assert all(s or m for s, m in zip(same, mirrored, strict=True))
     assert 4 < sum(mirrored) < 28  # a fair coin over 32 images
     out = augment_batch(x, {**OFF, "vflip": True}, torch.Generator().manual_seed(1))
     assert all(torch.allclose(o, i.float(), atol=1e-3) or torch.allclose(o, i.float().flip(-2), atol=1e-3)
-               for o, i in zip(out, x))
+               for o, i in zip(out, x, strict=True))
 
 
 def test_crops_keep_area_and_ratio_and_stay_inside():

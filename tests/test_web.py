@@ -1,4 +1,4 @@
-"""The pages: the JavaScript runtime (export/web/lesion.js) against Python's on real images (Pillow's resize
+"""The pages: the JavaScript runtime (lesion_pl/export/web/lesion.js) against Python's on real images (Pillow's resize
 pixel for pixel, the ONNX metadata, the scoring with and without clinical metadata), then the offline page
 (`export --web`, onnxruntime-web) and the service's page driven in headless Chromium: the probabilities they
 show equal the Python runtime's to 1e-4. Screenshots go to runs/screenshots/ for a person to look at."""
@@ -23,7 +23,7 @@ from lesion_pl.preprocess import load_rgb, resize_center_crop
 
 from .conftest import PROJECT, ServiceThread, invoke
 
-LESION_JS = (PROJECT / "export" / "web" / "lesion.js").as_uri()
+LESION_JS = (PROJECT / "lesion_pl" / "export" / "web" / "lesion.js").as_uri()
 SHOTS = PROJECT / "runs" / "screenshots"
 
 
@@ -42,7 +42,7 @@ def node(script: str, payload: dict, tmp_path):
 
 def test_javascript_resize_is_pillows_pixel_for_pixel(small_ham, tmp_path):
     cases, want = [], []
-    for i, path in enumerate(sorted((small_ham / "images").glob("*.jpg"))[:3]):
+    for _i, path in enumerate(sorted((small_ham / "images").glob("*.jpg"))[:3]):
         img = load_rgb(path)
         # the data set's 200x150, the originals' 600x450 (Kaggle/Dataverse), and an odd portrait size
         for variant in (img, img.resize((600, 450), Image.BICUBIC), img.resize((233, 317), Image.BICUBIC)):
@@ -54,8 +54,8 @@ def test_javascript_resize_is_pillows_pixel_for_pixel(small_ham, tmp_path):
     got = node("""const out = input.cases.map(([raw, w, h, s]) =>
                     Array.from(L.resizeCenterCrop(new Uint8Array(fs.readFileSync(raw)), w, h, s)));
                console.log(JSON.stringify(out));""", {"cases": cases}, tmp_path)
-    for case, g, w in zip(cases, got, want):
-        assert g == w, f"{case}: {sum(a != b for a, b in zip(g, w))} pixels differ"
+    for case, g, w in zip(cases, got, want, strict=True):
+        assert g == w, f"{case}: {sum(a != b for a, b in zip(g, w, strict=True))} pixels differ"
 
 
 def test_javascript_reads_the_metadata_and_scores_as_the_runtime(served_model, small_ham, tmp_path):
@@ -144,7 +144,7 @@ def drive_page(browser, url: str, paths, metadata: dict | None, shot: str, token
 def assert_shows_the_runtime(rows: list[dict], clf: LesionOnnxClassifier, paths, metadata: dict | None):
     for meta in ([None, metadata] if metadata else [None]):
         want = clf.predict([str(p) for p in paths], metadata=None if meta is None else [meta] * len(paths))
-        for path, w in zip(paths, want.rows([p.name for p in paths])):
+        for path, w in zip(paths, want.rows([p.name for p in paths]), strict=True):
             shown = [r for r in rows if r["file"] == path.name and r.get("metadata") == w.get("metadata")]
             assert len(shown) == 1, (path.name, meta)
             row = shown[0]

@@ -94,7 +94,7 @@ def test_a_file_with_one_wrong_shape_is_refused_and_a_full_one_loads(tmp_path):
     net = build_network(cfg.model_copy(update={"weights": str(tmp_path / "full.pth")}))
     backbone = sum(not k.startswith("classifier.") for k in state)
     assert net.loaded_weights.loaded == len(state) and net.loaded_weights.head == "loaded"
-    assert all(torch.equal(a, b) for a, b in zip(state.values(), net.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(state.values(), net.state_dict().values(), strict=True))
     assert net.loaded_weights.mean == (0.485, 0.456, 0.406)  # timm's preprocessing for this architecture
     state["conv_head.weight"] = state["conv_head.weight"][:10]
     torch.save(state, tmp_path / "bad.pth")

@@ -3,8 +3,10 @@ validated through the models into one `Config`, and saving it. Nothing outside t
 code takes the typed section it needs (`cfg.data`, `cfg.trainer` ...)."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,10 +99,8 @@ def parse_override(item: str) -> dict:
             raise LesionPLError(f"--set {key}: {e}") from None
         value = raw
     if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string; a user means the number
-        try:
+        with contextlib.suppress(ValueError):
             value = float(value)
-        except ValueError:
-            pass
     node: dict = {}
     out = node
     parts = key.strip().split(".")
@@ -131,7 +131,7 @@ def _one_line(e: ValidationError, values: dict) -> str:
     return f"config key '{name}': {err['msg']}, got {err.get('input')!r}"
 
 
-def load_config(path: Path | None = None, overrides: list[str] = ()) -> Config:
+def load_config(path: Path | None = None, overrides: Sequence[str] = ()) -> Config:
     """The defaults, then the user's file, then each `key=value` override, in that order."""
     values = Config().model_dump()
     if path is not None:

@@ -4,14 +4,15 @@ proves the two equal. Unknown keys are refused (extra="forbid"); a checkpoint's 
 models, its missing keys taking their defaults."""
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable, Literal, Optional, Union
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from . import rules
 
-Balance = Union[str, float]  # a name (none, shuffle, sqrt, balanced) or a power in [0, 1]
+Balance = str | float  # a name (none, shuffle, sqrt, balanced) or a power in [0, 1]
 
 
 def rule(spec: tuple[str, Callable[[Any], bool]]):
@@ -34,7 +35,7 @@ class Columns(Section):
         "image", description="csv: the column of image paths (relative to the root)")
     label: Annotated[str, rule(("a column name (text)", lambda v: isinstance(v, str) and v != ""))] = Field(
         "label", description="csv: the column of labels")
-    group: Annotated[Optional[str], rule(rules.text_or_null())] = Field(
+    group: Annotated[str | None, rule(rules.text_or_null())] = Field(
         None, description="csv: the column naming each image's lesion or patient (null: split by image)")
 
 
@@ -42,7 +43,7 @@ class Splits(Section):
     train: Annotated[float, rule(rules.number(0, 1))] = Field(0.70, description="share of lesions in train")
     val: Annotated[float, rule(rules.number(0, 1))] = Field(0.15, description="share of lesions in validation")
     test: Annotated[float, rule(rules.number(0, 1))] = Field(0.15, description="share of lesions in test")
-    seed: Annotated[Optional[int], rule(rules.or_null(rules.whole(0)))] = Field(
+    seed: Annotated[int | None, rule(rules.or_null(rules.whole(0)))] = Field(
         42, description="the split's seed (null: the run's seed)")
 
 
@@ -65,15 +66,15 @@ class Augment(Section):
     cutmix: Annotated[float, rule(rules.number(0))] = Field(0.0, description="CutMix alpha (0: off)")
     channel_gain: Annotated[float, rule(rules.number(0, 0.5))] = Field(
         0.0, description="s: a colour cast, each channel times a gain in [1 - s, 1 + s]")
-    gamma: Annotated[Optional[list[float]], rule(rules.or_null(rules.pair(5)))] = Field(
+    gamma: Annotated[list[float] | None, rule(rules.or_null(rules.pair(5)))] = Field(
         None, description="[low, high]: a tone curve (x/255)^g, g log-uniform in the range")
     blur: Annotated[float, rule(rules.number(0, 0.05))] = Field(
         0.0, description="s: Gaussian blur, sigma uniform in [0, s * image side]")
     vignette: Annotated[float, rule(rules.number(0, 1))] = Field(
         0.0, description="p: this share of images get a round lens's dark corners")
-    downscale: Annotated[Optional[float], rule(rules.number(1, 8, nullable=True))] = Field(
+    downscale: Annotated[float | None, rule(rules.number(1, 8, nullable=True))] = Field(
         None, description="f: each batch down- and upscaled by a factor drawn in [1, f]")
-    jpeg: Annotated[Optional[list[float]], rule(rules.or_null((
+    jpeg: Annotated[list[float] | None, rule(rules.or_null((
         "a pair [min, max] of JPEG qualities with 1 <= min <= max <= 100",
         lambda v: rules.pair(100)[1](v) and v[0] >= 1)))] = Field(
         None, description="[low, high]: each image re-encoded as JPEG at a quality drawn in the range")
@@ -84,8 +85,8 @@ class Source(Section):
     name: str = Field(description="its name (letters, digits, - and _), in splits.csv and the per-source figures")
     root: str = Field(description="its folder (relative: under $LESION_PL_DATA, else data/)")
     format: Annotated[str, rule(rules.one_of(*rules.FORMATS))] = Field("auto", description="its format")
-    csv: Annotated[Optional[str], rule(rules.text_or_null())] = Field(None, description="csv formats: the CSV file")
-    columns: Optional[Columns] = Field(None, description="csv: its columns (the defaults where not given)")
+    csv: Annotated[str | None, rule(rules.text_or_null())] = Field(None, description="csv formats: the CSV file")
+    columns: Columns | None = Field(None, description="csv: its columns (the defaults where not given)")
     label_map: Annotated[dict, rule(rules.mapping())] = Field({}, description="its labels -> class codes")
     drop_labels: Annotated[list, rule(("a list of source labels", lambda v: isinstance(v, list)))] = Field(
         [], description="its labels to leave out")
@@ -95,15 +96,15 @@ class Source(Section):
 class Data(Section):
     format: Annotated[str, rule(rules.one_of(*rules.FORMATS))] = Field(
         "auto", description="auto | ham10000 | isic-csv | isic2020 | csv | folder | dermamnist")
-    dermamnist_size: Annotated[Optional[int], rule(rules.one_of(None, 28, 64, 128, 224))] = Field(
+    dermamnist_size: Annotated[int | None, rule(rules.one_of(None, 28, 64, 128, 224))] = Field(
         None, description="dermamnist: 28, 64, 128 or 224 (null: the largest .npz present)")
-    root: Annotated[Optional[str], rule(rules.text_or_null())] = Field(
+    root: Annotated[str | None, rule(rules.text_or_null())] = Field(
         None, description="null: $LESION_PL_DATA/ham10000, else data/ham10000")
-    csv: Annotated[Optional[str], rule(rules.text_or_null())] = Field(
+    csv: Annotated[str | None, rule(rules.text_or_null())] = Field(
         None, description="isic-csv/csv: the CSV file (default: found in the root)")
     columns: Columns = Field(default_factory=Columns, description="csv: column names")
     # parse_label_space says what is wrong with a space (a code, a key) in its own words
-    classes: Annotated[Union[None, str, dict], rule((
+    classes: Annotated[None | str | dict, rule((
         "a preset name or a mapping of codes", lambda v: _label_space(v)))] = Field(
         None, description="the label space: null or ham10000, melanoma, isic2019, or {codes, malignant, ...}")
     label_map: Annotated[dict, rule(rules.mapping())] = Field({}, description="source label -> class code")
@@ -117,16 +118,16 @@ class Data(Section):
         False, description="each source drawn as often as the others in total")
     skip_bad_images: Annotated[bool, rule(rules.boolean())] = Field(
         False, description="leave out unreadable images (counted, listed in summary.json)")
-    image_size: Annotated[Union[Literal["auto"], int], rule((
+    image_size: Annotated[Literal["auto"] | int, rule((
         f"auto or a whole number of pixels from 8 to {rules.MAX_IMAGE_SIZE}",
         lambda v: v == "auto" or (rules.whole(8)[1](v) and v <= rules.MAX_IMAGE_SIZE)))] = Field(
         "auto", description="resized (shorter side) and centre-cropped to this square; auto: by the hardware")
-    color_constancy: Annotated[Optional[float], rule(rules.number(1, 16, nullable=True))] = Field(
+    color_constancy: Annotated[float | None, rule(rules.number(1, 16, nullable=True))] = Field(
         None, description="p: Shades of Gray colour constancy inside the model; null: off")
     splits: Splits = Field(default_factory=Splits, description="grouped by lesion, stratified by class")
-    splits_file: Annotated[Optional[str], rule(rules.text_or_null())] = Field(
+    splits_file: Annotated[str | None, rule(rules.text_or_null())] = Field(
         None, description="a splits.csv to reuse")
-    cache_dir: Annotated[Optional[str], rule(rules.text_or_null())] = Field(
+    cache_dir: Annotated[str | None, rule(rules.text_or_null())] = Field(
         None, description="null: $LESION_PL_CACHE, else ~/.cache/lesion_pl")
     cache_in_memory_max_gb: Annotated[float, rule(rules.number(0))] = Field(
         1.0, description="a larger cache stays memory-mapped on disk")
@@ -136,7 +137,7 @@ class Data(Section):
     num_workers: Annotated[int, rule(rules.whole(0))] = Field(0, description="loader processes")
     sampler: Annotated[Balance, rule(rules.balance())] = Field(
         "sqrt", description="each image drawn with weight count^-p: shuffle | sqrt | balanced, or p")
-    sampler_start: Annotated[Optional[Balance], rule(rules.balance(nullable=True))] = Field(
+    sampler_start: Annotated[Balance | None, rule(rules.balance(nullable=True))] = Field(
         "balanced", description="a sampler to begin with, ramped to `sampler`")
     sampler_ramp_epochs: Annotated[int, rule(rules.whole(1))] = Field(15, description="epochs of that ramp")
     sample_weights: Annotated[dict, rule(rules.sample_weights())] = Field(
@@ -150,9 +151,9 @@ class Model(Section):
         "lesion_cnn", description="lesion_cnn, or any timm model name")
     pretrained: Annotated[bool, rule(rules.boolean())] = Field(
         False, description="ImageNet weights from a weights package, else the Hugging Face Hub or its cache")
-    weights: Annotated[Optional[str], rule(rules.text_or_null())] = Field(
+    weights: Annotated[str | None, rule(rules.text_or_null())] = Field(
         None, description="a local weights file (.pth/.safetensors)")
-    normalization: Annotated[Union[str, dict], rule((
+    normalization: Annotated[str | dict, rule((
         "auto, dataset, or {mean: [r, g, b], std: [r, g, b]} (0..1 scale, std > 0)",
         lambda v: v in ("auto", "dataset") or rules.mean_std(v)))] = Field(
         "auto", description="auto: the weights' own where the network starts from weights, else the data's")
@@ -190,7 +191,7 @@ class Calibration(Section):
         0.90, description="referral threshold: the highest reaching this on val")
     melanoma_sensitivity: Annotated[float, rule(rules.number(0, 1, low_open=True))] = Field(
         0.90, description="the same for melanoma alone")
-    referral_confidence: Annotated[Optional[float], rule(rules.number(0.5, 1, low_open=True, nullable=True))] = Field(
+    referral_confidence: Annotated[float | None, rule(rules.number(0.5, 1, low_open=True, nullable=True))] = Field(
         0.99, description="...with this confidence on new lesions; null: the point estimate")
     tta: Annotated[bool, rule(rules.boolean())] = Field(
         True, description="score each image as the mean of its 8 flips/90-degree rotations")
@@ -206,23 +207,23 @@ class Trainer(Section):
                                      isinstance(v, bool) and (v >= 1 or v == -1)))] = Field(
         80, description="per member")
     members: Annotated[int, rule(rules.whole(1))] = Field(1, description=">1: an ensemble trained one after another")
-    max_time: Annotated[Union[None, str, float], rule((
+    max_time: Annotated[None | str | float, rule((
         'a wall-clock limit "DD:HH:MM:SS" (e.g. "00:01:00:00"), a number of seconds, or null',
         rules.duration))] = Field(None, description='wall-clock limit "DD:HH:MM:SS"')
     patience: Annotated[int, rule(rules.whole(1))] = Field(20, description="early stopping on val balanced accuracy")
-    stop_at: Annotated[Optional[float], rule(rules.number(0, 1, nullable=True))] = Field(
+    stop_at: Annotated[float | None, rule(rules.number(0, 1, nullable=True))] = Field(
         None, description="stop as soon as val balanced accuracy reaches this")
-    ema_decay: Annotated[Optional[float], rule(rules.number(0, 1, nullable=True))] = Field(
+    ema_decay: Annotated[float | None, rule(rules.number(0, 1, nullable=True))] = Field(
         0.99, description="validate and checkpoint an exponential moving average of the weights (null: off)")
     accelerator: Annotated[str, rule(rules.one_of("auto", "cpu", "gpu", "cuda", "mps", "tpu"))] = Field(
         "auto", description="auto | cpu | gpu")
-    devices: Annotated[Union[int, str, list[int]], rule(rules.devices())] = Field(
+    devices: Annotated[int | str | list[int], rule(rules.devices())] = Field(
         1, description="per machine; >1 trains with DDP")
     num_nodes: Annotated[int, rule(rules.whole(1))] = Field(1, description="machines")
     strategy: Annotated[str, rule(("a Lightning strategy name (auto, ddp, ...)",
                                    lambda v: isinstance(v, str) and v != ""))] = Field(
         "auto", description="Lightning's strategies")
-    precision: Annotated[Union[str, int], rule(rules.one_of(
+    precision: Annotated[str | int, rule(rules.one_of(
         "auto", "32-true", "32", 32, "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "64", 64))] = Field(
         "auto", description="auto: bf16-mixed on CUDA; on a bf16 CPU the faster of the two; else 32-true")
     channels_last: Annotated[bool, rule(rules.boolean())] = Field(True, description="NHWC memory layout")

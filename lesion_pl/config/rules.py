@@ -4,9 +4,8 @@ value, before anything runs; and the readings of values that need one (a sampler
 from __future__ import annotations
 
 from ..errors import LesionPLError
+from ..formats import FORMATS
 
-# the readers' names (data.sources.READERS, tested to agree) and auto
-FORMATS = ("auto", "ham10000", "isic-csv", "isic2020", "csv", "folder", "dermamnist")
 MAX_IMAGE_SIZE = 1024  # px: dermoscopy models train at 64-600; 10,000 images at 1024 px are a 31 GB cache
 BALANCE_POWER = {"none": 0.0, "shuffle": 0.0, "sqrt": 0.5, "balanced": 1.0}
 

@@ -32,8 +32,8 @@ def check_images(paths: list[str], workers: int | None = None, progress: bool = 
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         results = list(tqdm(pool.map(_check, paths), total=len(paths), disable=not progress,
                             desc="checking images", unit="img"))
-    bad = {p: r for p, (r, _) in zip(paths, results) if r is not None}
-    return bad, {p: w for p, (_, w) in zip(paths, results) if w is not None}
+    bad = {p: r for p, (r, _) in zip(paths, results, strict=True) if r is not None}
+    return bad, {p: w for p, (_, w) in zip(paths, results, strict=True) if w is not None}
 
 
 def find_bad_images(paths: list[str], workers: int | None = None, progress: bool = True) -> dict[str, str]:

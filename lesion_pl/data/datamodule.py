@@ -72,7 +72,7 @@ class LesionDataModule(pl.LightningDataModule):
         self.split: pd.Series | None = None
         self._on_device: torch.Tensor | None = None
 
-    def build(self) -> "LesionDataModule":
+    def build(self) -> LesionDataModule:
         if self.table is not None:
             return self
         d = self.data
@@ -114,7 +114,7 @@ class LesionDataModule(pl.LightningDataModule):
         self.table, self.split = table, split
         return self
 
-    def for_seed(self, seed: int) -> "LesionDataModule":
+    def for_seed(self, seed: int) -> LesionDataModule:
         """The same data (table, split, cache: shared, not copied) with another seed for the sampler: an ensemble's
         member."""
         other = copy.copy(self)

@@ -9,11 +9,11 @@ verification and resumption of a partial download, laid out so that `fit` finds 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import http.client
 import json
 import os
-import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -44,7 +44,7 @@ def _open(url: str, start: int = 0):
         return urllib.request.urlopen(req, timeout=TIMEOUT)
     except urllib.error.HTTPError as e:
         raise LesionPLError(f"{url} answered HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as e:
+    except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as e:
         host = urllib.parse.urlsplit(url).netloc
         raise ConnectionError(f"cannot reach {host}: {getattr(e, 'reason', e)}") from None
 
@@ -87,10 +87,10 @@ def fetch(url: str, dest: Path, md5: str | None, progress: bool = True, manual_h
             try:
                 with open(part, "ab" if have else "wb") as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
                                                                    desc=dest.name, disable=not progress) as bar:
-                    for block in iter(lambda: resp.read(CHUNK), b""):
+                    for block in iter(functools.partial(resp.read, CHUNK), b""):
                         f.write(block)
                         bar.update(len(block))
-            except (ConnectionError, socket.timeout, OSError, http.client.IncompleteRead):
+            except (TimeoutError, ConnectionError, OSError, http.client.IncompleteRead):
                 continue  # resume from what arrived
         if total is not None and part.stat().st_size < total:
             continue

@@ -6,7 +6,7 @@ Used by benchmarks/shift.py on the test split; deterministic for a seed. Imports
 from __future__ import annotations
 
 import io
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageFilter

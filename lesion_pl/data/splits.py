@@ -33,9 +33,8 @@ def lesion_folds(table: pd.DataFrame, seed: int, cache_dir: Path | None = None) 
         with file_lock(stored.with_name(stored.name + ".lock")):  # DDP tasks started together: one computes
             if not stored.is_file():
                 fold_of = _sgkf_folds(table, seed)
-                with atomic_path(stored) as tmp:
-                    with open(tmp, "wb") as f:
-                        np.save(f, fold_of)
+                with atomic_path(stored) as tmp, open(tmp, "wb") as f:
+                    np.save(f, fold_of)
     return np.load(stored)
 
 

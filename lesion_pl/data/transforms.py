@@ -158,7 +158,7 @@ def jpeg(x: torch.Tensor, low: float, high: float, generator=None) -> torch.Tens
 
     quality = _uniform(len(x), low, high, generator).round().int().tolist()
     rows = x.detach().round().clamp(0, 255).to("cpu", torch.uint8)
-    out = [decode_jpeg(encode_jpeg(row, quality=q)) for row, q in zip(rows, quality)]
+    out = [decode_jpeg(encode_jpeg(row, quality=q)) for row, q in zip(rows, quality, strict=True)]
     return torch.stack(out).to(x.device, x.dtype)
 
 

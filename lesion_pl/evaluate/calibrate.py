@@ -93,8 +93,11 @@ def calibration_error_floor(probs: np.ndarray, space: LabelSpace = HAM10000, dra
     return {k: float(np.mean([e[k] for e in errs])) for k in errs[0]}
 
 
+FACTORS = np.geomspace(0.5, 2.0, 41)  # the temperature's scalings keep_errors_down tries
+
+
 def keep_errors_down(result: dict, final_probs, labels: np.ndarray, before: dict, space: LabelSpace = HAM10000,
-                     factors=np.geomspace(0.5, 2.0, 41)) -> dict:
+                     factors=FACTORS) -> dict:
     """The NLL fit can leave one of the reported calibration errors above the raw softmax's (issue #27: top-class
     ECE 0.026 -> 0.035 while the malignancy ECE fell). Where it does, the temperature is scaled by the factor in
     `factors` with the lowest NLL among those that leave neither error above `before`. Where no factor does (the
@@ -175,14 +178,14 @@ def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool 
     if sources is not None:  # a run of several sources: validation per source, beside the pooled figures
         result["by_source"] = sources
     # the scores the thresholds were chosen on, for benchmarks/referral.py and anyone re-checking them
-    write_predictions(predictions_frame(rows, scored), run.path / "val_predictions.csv")
-    atomic_write_json(run.path / "calibration.json", result)
+    write_predictions(predictions_frame(rows, scored), run.val_predictions)
+    atomic_write_json(run.calibration, result)
     return result
 
 
 def load_calibration(run: RunDir, data_root: Path | None = None, progress: bool = True) -> dict:
     """The run's calibration.json, fitted now (on validation) where the run has none yet."""
-    path = run.path / "calibration.json"
+    path = run.calibration
     if path.exists():
         return json.loads(path.read_text())
     return calibrate_run(run.path, data_root, progress)

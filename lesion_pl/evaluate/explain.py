@@ -26,12 +26,12 @@ def explain_images(paths: list[Path], run_path: Path, out_dir: Path | None = Non
     run.require_fitted()
     cfg = run.load_config()
     size = int(cfg.data.image_size)
-    cal_path = run.path / "calibration.json"
+    cal_path = run.calibration
     cal = json.loads(cal_path.read_text()) if cal_path.exists() else {}
     policy = ScoringPolicy.from_calibration(cal, label_space(cfg.data))
     classes, space = policy.classes, policy.space
     model = load_run_model(run)
-    out_dir = Path(out_dir) if out_dir else run.path / "explain"
+    out_dir = Path(out_dir) if out_dir else run.explain
     out_dir.mkdir(parents=True, exist_ok=True)
     done, errors = [], []
     plt = _plt()

@@ -5,22 +5,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..preprocess import dihedral_views
 
-def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
-    """The 8 flips/rotations by 90 degrees of NCHW (or NHWC with dims=(1, 2)) images."""
+
+def torch_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """`preprocess.dihedral_views` of NCHW images (or NHWC: height and width are dims 1 and 2)."""
     dims = (-2, -1) if x.shape[1] in (1, 3) else (1, 2)
-    views = []
-    for k in range(4):
-        r = torch.rot90(x, k, dims)
-        views += [r, torch.flip(r, (dims[1],))]
-    return views
+    return dihedral_views(x, lambda a, k: torch.rot90(a, k, dims), lambda a: torch.flip(a, (dims[1],)))
 
 
 @torch.inference_mode()
 def batch_logits(model, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
     """Logits [N, C] of a batch, or [N, 8, C] with `tta` (one row per view)."""
     if tta:
-        return torch.stack([model(v).float() for v in dihedral_views(x)], dim=1)
+        return torch.stack([model(v).float() for v in torch_views(x)], dim=1)
     return model(x).float()
 
 

@@ -97,7 +97,7 @@ def metrics_report(probs: torch.Tensor, target: torch.Tensor, pred: torch.Tensor
     mal = is_malignant(target, space)
     out = {
         "n_images": int(len(target)),
-        "classes_present": [c for c, p in zip(classes, present) if p],
+        "classes_present": [c for c, p in zip(classes, present, strict=True) if p],
         "accuracy": float((pred == target).float().mean()),
         "balanced_accuracy": float(per["recall"][present].mean()),
         "precision_macro": float(per["precision"][present].mean()),

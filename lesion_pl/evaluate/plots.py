@@ -9,7 +9,7 @@ from ..classes import CLASSES, HAM10000, LabelSpace
 from ..io import atomic_path
 
 # one colour per class in every figure: HAM10000's codes keep theirs in any space
-PALETTE = dict(zip(CLASSES, ["#8c564b", "#d62728", "#2ca02c", "#9467bd", "#1f1f1f", "#1f77b4", "#e377c2"]))
+PALETTE = dict(zip(CLASSES, ["#8c564b", "#d62728", "#2ca02c", "#9467bd", "#1f1f1f", "#1f77b4", "#e377c2"], strict=True))
 OTHER_COLOURS = ["#ff7f0e", "#17becf", "#bcbd22", "#7f7f7f", "#aec7e8", "#98df8a", "#c5b0d5", "#c49c94"]
 
 
@@ -45,7 +45,7 @@ def confusion_matrix_png(target: np.ndarray, pred: np.ndarray, path: Path, space
                 xticklabels=classes, yticklabels=classes)
     sns.heatmap(cm / rows, annot=True, fmt=".2f", cmap="Blues", vmin=0, vmax=1, ax=axes[1],
                 xticklabels=classes, yticklabels=classes)
-    for ax, title in zip(axes, ("Counts", "Row-normalised (recall on the diagonal)")):
+    for ax, title in zip(axes, ("Counts", "Row-normalised (recall on the diagonal)"), strict=True):
         ax.set_title(title)
         ax.set_xlabel("Predicted class")
         ax.set_ylabel("True class")
@@ -80,7 +80,7 @@ def roc_png(target: np.ndarray, probs: np.ndarray, malignant_prob: np.ndarray, i
             axes[1].scatter([1 - op["specificity"]], [op["sensitivity"]], s=90, color="black", zorder=3,
                             label=f"referral threshold {op['threshold']:.3f} (chosen on validation): "
                                   f"sensitivity {op['sensitivity']:.3f}, specificity {op['specificity']:.3f}")
-    for ax, title in zip(axes, ("One class vs the rest", "Malignant (mel, bcc, akiec) vs benign")):
+    for ax, title in zip(axes, ("One class vs the rest", "Malignant (mel, bcc, akiec) vs benign"), strict=True):
         ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
         ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="False positive rate (1 - specificity)",
                ylabel="True positive rate (sensitivity)", title=title)

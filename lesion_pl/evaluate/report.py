@@ -20,7 +20,7 @@ from ..errors import LesionPLError
 from ..io import atomic_path, atomic_write_text
 from ..run import RunDir
 from ..scoring import is_positive
-from ..terminal import CONFIRMED_FIGURES, metric_text
+from ..terminal import CONFIRMED_FIGURES, HEADLINE, metric_text
 from . import report_figures as figs
 
 AGE_BANDS = [(0, 30, "<30"), (30, 45, "30-44"), (45, 60, "45-59"), (60, 75, "60-74"), (75, 200, "75+")]
@@ -206,7 +206,7 @@ def build_report(run_path: Path, data_root: Path | None = None, progress: bool =
     cams = _gradcams(run, t)
     pngs, confusions, conf_sections = _galleries(t, cams, per_class, per_confusion)
     for n, trained in enumerate(run.members or [run]):  # an ensemble: each member's curves
-        log_path = trained.path / "logs" / "metrics.csv"
+        log_path = trained.log
         if log_path.exists():
             pngs[f"training_curves{'_member' + str(n) if run.members else ''}"] = figs.training_curves(
                 pd.read_csv(log_path))
@@ -221,12 +221,12 @@ def build_report(run_path: Path, data_root: Path | None = None, progress: bool =
     for name in ("confusion_matrix", "roc", "reliability"):  # made by `test` (ROC with the operating point)
         pngs[name] = run.require(t.source / f"{name}.png", test_cmd).read_bytes()
 
-    out_dir = run.path / "report" if evaluation is None else t.source / "report"
+    out_dir = run.report if evaluation is None else t.source / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, png in pngs.items():
         with atomic_path(out_dir / f"{name}.png") as tmp:
             tmp.write_bytes(png)
-    shift_path = run.path / "shift.json"  # benchmarks/shift.py, on the run's own test split
+    shift_path = run.shift  # benchmarks/shift.py, on the run's own test split
     shift = json.loads(shift_path.read_text()) if evaluation is None and shift_path.is_file() else None
     findings = _findings(t.metrics, t.frame, confusions, tables, overall_error, cam_stats, t.space, shift)
     others = (["the run's own test split (report --run RUN)"] if evaluation is not None else [])
@@ -394,8 +394,7 @@ def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_st
 
     from .. import __version__
 
-    overall = pd.DataFrame({k: [metrics[k]] for k in ("accuracy", "balanced_accuracy", "precision_macro",
-                                                       "recall_macro", "f1_macro", "auroc_macro", "auroc_malignant")},
+    overall = pd.DataFrame({k: [metrics[k]] for k in HEADLINE if k in metrics},
                            index=[f"test ({metrics['n_images']} images)"])
     per_class = pd.DataFrame(metrics["per_class"]).T
     space = space or label_space(cfg.data)

@@ -101,7 +101,7 @@ def gallery(items: list[dict], title: str, columns: int = 4, space: LabelSpace =
 def subgroup_errors(tables: dict[str, pd.DataFrame], overall: float) -> bytes:
     plt = _plt()
     fig, axes = plt.subplots(1, len(tables), figsize=(5 * len(tables), 4.5))
-    for ax, (name, t) in zip(np.atleast_1d(axes), tables.items()):
+    for ax, (name, t) in zip(np.atleast_1d(axes), tables.items(), strict=True):
         ax.barh(t.index.astype(str), t["error_rate"], color="tab:red", alpha=0.75)
         ax.axvline(overall, color="black", ls="--", lw=1, label=f"overall {overall:.3f}")
         ax.set(title=f"Error rate by {name}", xlabel="Share of test images misclassified", xlim=(0, 1))

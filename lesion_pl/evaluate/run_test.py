@@ -35,7 +35,7 @@ def _checkpoints(run: RunDir) -> dict:
     paths = run.best_checkpoints
     if not run.members:
         return {"checkpoint": str(paths[0])}
-    return {"checkpoint": str(run.path / "members"), "members": [str(p) for p in paths]}
+    return {"checkpoint": str(run.members_dir), "members": [str(p) for p in paths]}
 
 
 def evaluation_target(run: RunDir, data_root: Path | None, data_format: str | None, split: str,

@@ -90,7 +90,7 @@ def predict_table(model: Path, files: list[Path], out: Path | None, batch_size: 
                    + (f"{r['metadata']:<8}  " if meta_col else "") + r["referral"])
     for path, why in clf.warnings.items():
         typer.secho(f"warning: {path}: {why}; do not trust its prediction", fg="yellow", err=True)
-    for path, reason in errors:
+    for _, reason in errors:
         typer.secho(f"failed: {reason}", fg="red", err=True)
     if out is not None:
         if out.suffix.lower() == ".json":

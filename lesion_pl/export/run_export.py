@@ -56,8 +56,8 @@ def export_run(run_path: Path, opset: int = 18, int8: bool = False, data_root: P
     classifier = load_run_model(run)
     hp = classifier.hparams
     size = int(cfg.data.image_size)
-    out_dir = run.path / "export"
-    fp32 = out_dir / "model.onnx"
+    out_dir = run.export_dir
+    fp32 = run.onnx
     cal = load_calibration(run, data_root, progress)
     export_onnx(classifier, cal, size, fp32, opset,
                 metadata(summary, size, list(hp["mean"]), list(hp["std"]), cal, classifier.normalize.color_constancy))
@@ -77,7 +77,7 @@ def export_run(run_path: Path, opset: int = 18, int8: bool = False, data_root: P
                             f"{check['max_abs_diff']:.2e} (limit {PARITY_TOLERANCE:.0e}), argmax agrees on "
                             f"{check['argmax_agree']}; model not written")
 
-    q8 = out_dir / "model.int8.onnx"
+    q8 = run.onnx_int8
     if not int8 and q8.exists():  # quantized from the model this export replaced: it no longer matches model.onnx
         q8.unlink()
         report["removed"] = str(q8)

@@ -24,22 +24,22 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
 
 from lesion_pl.errors import LesionPLError
-from lesion_pl.preprocess import ImageReadError, image_warning, load_rgb, resize_center_crop, to_rgb
+from lesion_pl.preprocess import ImageReadError, image_warning, load_rgb, numpy_views, resize_center_crop, to_rgb
 from lesion_pl.scoring import Scored, ScoringPolicy
 
 from .metadata import PREFIX, REQUIRED
 
-ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageLike = str | os.PathLike | Image.Image | np.ndarray
 REFER, NO_REFER = "refer", "no referral at this threshold"
-Metadata = Optional[Mapping[str, object]]  # one image's age, sex and site
+Metadata = Mapping[str, object] | None  # one image's age, sex and site
 
 
 @dataclass
@@ -96,11 +96,11 @@ class Predictions:
         used = self.with_metadata if self.with_metadata is not None else [None] * len(self)
         out = []
         for name, top, p, mal, r, u, probs in zip(names, self.top_class, self.top_probability, self.malignancy, refer,
-                                                  used, self.probabilities):
+                                                  used, self.probabilities, strict=True):
             out.append({"file": str(name), "top_class": top, "probability": round(float(p), 6),
                         "malignancy": round(float(mal), 6), "referral": "" if r is None else (REFER if r else NO_REFER),
                         **({} if u is None else {"metadata": "yes" if u else "no"}),
-                        **{f"p_{c}": round(float(v), 6) for c, v in zip(self.classes, probs)},
+                        **{f"p_{c}": round(float(v), 6) for c, v in zip(self.classes, probs, strict=True)},
                         "warning": (warnings or {}).get(name, "")})
         return out
 
@@ -219,8 +219,7 @@ class LesionOnnxClassifier:
         predict in chunks score the whole set once."""
         batch = np.asarray(batch, dtype=np.uint8)
         if self.tta if tta is None else tta:
-            views = [np.rot90(batch, k, axes=(1, 2)) for k in range(4)]
-            views += [v[:, :, ::-1] for v in views]
+            views = numpy_views(batch)
             out = self.session.run(["probabilities"], {"images": np.ascontiguousarray(np.concatenate(views))})[0]
             probs = self.policy.mean_views(out.reshape(len(views), len(batch), -1))
         else:

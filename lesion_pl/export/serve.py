@@ -322,12 +322,13 @@ def _script(text: str):
     return script
 
 
-def create_app(model: str | os.PathLike, token: str | None = None, limits: Limits = Limits(),
+def create_app(model: str | os.PathLike, token: str | None = None, limits: Limits | None = None,
                max_batch: int = 1, threads: int | None = None, allowed_hosts: tuple[str, ...] | None = None):
     """The FastAPI app serving one exported model. `allowed_hosts`: the Host header names it answers (the CLI
     passes LOOPBACK where it listens on loopback only); None: any."""
     if token is not None and not token.strip():
         raise ValueError("an empty token would refuse every call: give a token, or none")
+    limits = limits or Limits()
     clf = LesionOnnxClassifier(model, threads=threads)
     identity = model_identity(clf)
     batcher = Batcher(clf, max_batch)
@@ -399,7 +400,8 @@ def create_app(model: str | os.PathLike, token: str | None = None, limits: Limit
                                      f"{MAX_FIELD_CHARS}")
         records = metadata_records(fields, len(images), clf)
         arrays, cautions = [], {}
-        for upload, name in zip(images, names):  # one file in memory at a time (the form spooled them to disk)
+        # one file in memory at a time (the form spooled them to disk)
+        for upload, name in zip(images, names, strict=True):
             data = await upload.read()
             array, caution = await run_in_threadpool(prepare_upload, data, name, limits, clf.size, budget)
             del data

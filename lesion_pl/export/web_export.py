@@ -1,6 +1,6 @@
 """`export --web DIR`: an offline page that runs the model in the browser (onnxruntime-web, WebAssembly).
 
-DIR gets index.html, page.js and lesion.js (export/web/: the runtime's preprocessing and scoring in
+DIR gets index.html, page.js and lesion.js (lesion_pl/export/web/: the runtime's preprocessing and scoring in
 JavaScript), model.onnx, and onnxruntime-web's two files under ort/. Any static server serves it
 (`python -m http.server --directory DIR`); images never leave the device.
 

@@ -1,10 +1,10 @@
-// The torch-free runtime (export/runtime.py) in the browser: the same preprocessing, views and scoring,
+// The torch-free runtime (lesion_pl/export/runtime.py) in the browser: the same preprocessing, views and scoring,
 // read from the model file's own metadata. No network, no dependencies; onnxruntime-web runs the graph.
 //
 // Exact ports, so the page shows what Python shows (tests/test_web.py checks both to 1e-4 on real images):
 //   resizeCenterCrop  lesion_pl/preprocess.py resize_center_crop: Pillow's antialiased bilinear resize
 //                     (Resample.c: precompute_coeffs, 22-bit fixed-point passes, horizontal then vertical)
-//   ttaViews          LesionOnnxClassifier._probabilities: the 4 rotations of np.rot90, then each mirrored
+//   ttaViews          lesion_pl/preprocess.py dihedral_views: the 4 turns of np.rot90, then each mirrored
 //   Policy            lesion_pl/scoring.py ScoringPolicy.apply and lesion_pl/clinical.py (metadata fusion)
 //   rows              runtime.Predictions.rows (the JSON `predict --out x.json` and the service return)
 

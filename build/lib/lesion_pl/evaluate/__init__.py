@@ -1,1 +1,0 @@
-"""Evaluation: metrics, plots and the test command's outputs."""
