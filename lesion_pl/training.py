@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -29,7 +30,7 @@ def build_trainer(t: Trainer, run: RunDir, progress: bool = True, started: float
     from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
 
-    from .callbacks import ElapsedTime
+    from .callbacks import ElapsedTime, EpochLine
 
     # Lightning 2.6 still builds torch's deprecated LeafSpec on every batch: a FutureWarning in every log
     # that no user can act on
@@ -46,6 +47,8 @@ def build_trainer(t: Trainer, run: RunDir, progress: bool = True, started: float
         LearningRateMonitor(logging_interval="epoch"),
         ElapsedTime(started or time.time()),
     ]
+    if progress and not sys.stdout.isatty():  # a file or a CI log: Lightning's bar draws nothing there
+        callbacks.append(EpochLine(started or time.time(), duration_seconds(t.max_time)))
     callbacks += step_callbacks(t)
     return _trainer(
         t, max_epochs=int(t.max_epochs), max_time=_max_time(t.max_time),

@@ -193,3 +193,28 @@ def test_bad_datasets_fail_before_anything_is_written(ham_root, ham_meta, tmp_pa
 def test_test_without_a_run(tmp_path):
     r = invoke("test", "--run", tmp_path / "nothing")
     assert r.exit_code == 2 and "fit --out" in r.output
+
+
+def test_fit_prints_a_line_per_epoch_where_output_is_not_a_terminal(small_ham, tmp_path):
+    """Lightning's bar draws nothing in a file or a CI log: fit prints each epoch's figures instead, the ones
+    metrics.csv holds for that epoch."""
+    import re
+
+    out = tmp_path / "run"
+    fast = [a for a in FAST if a != "--quiet"]
+    proc = subprocess.run([sys.executable, str(PROJECT / "cli.py"), "fit", "--data-root", str(small_ham), "--out",
+                           str(out), "--max-epochs", "3", *fast], capture_output=True, text=True, cwd=PROJECT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"], proc.stdout
+    log = pd.read_csv(out / "logs" / "metrics.csv")
+    val = log[log["val/balanced_accuracy"].notna()].set_index("epoch")
+    best = None
+    for epoch, line in enumerate(lines):
+        fields = dict(re.findall(r"(val balanced accuracy|malignant AUROC|train loss) ([\d.]+)", line))
+        want = val.loc[epoch, "val/balanced_accuracy"]
+        assert float(fields["val balanced accuracy"]) == pytest.approx(want, abs=1e-4)
+        assert float(fields["malignant AUROC"]) == pytest.approx(val.loc[epoch, "val/auroc_malignant"], abs=1e-4)
+        best = max(best or 0, val.loc[epoch, "val/balanced_accuracy"])
+        assert f"best {best:.4f}" in line and re.search(r"\d+ s/epoch", line) and "min left" in line
+    assert "epoch 3/3" in lines[-1] and "at most 0 min left" in lines[-1]
