@@ -35,7 +35,7 @@ run: install
 
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy lesion_pl/config lesion_pl/scoring.py
+	$(BIN)/mypy lesion_pl/config lesion_pl/scoring.py lesion_pl/ood.py
 	$(BIN)/python -m pytest
 
 test-slow: install

@@ -335,11 +335,13 @@ def explain(
 ):
     """Grad-CAM overlays with the prediction, one PNG per image."""
     from lesion_pl.evaluate.explain import explain_images
+    from lesion_pl.ood import OUTSIDE
 
     files = _expand(images)
     done, errors = explain_images(files, run, out)
-    for path, png, top, p, mal in done:
-        typer.echo(f"{path}: {top} {p:.3f}, malignancy {mal:.3f} -> {png}")
+    for path, png, top, p, mal, outside in done:
+        typer.echo(f"{path}: {top} {p:.3f}, malignancy {mal:.3f} -> {png}"
+                   + (f" [{OUTSIDE}: predict gives it no class and no referral]" if outside else ""))
     for _, reason in errors:
         typer.secho(f"failed: {reason}", fg="red", err=True)
     if errors:

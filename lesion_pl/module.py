@@ -14,6 +14,7 @@ from .data.transforms import batch_mixer
 from .evaluate.metrics import metric_collection
 from .losses import training_loss
 from .models.factory import Normalize, build_network, weights_normalization
+from .models.ood_features import ood_features_and_logits
 from .optim import optimizer_and_schedule
 
 
@@ -85,6 +86,12 @@ class LesionClassifier(pl.LightningModule):
     def forward_normalized(self, x: torch.Tensor) -> torch.Tensor:
         """Standardised float NCHW images -> logits."""
         return self.net(x.contiguous(memory_format=torch.channels_last) if self.channels_last else x)
+
+    def features_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 NCHW images -> (the features the out-of-distribution score reads, logits): one pass."""
+        x = self.normalize(images)
+        return ood_features_and_logits(self.net, x.contiguous(memory_format=torch.channels_last)
+                                       if self.channels_last else x, images)
 
     def _step(self, batch, stage: str):
         images, target = batch

@@ -73,6 +73,16 @@ class RunDir:
         return self.path / "calibration.json"
 
     @property
+    def ood(self) -> Path:
+        """The out-of-distribution Gaussian calibrate fits on the train split's features (lesion_pl.ood)."""
+        return self.path / "ood.npz"
+
+    @property
+    def ood_benchmark(self) -> Path:
+        """What benchmarks/ood.py measured of the exported model's refusal (the model card cites it)."""
+        return self.path / "ood_benchmark.json"
+
+    @property
     def val_predictions(self) -> Path:
         """The validation scores the calibration and thresholds were chosen on."""
         return self.path / "val_predictions.csv"

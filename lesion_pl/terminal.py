@@ -3,6 +3,7 @@ dicts (calibrate_run, test_run, export_run); this module only shows them."""
 from __future__ import annotations
 
 from .calibration import promise_text, referral_promise, views_note
+from .ood import OUTSIDE, OodRule
 
 # test's headline figures, in the order shown (also the image-only figures metrics.json keeps)
 HEADLINE = ("accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro", "auroc_macro",
@@ -69,6 +70,10 @@ def format_calibration(c: dict) -> str:
                     "the NLL fit is kept"))
     for name, op in c["operating_points"].items():
         lines.append(f"{name}: refer at p >= {op['threshold']:.4f}, {promise_text(referral_promise(op))}")
+    rule = OodRule.from_record(c.get("ood"))
+    if rule is not None:
+        lines.append(f"{rule.describe()}, fitted on {c['ood']['n_train']} training images: above it, an image is "
+                     f"{OUTSIDE}")
     lines += format_sources(c.get("by_source"), "validation")
     return "\n".join(lines)
 
@@ -132,6 +137,11 @@ def format_report(report: dict) -> str:
         lines.append("    on these images (95% CI, lesions resampled): "
                      + ", ".join(f"{k} {metric_text(op[k])} [{', '.join(map(metric_text, ci[k]))}]"
                                  for k in ("sensitivity", "specificity", "ppv", "npv")))
+    o = report.get("ood")
+    if o:
+        lines.append(f"  {o['pass']:.1%} of these {o['images']} images pass the out-of-distribution threshold "
+                     f"{o['threshold']:.4g} (chosen for {o['share']:.0%} of validation); {len(o['refused'])} would be "
+                     f"refused as {OUTSIDE} (metrics above include them)")
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ from .config import Config, Trainer, duration_seconds, save_config
 from .errors import LesionPLError
 from .hardware import probed_rates, resolve_auto
 from .io import atomic_path, atomic_write_json
+from .provenance import code_revision
 from .run import RunDir
 
 
@@ -239,7 +240,7 @@ def _train_members(cfg: Config, run: RunDir, dm, members: int, progress: bool, s
     fit_seconds = round(sum(d["fit_seconds"] for d in done), 1)
     return {
         **{k: first[k] for k in ("data_root", "images", "left_out", "rows_kept", "sources", "skipped_bad_images",
-                                 "split_note", "model", "image_size", "precision")},
+                                 "split_note", "model", "image_size", "precision", "code_revision")},
         "members": [{"run": str(Path("members") / str(i)), "seed": int(cfg.seed) + i,
                      **{k: d[k] for k in ("epochs", "best_epoch", "best_val_balanced_accuracy", "fit_seconds",
                                           "seconds_per_epoch")}} for i, d in enumerate(done)],
@@ -308,6 +309,7 @@ def _train(cfg: Config, run: RunDir, dm, resume: bool, progress: bool, started: 
         "train_mean": mean,  # the statistics the inputs were normalised with (the weights' own, if pretrained)
         "train_std": std,
         "weights": loaded.source if loaded is not None else None,
+        "code_revision": code_revision(),  # the code that trained it (the model card names it)
     }
     atomic_write_json(run.summary, summary)
     return summary

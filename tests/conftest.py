@@ -134,6 +134,13 @@ def trained_run(small_ham, tmp_path_factory) -> Path:
     return out
 
 
+def named(preds: pd.DataFrame) -> list[str]:
+    """The class `test`'s predictions.csv names per image as the runtime names it: none ("") for an image outside
+    what the model was trained on (its `outside` column)."""
+    outside = preds["outside"] if "outside" in preds else [False] * len(preds)
+    return ["" if o else p for p, o in zip(preds["pred"], outside, strict=True)]
+
+
 def clinical_metadata(data_root: Path, image_ids) -> list[dict]:
     """Age, sex and site of these images from the data root's metadata CSV, as the runtime takes them."""
     meta = pd.read_csv(data_root / "HAM10000_metadata.csv").set_index("image_id").loc[list(image_ids)]

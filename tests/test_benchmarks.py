@@ -238,3 +238,31 @@ def test_behaviour_compare_reports_a_value_that_became_nan_or_infinite():
     assert differences({"a": 0.5}, {"a": float("nan")}) == (0.0, [".a: 0.5 != nan"])
     assert differences({"a": float("inf")}, {"a": 1.0})[1] == [".a: inf != 1.0"]
     assert differences({"a": float("nan")}, {"a": float("nan")}) == (0.0, [])
+
+
+def test_ood_benchmark_scores_every_group_through_the_exported_model(served_model, trained_run, isic2017_root,
+                                                                     tmp_path):
+    """ood.py prints each group's rate at the run's own threshold: the HAM test split's recomputed here with the
+    runtime on the run's test images; noise and flat colour are refused whole."""
+    from lesion_pl.export.runtime import LesionOnnxClassifier
+    from lesion_pl.run import RunDir
+
+    from .conftest import isic2017_slice
+
+    archive = isic2017_slice(isic2017_root, tmp_path / "isic2017", per_class=3)
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("report", "export", "evaluations"))
+    (run / "export").mkdir()
+    shutil.copy(served_model, run / "export" / "model.onnx")
+    out = run_script("benchmarks/ood.py", "--run", run, "--isic", archive, "--json", tmp_path / "o.json").stdout
+    assert out.startswith("machine: ")
+    got = json.loads((tmp_path / "o.json").read_text())
+    groups = got["groups"]
+    assert groups["ISIC 2017 (train and val)"]["images"] == 18
+    assert groups["noise"]["refused"] == groups["flat colour"]["refused"] == 1.0
+    rd = RunDir(run)
+    dm = rd.datamodule(rd.load_config(), progress=False)
+    clf = LesionOnnxClassifier(run / "export" / "model.onnx")
+    passing = 1 - clf.predict_arrays(dm.cache[dm.indices("test")]).outside.mean()
+    assert groups["HAM10000 test split"]["pass"] == pytest.approx(passing)
+    assert f"HAM test passing {passing:.1%} (goal 98%)" in out

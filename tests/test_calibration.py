@@ -32,7 +32,7 @@ from lesion_pl.evaluate.metrics import expected_calibration_error, malignancy_ca
 from lesion_pl.export.runtime import LesionOnnxClassifier
 from lesion_pl.scoring import decide, softmax
 
-from .conftest import clinical_metadata, invoke
+from .conftest import clinical_metadata, invoke, named
 
 CONFIDENCE = load_config().calibration.referral_confidence  # the default the fixture run was calibrated at
 
@@ -339,7 +339,7 @@ def test_calibrated_tta_probabilities_agree_between_torch_and_onnx(trained_run, 
     torch_tta = preds[[f"p_{c}" for c in CLASSES]].to_numpy()
     assert np.abs(onnx_default.probabilities - torch_tta).max() <= 1e-4
     assert clf.metadata["decision_rule"] == cal["decision"]
-    assert onnx_default.top_class == preds["pred"].tolist()  # same decision rule
+    assert onnx_default.top_class == named(preds)  # same decision rule, same refusals
     onnx_one_view = clf.predict(files, tta=False, metadata=metadata).probabilities
     assert np.abs(onnx_one_view - torch_tta).max() > 1e-3  # TTA does change something
 

@@ -18,7 +18,7 @@ from lesion_pl.classes import CLASSES, MALIGNANT
 from lesion_pl.errors import LesionPLError
 from lesion_pl.export.runtime import LesionOnnxClassifier
 
-from .conftest import PROJECT, clinical_metadata, invoke
+from .conftest import PROJECT, clinical_metadata, invoke, named
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,8 @@ def test_onnx_file_describes_itself(exported):
     assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     dims = inp.type.tensor_type.shape.dim
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [48, 48, 3]
-    assert [o.name for o in model.graph.output] == ["probabilities", "logits"]
+    assert [o.name for o in model.graph.output] == ["probabilities", "logits", "ood_score"]
+    assert json.loads(meta["lesion_pl.ood"])["share"] == 0.99  # the refusal rule travels with the graph
 
 
 def test_runtime_matches_the_torch_test_run_on_real_images(exported, trained_run, small_ham):
@@ -60,7 +61,7 @@ def test_runtime_matches_the_torch_test_run_on_real_images(exported, trained_run
     torch_probs = torch_preds[[f"p_{c}" for c in CLASSES]].to_numpy()
     assert len(files) >= 20 and result.with_metadata.all()
     assert np.abs(result.probabilities - torch_probs).max() <= 1e-4
-    assert result.top_class == torch_preds["pred"].tolist()
+    assert result.top_class == named(torch_preds)
     np.testing.assert_allclose(result.malignancy, torch_preds["malignant_prob"], atol=1e-4)
 
     image_only = clf.predict(files, batch_size=16)

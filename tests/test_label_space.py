@@ -17,7 +17,7 @@ from lesion_pl.errors import LesionPLError
 from lesion_pl.export.runtime import LesionOnnxClassifier
 from lesion_pl.scoring import score_indices
 
-from .conftest import FAST, invoke, sample_meta
+from .conftest import FAST, invoke, named, sample_meta
 
 
 def test_presets_and_custom_spaces():
@@ -62,7 +62,7 @@ def _runtime_equals_test(out, data_root, classes, malignant):
     assert result.probabilities.shape == (len(files), len(classes))
     assert not clf.clinical_fields  # these runs score the image alone, so the runtime needs no metadata
     assert np.abs(result.probabilities - probs).max() <= 1e-4
-    assert result.top_class == preds["pred"].tolist()
+    assert result.top_class == named(preds)
 
 
 def _stem(image_id: str) -> str:

@@ -65,16 +65,19 @@ def test_javascript_reads_the_metadata_and_scores_as_the_runtime(served_model, s
     batch = np.stack([clf.preprocess(p) for p in paths])
     views = [np.rot90(batch, k, axes=(1, 2)) for k in range(4)]
     views += [v[:, :, ::-1] for v in views]
-    out = clf.session.run(["probabilities"], {"images": np.ascontiguousarray(np.concatenate(views))})[0]
+    assert clf.ood is not None  # the default run carries an out-of-distribution rule
+    out, ood = clf.session.run(["probabilities", "ood_score"], {"images": np.ascontiguousarray(np.concatenate(views))})
     view_probs = out.reshape(8, len(paths), -1).transpose(1, 0, 2)  # [image, view, class]
+    view_ood = ood.reshape(8, len(paths)).T.tolist()
     sites = clf.clinical["sites"]
     records = [None, {"age": 67, "sex": "male", "site": sites[0]}, {"age": "45"},  # full, only the age,
                {"sex": "unknown", "localization": "nowhere"}]                       # nothing usable
     got = node("""const policy = new L.Policy(L.onnxMetadata(new Uint8Array(fs.readFileSync(input.model))));
-                  const rows = input.views.map((v, i) => policy.apply(v, input.records[i], input.files[i]));
+                  const rows = input.views.map((v, i) => policy.apply(v, input.records[i], input.files[i],
+                                                                      input.ood[i]));
                   console.log(JSON.stringify({meta: L.onnxMetadata(new Uint8Array(fs.readFileSync(input.model))),
                                               rows}));""",
-               {"model": str(served_model), "views": view_probs.tolist(), "records": records,
+               {"model": str(served_model), "views": view_probs.tolist(), "ood": view_ood, "records": records,
                 "files": [p.name for p in paths]}, tmp_path)
     assert got["meta"] == {p.key: p.value for p in onnx.load(str(served_model)).metadata_props}
     for i, path in enumerate(paths):  # each alone: the runtime takes metadata for all images or none
@@ -82,7 +85,8 @@ def test_javascript_reads_the_metadata_and_scores_as_the_runtime(served_model, s
         row = got["rows"][i]
         assert set(row) == set(want)
         for k, v in want.items():
-            assert row[k] == (pytest.approx(v, abs=1e-6) if isinstance(v, float) else v), (path.name, k)
+            near = pytest.approx(v, rel=1e-5) if k == "ood_score" else pytest.approx(v, abs=1e-6)  # a float32 sum
+            assert row[k] == (near if isinstance(v, float) else v), (path.name, k)
     assert [r.get("metadata") for r in got["rows"]] == [None, "yes", "yes", "no"]
 
 
@@ -149,6 +153,8 @@ def assert_shows_the_runtime(rows: list[dict], clf: LesionOnnxClassifier, paths,
             assert len(shown) == 1, (path.name, meta)
             row = shown[0]
             assert row["top_class"] == w["top_class"] and row["referral"] == w["referral"]
+            assert row["outside"] == w["outside"]  # onnxruntime-web's score against onnxruntime's
+            assert row["ood_score"] == pytest.approx(w["ood_score"], rel=1e-4), path.name
             for c in clf.classes:
                 assert abs(row[f"p_{c}"] - w[f"p_{c}"]) <= 1e-4, (path.name, c, row[f"p_{c}"], w[f"p_{c}"])
             assert abs(row["malignancy"] - w["malignancy"]) <= 1e-4

@@ -196,6 +196,8 @@ class Calibration(Section):
     tta: Annotated[bool, rule(rules.boolean())] = Field(
         True, description="score each image as the mean of its 8 flips/90-degree rotations")
     bootstrap: Annotated[int, rule(rules.whole(1))] = Field(1000, description="lesion resamples for 95% CIs")
+    ood_pass: Annotated[float | None, rule(rules.number(0.5, 1, low_open=True, nullable=True))] = Field(
+        0.99, description="refuse images outside the training data: this share of val passes (null: off)")
     clinical: Annotated[bool, rule(rules.boolean())] = Field(
         True, description="fuse age, sex and body site (where the data has them) with the image")
     clinical_columns: Annotated[dict, rule(rules.mapping())] = Field(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import clinical
+from .. import clinical, ood
 from ..calibration import (
     binary_stats,
     decision_bias,
@@ -51,6 +51,20 @@ def fit_clinical(dm, val_ds, val_probs: np.ndarray, val_labels: np.ndarray, colu
                                                                                          "malignant", space)),
                    "val_auroc_malignant_fused": binary_auroc(*scores_and_positives(fused, val_labels, "malignant",
                                                                                      space))}
+
+
+def fit_ood(run: RunDir, dm, model, val_features: np.ndarray, share: float, tta: bool, space: LabelSpace,
+            progress: bool) -> dict:
+    """The out-of-distribution Gaussian on the train split's features (each image once, unaugmented), saved as
+    RUN/ood.npz, and its threshold on validation's scores (as many views as the thresholds): calibration.json's
+    "ood" entry."""
+    from .inference import predict_logits
+
+    train = dm.dataset("train")
+    features, _ = predict_logits(model, train, progress=progress, features=True)
+    gaussian = ood.fit_gaussian(features, np.asarray(train.labels), space.num_classes)
+    ood.save(gaussian, run.ood)
+    return ood.record(gaussian, gaussian.score(val_features), share, len(features), 8 if tta else 1)
 
 
 def fit_operating_points(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray, c: Calibration, seed: int,
@@ -124,7 +138,7 @@ def keep_errors_down(result: dict, final_probs, labels: np.ndarray, before: dict
 def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool = True, dm=None) -> dict:
     """`dm`: the run's datamodule where the caller already has it (fit), so the data is not read twice."""
     from ..checkpoint import load_run_model
-    from .inference import predict_logits
+    from .inference import has_features, predict_logits
     from .metrics import balanced_accuracy, binary_auroc, by_source
 
     run = RunDir(Path(run_path))
@@ -135,7 +149,10 @@ def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool 
     labels = np.asarray(ds.labels)
     c = cfg.calibration
     tta = bool(c.tta)  # the scores thresholds are chosen on must be the scores they will be applied to
-    logits = predict_logits(load_run_model(run), ds, tta=tta, progress=progress)
+    model = load_run_model(run)
+    ood_fit = c.ood_pass is not None and has_features(model)
+    out = predict_logits(model, ds, tta=tta, progress=progress, features=ood_fit)
+    val_features, logits = out if ood_fit else (None, out)
     space = label_space(cfg.data)
     result = {"split": "val", "n_images": int(len(labels)), "tta": tta, "label_space": space.as_config()}
     if c.prior_correction:
@@ -174,6 +191,8 @@ def calibrate_run(run_path: Path, data_root: Path | None = None, progress: bool 
                   val_balanced_accuracy_argmax_logits=balanced_accuracy(labels, softmax(logits).argmax(1)),
                   val_auroc_malignant=binary_auroc(*scores_and_positives(probs, labels, "malignant", space)),
                   operating_points=fit_operating_points(probs, labels, groups, c, seed, space))
+    if ood_fit:
+        result["ood"] = fit_ood(run, dm, model, val_features, float(c.ood_pass), tta, space, progress)
     sources = by_source(probs, labels, pred, rows, space, int(c.bootstrap), seed)
     if sources is not None:  # a run of several sources: validation per source, beside the pooled figures
         result["by_source"] = sources

@@ -7,19 +7,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import ood
 from ..classes import label_space
 from ..io import atomic_path
+from ..ood import OUTSIDE, OodRule
 from ..preprocess import ImageReadError, preprocess_file
 from ..run import RunDir
 from ..scoring import ScoringPolicy
 
 
 def explain_images(paths: list[Path], run_path: Path, out_dir: Path | None = None):
-    """Writes OUT/<name>_gradcam.png per image; returns ([(path, png, top class, prob, malignancy)],
-    [(path, error)])."""
+    """Writes OUT/<name>_gradcam.png per image; returns ([(path, png, top class, prob, malignancy, outside)],
+    [(path, error)]), `outside` True where the run's out-of-distribution rule refuses the image (predict would give
+    it no class: the map still shows what the network looked at)."""
     from ..checkpoint import load_run_model
     from .gradcam import gradcam, overlay
-    from .inference import batch_logits
+    from .inference import batch_features, batch_logits, has_features
     from .report_figures import _plt, _png
 
     run = RunDir(Path(run_path))
@@ -31,6 +34,8 @@ def explain_images(paths: list[Path], run_path: Path, out_dir: Path | None = Non
     policy = ScoringPolicy.from_calibration(cal, label_space(cfg.data))
     classes, space = policy.classes, policy.space
     model = load_run_model(run)
+    rule = OodRule.from_record(cal.get("ood"))
+    gaussian = ood.load(run.ood) if rule is not None and run.ood.exists() and has_features(model) else None
     out_dir = Path(out_dir) if out_dir else run.explain
     out_dir.mkdir(parents=True, exist_ok=True)
     done, errors = [], []
@@ -45,7 +50,13 @@ def explain_images(paths: list[Path], run_path: Path, out_dir: Path | None = Non
         # the probabilities predict gives (8 views where the run was calibrated on them); the map
         # explains the class they name, on the image as given
         # explain sees the image alone: where the run fused metadata, the image-only threshold applies
-        scored = policy(batch_logits(model, x, policy.tta).numpy())
+        if gaussian is not None:
+            features, logits = batch_features(model, x, policy.tta)
+            score = float(gaussian.score(features.numpy())[0])
+            outside = bool(rule.outside(np.array([score]))[0])
+        else:
+            logits, outside = batch_logits(model, x, policy.tta), False
+        scored = policy(logits.numpy())
         probs, top, mal = scored.probabilities[0], int(scored.top_index[0]), float(scored.scores["malignant"][0])
         refer = scored.refer("malignant")
         cam, _ = gradcam(model, x, target=torch.tensor([top]))
@@ -62,10 +73,11 @@ def explain_images(paths: list[Path], run_path: Path, out_dir: Path | None = Non
         axes[2].set(xlim=(0, 1), xlabel="probability (calibrated" + (", 8 views" if policy.tta else "")
                     + (", image only)" if policy.clinical else ")"))
         refer = "" if refer is None else (" - refer" if refer[0] else " - no referral at this threshold")
-        fig.suptitle(f"{Path(path).name}: {space.name(classes[top])} ({probs[top]:.2f}), "
-                     f"malignancy {mal:.2f}{refer}", fontsize=10)
+        refused = f"{OUTSIDE.upper()} (score {score:.0f} > {rule.threshold:.0f}): no diagnosis. " if outside else ""
+        fig.suptitle(f"{Path(path).name}: {refused}{space.name(classes[top])} ({probs[top]:.2f}), "
+                     f"malignancy {mal:.2f}{'' if outside else refer}", fontsize=10)
         target = out_dir / f"{Path(path).stem}_gradcam.png"
         with atomic_path(target) as tmp:
             tmp.write_bytes(_png(fig))
-        done.append((path, target, classes[top], float(probs[top]), mal))
+        done.append((path, target, classes[top], float(probs[top]), mal, outside))
     return done, errors

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +19,12 @@ from ..clinical import age_years
 from ..config import Config
 from ..errors import LesionPLError
 from ..io import atomic_path, atomic_write_text
+from ..ood import OUTSIDE
 from ..run import RunDir
 from ..scoring import is_positive
 from ..terminal import CONFIRMED_FIGURES, HEADLINE, metric_text
 from . import report_figures as figs
+from .model_card import CARD, write_model_card
 
 AGE_BANDS = [(0, 30, "<30"), (30, 45, "30-44"), (45, 60, "45-59"), (60, 75, "60-74"), (75, 200, "75+")]
 MIN_SUBGROUP = 20  # findings only name subgroups with at least this many test images
@@ -232,9 +235,11 @@ def build_report(run_path: Path, data_root: Path | None = None, progress: bool =
     others = (["the run's own test split (report --run RUN)"] if evaluation is not None else [])
     others += [f"'{name}'" for name in run.evaluation_names() if name != evaluation]
     page = _html(run, t.cfg, summary, t.metrics, summarize(t.dm.table, t.dm.split), tables, conf_sections, cam_stats,
-                 findings, pngs, others, shift, t.space)
+                 findings, pngs, others, shift, t.space, Path(os.path.relpath(run.path / CARD, out_dir)).as_posix())
     index = out_dir / "index.html"
     atomic_write_text(index, page)
+    if evaluation is None:  # the card speaks for the run: its own test split, every evaluation listed in it
+        write_model_card(run, t.space, tables)
     return index
 
 
@@ -310,6 +315,25 @@ def confirmed_section(metrics: dict) -> list[str]:
     if tables[1] is not None:
         out += ["<p class='note'>By how each diagnosis was made: every malignant image (melanoma) against that "
                 "method's benign images (nevi).</p>", _table(tables[1])]
+    return out
+
+
+def ood_section(metrics: dict, shown: int = 20) -> list[str]:
+    """The out-of-distribution refusal on these images: its threshold, how many pass, and those it refuses."""
+    o = metrics.get("ood")
+    if not o:
+        return []
+    refused = o["refused"]
+    out = ["<h2>Outside what this model was trained on</h2>",
+           f"<p class='note'>predict, the service and the pages give no diagnosis and no referral for an image whose "
+           f"out-of-distribution score (lesion_pl/ood.py: how far its features lie from the training images') is "
+           f"above {o['threshold']:.4g}, the threshold that {o['share']:.0%} of validation's images pass. Of these "
+           f"{text(o['images'])} images, {o['pass']:.1%} pass; {text(len(refused))} would be refused as "
+           f"{text(OUTSIDE)}. The figures above include every image.</p>"]
+    if refused:
+        table = pd.DataFrame(refused[:shown]).set_index("image_id")
+        first = f" (the first {shown})" if len(refused) > shown else ""
+        out += [f"<p class='note'>The refused images, the farthest first{first}:</p>", _table(table, "{:.1f}")]
     return out
 
 
@@ -389,7 +413,7 @@ table.t th{background:#f4f4f4}
 
 
 def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_stats, findings, pngs,
-          others=(), shift=None, space: LabelSpace | None = None) -> str:
+          others=(), shift=None, space: LabelSpace | None = None, card: str = "../MODEL_CARD.md") -> str:
     import yaml
 
     from .. import __version__
@@ -413,6 +437,8 @@ def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_st
          f"<p class='note'>lesion-pl {__version__}. A research tool, not a diagnostic device. All figures are on "
          f"{text(_scored(metrics))} unless marked; thresholds and calibration were chosen on the validation "
          "split.</p>",
+         f"<p class='note'>This run's model card: <a href='{text(card)}'>MODEL_CARD.md</a> (intended use, "
+         "training data and its licence, figures with their intervals, limitations).</p>",
          *([("<p class='note'>Other evaluations of this run (<code>python cli.py report --run RUN --evaluation "
              "NAME</code> reports on one): " + ", ".join(text(n) for n in others) + ".</p>")] if others else []),
          "<h2>Findings</h2><ul>" + "".join(f"<li>{text(f)}</li>" for f in findings) + "</ul>",
@@ -450,6 +476,7 @@ def _html(run, cfg, summary, metrics, split_table, tables, conf_sections, cam_st
               f"change from the unshifted one and that change's 95% interval ({text(shift['bootstrap'])} lesion "
               "resamples). Referral sensitivity is at the threshold chosen on validation.</p>",
               _table(shift_table(shift))]
+    s += ood_section(metrics)
     cal = metrics.get("calibration")
     if cal:
         s += ["<h2>Calibration</h2>", _table(pd.DataFrame({"": list(cal.values())}, index=list(cal)), "{:.4f}")]

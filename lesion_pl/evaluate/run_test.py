@@ -7,11 +7,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import ood
 from ..calibration import brier_score
 from ..classes import label_space
 from ..config import Config
 from ..errors import LesionPLError
 from ..io import atomic_dir, atomic_write_json
+from ..ood import OodRule
 from ..run import RunDir, require_data_keys
 from ..scoring import Scored, ScoringPolicy, is_positive, softmax
 from ..terminal import HEADLINE
@@ -28,6 +30,17 @@ def require_unseen(run: RunDir, table: pd.DataFrame, root: Path) -> None:
         raise LesionPLError(f"{len(overlap)} image(s) in {root} are in {run.path}'s train or val split (e.g. "
                             f"{', '.join(overlap[:3])}): an evaluation on them would not be held out; keep other rows "
                             "with --set data.where={COLUMN: VALUE}")
+
+
+def ood_figures(rule: OodRule, scores: np.ndarray, frame: pd.DataFrame) -> dict:
+    """How many of these images the run's out-of-distribution rule lets through (they are all dermoscopy the data
+    calls lesions), and which it refuses (image ids, worst first)."""
+    outside = rule.outside(scores)
+    order = np.argsort(-scores)
+    refused = [{"image_id": str(frame["image_id"].iloc[i]), "dx": str(frame["dx"].iloc[i]),
+                "ood_score": float(scores[i])} for i in order if outside[i]]
+    return {"threshold": rule.threshold, "share": rule.share, "val_pass": rule.facts.get("val_pass"),
+            "images": int(len(scores)), "pass": float((~outside).mean()), "refused": refused}
 
 
 def _checkpoints(run: RunDir) -> dict:
@@ -77,7 +90,7 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     from ..config import resolve_data_root
     from .calibrate import calibration_error_floor, calibration_errors, load_calibration
     from .confirmed import by_method, confirmed_figures
-    from .inference import predict_logits
+    from .inference import has_features, predict_logits
     from .metrics import by_source, headline_ci, metrics_report, operating_points
     from .plots import confusion_matrix_png, reliability_png, roc_png
 
@@ -107,7 +120,12 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     cal = load_calibration(run, data_root, progress)
     if tta is None:  # as the run was calibrated
         tta = bool(cal.get("tta", False))
-    logits = predict_logits(load_run_model(run), ds, tta=tta, progress=progress)
+    model = load_run_model(run)
+    rule = OodRule.from_record(cal.get("ood"))
+    with_features = rule is not None and has_features(model) and run.ood.exists()
+    out = predict_logits(model, ds, tta=tta, progress=progress, features=with_features)
+    features, logits = out if with_features else (None, out)
+    ood_scores = ood.load(run.ood).score(features) if with_features else None
     rows = dm.table.iloc[ds.indices]
     policy = ScoringPolicy.from_calibration(cal, label_space(cfg.data))
     space = policy.space
@@ -153,9 +171,13 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
     methods = by_method(scored, target, rows, space)
     if methods is not None:
         report["by_dx_type"] = methods
+    frame = predictions_frame(rows, scored)
+    if rule is not None and ood_scores is not None:
+        report["ood"] = ood_figures(rule, ood_scores, frame)
+        frame["ood_score"], frame["outside"] = ood_scores, rule.outside(ood_scores)
 
     with atomic_dir(dest) as folder:
-        write_predictions(predictions_frame(rows, scored), folder / "predictions.csv")
+        write_predictions(frame, folder / "predictions.csv")
         confusion_matrix_png(target, pred, folder / "confusion_matrix.png", space)
         is_mal = is_positive(target, "malignant", space).astype(int)
         roc_png(target, probs, scored.scores["malignant"], is_mal, folder / "roc.png",

@@ -12,6 +12,7 @@ from lesion_pl import clinical
 from lesion_pl.calibration import promise_text, views_note
 from lesion_pl.errors import LesionPLError
 from lesion_pl.io import atomic_write_json, atomic_write_text, read_utf8, require_writable, spreadsheet_safe
+from lesion_pl.ood import OUTSIDE
 
 from .runtime import LesionOnnxClassifier
 
@@ -74,6 +75,8 @@ def predict_table(model: Path, files: list[Path], out: Path | None, batch_size: 
         op = ops.get("malignant")
         if op:
             typer.echo(f"referral threshold{which}: malignancy >= {op['threshold']:.3f}, {promise_text(op)}.")
+    if clf.ood is not None:
+        typer.echo(f"{clf.ood.describe()}: an image above it is {OUTSIDE}, and gets no class and no referral.")
     views = clf.tta if tta is None else tta
     typer.echo("Each image scored as the mean of its 8 flips/90-degree rotations." if views
                else "Each image scored on one view.")
@@ -86,7 +89,8 @@ def predict_table(model: Path, files: list[Path], out: Path | None, batch_size: 
     typer.echo(f"{'file':<{width}}  {'top class':<9} {'prob':>6} {'malignancy':>10}  "
                + ("metadata  " if meta_col else "") + "referral")
     for r in rows:
-        typer.echo(f"{r['file']:<{width}}  {r['top_class']:<9} {r['probability']:>6.3f} {r['malignancy']:>10.3f}  "
+        prob = "" if r["probability"] is None else f"{r['probability']:.3f}"
+        typer.echo(f"{r['file']:<{width}}  {r['top_class']:<9} {prob:>6} {r['malignancy']:>10.3f}  "
                    + (f"{r['metadata']:<8}  " if meta_col else "") + r["referral"])
     for path, why in clf.warnings.items():
         typer.secho(f"warning: {path}: {why}; do not trust its prediction", fg="yellow", err=True)
@@ -99,7 +103,8 @@ def predict_table(model: Path, files: list[Path], out: Path | None, batch_size: 
         else:
             buf = io.StringIO()
             fields = ["file", "top_class", "probability", "malignancy", "referral"]
-            fields += (["metadata"] if metadata is not None else []) + [f"p_{c}" for c in clf.classes]
+            fields += (["metadata"] if metadata is not None else []) + (["ood_score", "outside"] if clf.ood else [])
+            fields += [f"p_{c}" for c in clf.classes]
             fields += ["warning", "error"]
             writer = csv.DictWriter(buf, fieldnames=fields)
             writer.writeheader()

@@ -40,11 +40,24 @@ def has_depthwise(classifier) -> bool:
     return any(isinstance(m, torch.nn.Conv2d) and m.groups > 1 for m in classifier.modules())
 
 
+def run_gaussian(run: RunDir, calibration: dict):
+    """The run's out-of-distribution Gaussian where calibrate fitted one (lesion_pl.ood), else None."""
+    from lesion_pl import ood
+
+    if not calibration.get("ood"):
+        return None
+    if not run.ood.exists():
+        raise LesionPLError(f"{run.calibration} names an out-of-distribution threshold but {run.ood} is missing: "
+                            f"run `python cli.py calibrate --run {run.path}` again")
+    return ood.load(run.ood)
+
+
 def export_run(run_path: Path, opset: int = 18, int8: bool = False, data_root: Path | None = None,
                progress: bool = True, per_channel: bool | None = None) -> dict:
     """`per_channel` None: per channel for a network with depthwise convolutions, per tensor otherwise."""
     from lesion_pl.checkpoint import load_run_model
     from lesion_pl.evaluate.calibrate import load_calibration
+    from lesion_pl.evaluate.model_card import copy_beside_model
 
     from .onnx_export import PARITY_TOLERANCE, export_onnx, metadata, parity
     from .runtime import LesionOnnxClassifier
@@ -59,23 +72,27 @@ def export_run(run_path: Path, opset: int = 18, int8: bool = False, data_root: P
     out_dir = run.export_dir
     fp32 = run.onnx
     cal = load_calibration(run, data_root, progress)
+    gaussian = run_gaussian(run, cal)
     export_onnx(classifier, cal, size, fp32, opset,
-                metadata(summary, size, list(hp["mean"]), list(hp["std"]), cal, classifier.normalize.color_constancy))
+                metadata(summary, size, list(hp["mean"]), list(hp["std"]), cal, classifier.normalize.color_constancy),
+                gaussian)
 
     dm = run.datamodule(cfg, progress)
     test_idx = dm.indices("test")
     test_images = np.asarray(dm.cache[test_idx])
     # test images first, topped up from the other splits when the test split is small
     parity_idx = np.concatenate([test_idx, dm.indices("val"), dm.indices("train")])[:PARITY_IMAGES]
-    check = parity(classifier, cal, fp32, np.asarray(dm.cache[np.sort(parity_idx)]))
+    check = parity(classifier, cal, fp32, np.asarray(dm.cache[np.sort(parity_idx)]), gaussian)
     report = {"model": str(fp32), "opset": opset, "temperature": cal["temperature"],
               "class_bias": cal.get("class_bias"), "decision": cal.get("decision", "accuracy"),
               "size_bytes": fp32.stat().st_size, "parity": check}
-    if check["max_abs_diff"] > PARITY_TOLERANCE or check["argmax_agree"] != check["n_images"]:
+    if check["max_abs_diff"] > PARITY_TOLERANCE or check["argmax_agree"] != check["n_images"] \
+            or check.get("ood_max_rel_diff", 0.0) > PARITY_TOLERANCE:
         fp32.unlink()
         raise LesionPLError(f"ONNX output differs from PyTorch on {check['n_images']} images: max |diff| "
                             f"{check['max_abs_diff']:.2e} (limit {PARITY_TOLERANCE:.0e}), argmax agrees on "
-                            f"{check['argmax_agree']}; model not written")
+                            f"{check['argmax_agree']}, out-of-distribution score relative difference "
+                            f"{check.get('ood_max_rel_diff', 0.0):.2e}; model not written")
 
     q8 = run.onnx_int8
     if not int8 and q8.exists():  # quantized from the model this export replaced: it no longer matches model.onnx
@@ -96,5 +113,8 @@ def export_run(run_path: Path, opset: int = 18, int8: bool = False, data_root: P
         for name, clf in runtimes.items():
             report["int8"][name] = {**_accuracy(clf, test_images, labels),
                                     "images_per_s_batch32": round(_throughput(clf, bench), 1)}
+    card = copy_beside_model(run)  # the run's model card, where `report` has written one
+    if card is not None:
+        report["model_card"] = str(card)
     atomic_write_json(out_dir / "export.json", report)
     return report

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from lesion_pl.errors import LesionPLError
+from lesion_pl.ood import OUTSIDE, OodRule
 from lesion_pl.preprocess import ImageReadError, image_warning, load_rgb, numpy_views, resize_center_crop, to_rgb
 from lesion_pl.scoring import Scored, ScoringPolicy
 
@@ -43,9 +44,42 @@ Metadata = Mapping[str, object] | None  # one image's age, sex and site
 
 
 @dataclass
+class Outputs:
+    """What the graph gives for a batch, its views averaged: probabilities [N, C] and, where the model carries an
+    out-of-distribution score (lesion_pl.ood), that score [N] (else None)."""
+    probabilities: np.ndarray
+    ood_score: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.probabilities)
+
+    def __getitem__(self, rows) -> Outputs:
+        return Outputs(self.probabilities[rows], None if self.ood_score is None else self.ood_score[rows])
+
+    @classmethod
+    def concat(cls, parts: Sequence[Outputs], num_classes: int) -> Outputs:
+        if not parts:
+            return cls(np.zeros((0, num_classes), np.float32))
+        ood = None if parts[0].ood_score is None else np.concatenate([p.ood_score for p in parts])
+        return cls(np.concatenate([p.probabilities for p in parts]), ood)
+
+
+@dataclass
 class Predictions:
+    """Per image: the probabilities and what the run's policy makes of them. Where the model carries an
+    out-of-distribution rule, `outside` marks the images it refuses: for those, `top_class` is "" and the
+    referral is not to be used (`rows` says OUTSIDE instead); the probabilities stay, marked."""
     classes: tuple[str, ...]
     scored: Scored  # what the run's ScoringPolicy made of the model's probabilities
+    ood_score: np.ndarray | None = None  # [N], lesion_pl.ood's score (None: the model has none)
+    ood: OodRule | None = None
+
+    @property
+    def outside(self) -> np.ndarray:
+        """[N] True where the image is outside what the model was trained on (all False without a rule)."""
+        if self.ood is None or self.ood_score is None:
+            return np.zeros(len(self), bool)
+        return self.ood.outside(self.ood_score)
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -80,7 +114,8 @@ class Predictions:
 
     @property
     def top_class(self) -> list[str]:
-        return [self.classes[i] for i in self.top_index]
+        """The class named per image ("" where the image is outside what the model was trained on)."""
+        return ["" if out else self.classes[i] for i, out in zip(self.top_index, self.outside, strict=True)]
 
     @property
     def top_probability(self) -> np.ndarray:
@@ -91,15 +126,21 @@ class Predictions:
 
     def rows(self, names: Sequence[str], warnings: Mapping[str, str] | None = None) -> list[dict]:
         """One plain dict per image (as `predict --out x.json` writes them): its name, top class and probability,
-        malignancy, referral, whether metadata was fused, every class's probability, and any warning."""
+        malignancy, referral, whether metadata was fused, every class's probability, and any warning; where the
+        model carries an out-of-distribution rule, the score and `outside` too (an image outside gets no class
+        and the referral OUTSIDE; its probabilities stay)."""
         refer = self.refer if self.refer is not None else [None] * len(self)
         used = self.with_metadata if self.with_metadata is not None else [None] * len(self)
+        scores = self.ood_score if self.ood is not None and self.ood_score is not None else [None] * len(self)
         out = []
-        for name, top, p, mal, r, u, probs in zip(names, self.top_class, self.top_probability, self.malignancy, refer,
-                                                  used, self.probabilities, strict=True):
-            out.append({"file": str(name), "top_class": top, "probability": round(float(p), 6),
-                        "malignancy": round(float(mal), 6), "referral": "" if r is None else (REFER if r else NO_REFER),
+        for name, top, p, mal, r, u, probs, s, outside in zip(
+                names, self.top_class, self.top_probability, self.malignancy, refer, used, self.probabilities,
+                scores, self.outside, strict=True):
+            referral = OUTSIDE if outside else "" if r is None else (REFER if r else NO_REFER)
+            out.append({"file": str(name), "top_class": top, "probability": None if outside else round(float(p), 6),
+                        "malignancy": round(float(mal), 6), "referral": referral,
                         **({} if u is None else {"metadata": "yes" if u else "no"}),
+                        **({} if s is None else {"ood_score": float(s), "outside": bool(outside)}),
                         **{f"p_{c}": round(float(v), 6) for c, v in zip(self.classes, probs, strict=True)},
                         "warning": (warnings or {}).get(name, "")})
         return out
@@ -167,6 +208,8 @@ class LesionOnnxClassifier:
         self.clinical = self.policy.clinical
         # predict with the views the run was calibrated on, unless a call says otherwise
         self.tta = self.policy.tta
+        self.ood = OodRule.from_record(json.loads(self.metadata.get("ood", "null")))
+        self.outputs_run = ["probabilities"] + (["ood_score"] if self.ood is not None else [])
 
     @property
     def clinical_fields(self) -> dict[str, str]:
@@ -195,9 +238,12 @@ class LesionOnnxClassifier:
             raise LesionPLError(f"cannot predict on a {type(image).__name__}: give a path, a PIL image or an array")
         return img
 
-    def score(self, probs: np.ndarray, metadata: Sequence[Metadata] | None = None) -> Predictions:
-        """The graph's probabilities [N, C] (from `probabilities`) scored by the run's policy, with one metadata
-        dict (or None) per image where given."""
+    def score(self, outputs: Outputs | np.ndarray, metadata: Sequence[Metadata] | None = None) -> Predictions:
+        """The graph's outputs (from `outputs`; or probabilities [N, C] alone) scored by the run's policy, with
+        one metadata dict (or None) per image where given."""
+        if not isinstance(outputs, Outputs):
+            outputs = Outputs(np.asarray(outputs))
+        probs = outputs.probabilities
         records = None
         if metadata is not None:
             if len(metadata) != len(probs):
@@ -206,25 +252,28 @@ class LesionOnnxClassifier:
                 raise LesionPLError(f"{self.path} was exported without a clinical-metadata model; predict without "
                                     "metadata, or export a run calibrated with calibration.clinical: true")
             records = self.clinical_records(metadata)
-        return Predictions(self.classes, self.policy.apply(probs, records))
+        return Predictions(self.classes, self.policy.apply(probs, records), outputs.ood_score, self.ood)
 
     def predict_arrays(self, batch: np.ndarray, tta: bool | None = None,
                        metadata: Sequence[Metadata] | None = None) -> Predictions:
         """Preprocessed uint8 [N, size, size, 3] -> predictions; `tta` averages the 8 flips/rotations
         (None: as the run was calibrated, `self.tta`); `metadata`: one dict (age, sex, site) or None per image."""
-        return self.score(self.probabilities(batch, tta), metadata)
+        return self.score(self.outputs(batch, tta), metadata)
 
     def probabilities(self, batch: np.ndarray, tta: bool | None = None) -> np.ndarray:
-        """The graph's calibrated image probabilities [N, C] (views averaged), not yet scored: callers that
-        predict in chunks score the whole set once."""
+        """The graph's calibrated image probabilities [N, C] (views averaged)."""
+        return self.outputs(batch, tta).probabilities
+
+    def outputs(self, batch: np.ndarray, tta: bool | None = None) -> Outputs:
+        """The graph's calibrated image probabilities [N, C] and out-of-distribution scores [N] (views averaged),
+        not yet scored: callers that predict in chunks score the whole set once."""
         batch = np.asarray(batch, dtype=np.uint8)
-        if self.tta if tta is None else tta:
-            views = numpy_views(batch)
-            out = self.session.run(["probabilities"], {"images": np.ascontiguousarray(np.concatenate(views))})[0]
-            probs = self.policy.mean_views(out.reshape(len(views), len(batch), -1))
-        else:
-            probs = self.session.run(["probabilities"], {"images": np.ascontiguousarray(batch)})[0]
-        return probs
+        views = numpy_views(batch) if (self.tta if tta is None else tta) else [batch]
+        got = self.session.run(self.outputs_run, {"images": np.ascontiguousarray(np.concatenate(views))})
+        probs = self.policy.mean_views(got[0].reshape(len(views), len(batch), -1))
+        # lesion_pl.ood: the score of an image is the mean of its views' scores
+        ood = got[1].astype(np.float64).reshape(len(views), len(batch)).mean(0) if len(got) > 1 else None
+        return Outputs(probs, ood)
 
     def predict(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 32, tta: bool | None = None,
                 metadata: Metadata | Sequence[Metadata] | None = None) -> Predictions:
@@ -234,8 +283,8 @@ class LesionOnnxClassifier:
         parts = []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
-            parts.append(self.probabilities(np.stack([self.preprocess(im) for im in chunk]), tta))
-        return self.score(np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), np.float32), metadata)
+            parts.append(self.outputs(np.stack([self.preprocess(im) for im in chunk]), tta))
+        return self.score(Outputs.concat(parts, len(self.classes)), metadata)
 
     def predict_files(self, paths: Iterable[str | os.PathLike], batch_size: int = 32, tta: bool | None = None,
                       progress: bool = False, metadata: Sequence[Metadata] | None = None):
@@ -251,7 +300,7 @@ class LesionOnnxClassifier:
 
         def flush():
             if batch:
-                probs.append(self.probabilities(np.stack(batch), tta))
+                probs.append(self.outputs(np.stack(batch), tta))
                 done.extend(batch_paths)
                 batch.clear()
                 batch_paths.clear()
@@ -270,5 +319,5 @@ class LesionOnnxClassifier:
             if len(batch) == batch_size:
                 flush()
         flush()
-        all_probs = np.concatenate(probs) if probs else np.zeros((0, len(self.classes)), np.float32)
-        return done, self.score(all_probs, None if metadata is None else done_meta), errors
+        outputs = Outputs.concat(probs, len(self.classes))
+        return done, self.score(outputs, None if metadata is None else done_meta), errors

@@ -47,7 +47,7 @@ from lesion_pl.preprocess import ImageReadError, decoded_bytes, image_warning, o
 
 from .limits import Limits
 from .metadata import PREFIX
-from .runtime import LesionOnnxClassifier
+from .runtime import LesionOnnxClassifier, Outputs
 from .web_export import WEB
 
 TOKEN_ENV = "LESION_PL_TOKEN"
@@ -254,9 +254,9 @@ class Batcher:
         self.queue: asyncio.Queue | None = None
         self.worker: asyncio.Task | None = None
 
-    async def probabilities(self, arrays: np.ndarray) -> np.ndarray:
+    async def outputs(self, arrays: np.ndarray) -> Outputs:
         if self.max_batch <= 1:
-            return await asyncio.to_thread(self.clf.probabilities, arrays)
+            return await asyncio.to_thread(self.clf.outputs, arrays)
         if self.worker is None or self.worker.done():
             self.queue = asyncio.Queue()
             self.worker = asyncio.create_task(self._work())
@@ -272,7 +272,7 @@ class Batcher:
                 items.append(self.queue.get_nowait())
                 count += len(items[-1][0])
             try:
-                probs = await asyncio.to_thread(self.clf.probabilities, np.concatenate([a for a, _ in items]))
+                probs = await asyncio.to_thread(self.clf.outputs, np.concatenate([a for a, _ in items]))
             except Exception as e:  # reported to each waiting request, and the worker keeps serving
                 for _, done in items:
                     if not done.done():
@@ -290,6 +290,7 @@ def model_identity(clf: LesionOnnxClassifier) -> dict:
     digest = file_hash(clf.path, "sha256").hexdigest()
     return {"file": clf.path.name, "sha256": digest, "classes": list(clf.classes),
             "display_names": list(clf.display_names), "input_size": clf.size, "tta": clf.tta,
+            "ood": None if clf.ood is None else {"threshold": clf.ood.threshold, "rule": clf.ood.describe()},
             "clinical_fields": list(clf.clinical_fields), "exported_with": clf.metadata.get("version"),
             "served_by": f"lesion-pl {__version__}"}
 
@@ -408,7 +409,7 @@ def create_app(model: str | os.PathLike, token: str | None = None, limits: Limit
             arrays.append(array)
             if caution:
                 cautions[name] = caution
-        preds = clf.score(await batcher.probabilities(np.stack(arrays)), records)
+        preds = clf.score(await batcher.outputs(np.stack(arrays)), records)
         notes = [] if records is None else clinical.unrecognised_notes(clf.clinical_records(records), clf.clinical)
         return {"model": identity, "predictions": preds.rows(names, cautions), "failed": [], "notes": notes}
 

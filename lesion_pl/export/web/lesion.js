@@ -230,6 +230,7 @@ export class Policy {
     const alone = jsonOr(meta, "operating_points_image_only", {});
     this.pointsImageOnly = Object.keys(alone).length ? alone : this.points;
     this.tta = Boolean(jsonOr(meta, "tta", false));
+    this.ood = jsonOr(meta, "ood", null);  // lesion_pl/ood.py OodRule: the output ood_score's threshold
     this.version = meta.version;
   }
 
@@ -283,8 +284,9 @@ export class Policy {
     return [e.map((v) => v / sum), true];
   }
 
-  // one image: the graph's probabilities of each view ([views][C]) and optional metadata -> a result row
-  apply(viewProbs, record, file) {
+  // one image: the graph's probabilities of each view ([views][C]), optional metadata and the graph's
+  // out-of-distribution score of each view ([views], where the model has one) -> a result row
+  apply(viewProbs, record, file, viewOod = null) {
     const C = this.classes.length;
     let probs = new Array(C).fill(0);
     for (const v of viewProbs) for (let c = 0; c < C; c++) probs[c] += v[c] / viewProbs.length;
@@ -304,6 +306,11 @@ export class Policy {
       referral: refer === null ? "" : (refer ? "refer" : "no referral at this threshold"),
     };
     if (withMetadata !== null) row.metadata = withMetadata ? "yes" : "no";
+    if (this.ood && viewOod) {  // runtime.Predictions.rows: outside, no class and no referral
+      row.ood_score = viewOod.reduce((s, v) => s + v, 0) / viewOod.length;
+      row.outside = row.ood_score > this.ood.threshold;
+      if (row.outside) Object.assign(row, { top_class: "", probability: null, referral: OUTSIDE });
+    }
     this.classes.forEach((c, i) => { row[`p_${c}`] = probs[i]; });
     row.warning = "";
     return row;
@@ -316,6 +323,9 @@ export class Policy {
     return withMetadata && this.clinical ? (this.points[name] || op).threshold : op.threshold;
   }
 }
+
+// lesion_pl/ood.py OUTSIDE
+export const OUTSIDE = "outside what this model was trained on";
 
 // lesion_pl/calibration.py promise_text: what a referral threshold promises, in one sentence
 export function promiseText(p) {

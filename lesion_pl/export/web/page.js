@@ -1,6 +1,6 @@
 // The page's behaviour in both modes: "service" sends images to POST /predict of `cli.py serve`; "offline"
 // runs model.onnx here with onnxruntime-web (files from `cli.py export --web`). Both render the same rows.
-import { Policy, imageWarning, onnxMetadata, promiseText, resizeCenterCrop, rgbaToRgb, ttaViews } from "./lesion.js";
+import { OUTSIDE, Policy, imageWarning, onnxMetadata, promiseText, resizeCenterCrop, rgbaToRgb, ttaViews } from "./lesion.js";
 
 const mode = document.querySelector('meta[name="lesion-pl-mode"]').content;
 const $ = (id) => document.getElementById(id);
@@ -61,7 +61,8 @@ async function startOffline() {
     views.forEach((v, i) => data.set(v, i * rgb.length));
     const out = await session.run({ images: new ort.Tensor("uint8", data, [views.length, s, s, 3]) });
     const probs = out.probabilities.data, C = policy.classes.length;
-    return views.map((_, i) => Array.from(probs.subarray(i * C, (i + 1) * C)));
+    return { probs: views.map((_, i) => Array.from(probs.subarray(i * C, (i + 1) * C))),
+             ood: out.ood_score ? Array.from(out.ood_score.data) : null };
   };
   showModel(`model.onnx (lesion-pl ${policy.version}), run by onnxruntime-web`);
   status("Ready.");
@@ -90,7 +91,8 @@ async function predictOffline(files, record) {
     let image;
     try { image = await decode(file); } catch { throw new Error(`${file.name}: not an image this browser can read`); }
     const rgb = resizeCenterCrop(image.rgb, image.width, image.height, policy.size);
-    const row = policy.apply(await runLocally(rgb), record, file.name);
+    const out = await runLocally(rgb);
+    const row = policy.apply(out.probs, record, file.name, out.ood);
     row.warning = imageWarning(image.width, image.height, policy.size, rgb);
     rows.push(row);
   }
@@ -129,7 +131,7 @@ function render(row, file) {
   const title = document.createElement("div");
   const top = policy.displayNames[policy.classes.indexOf(row.top_class)] || row.top_class;
   title.innerHTML = "<b></b> <span class=small></span>";
-  title.querySelector("b").textContent = `${top} (${row.top_class})`;
+  title.querySelector("b").textContent = row.outside ? "Outside what this model was trained on" : `${top} (${row.top_class})`;
   title.querySelector("span").textContent = `${row.file}${row.metadata === "yes" ? ", with clinical metadata" : ""}`;
   body.append(title);
   if (row.warning) {  // tiny or blank: said before any figure
@@ -138,12 +140,21 @@ function render(row, file) {
     caution.textContent = `Do not trust this prediction: ${row.warning}.`;
     body.append(caution);
   }
+  if (row.outside) {  // no class, no referral: the probabilities stay, marked
+    const refusal = document.createElement("div");
+    refusal.className = "outside";
+    refusal.textContent = `No diagnosis and no referral: this image is ${OUTSIDE} (its out-of-distribution score `
+      + `${row.ood_score.toFixed(1)} is above ${policy.ood.threshold.toFixed(1)}, the threshold that `
+      + `${Math.round(policy.ood.share * 100)}% of validation's dermoscopic images pass). The probabilities below `
+      + "mean nothing for it.";
+    body.append(refusal);
+  }
   policy.classes.forEach((c, i) => {
     body.append(bar(`${policy.displayNames[i]} (${c})`, row[`p_${c}`], c === row.top_class ? "top" : ""));
   });
   const threshold = policy.threshold("malignant", row.metadata === "yes");
-  body.append(bar("malignancy", row.malignancy, "malignancy", threshold));
-  if (threshold !== null) {
+  body.append(bar("malignancy", row.malignancy, "malignancy", row.outside ? null : threshold));
+  if (threshold !== null && !row.outside) {
     const p = document.createElement("div");
     p.className = row.referral === "refer" ? "refer" : "norefer";
     const op = (row.metadata === "yes" && policy.clinical ? policy.points : policy.pointsImageOnly).malignant;
