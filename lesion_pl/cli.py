@@ -328,6 +328,32 @@ def report(
 
 @app.command()
 @friendly_errors
+def runs(
+    folder: Path = typer.Argument(Path("runs"), help="The folder that holds run folders (searched 3 levels deep)."),
+    sort: str = typer.Option("run", "--sort", "-s", help="Column to sort by: run, model, size, epochs, fit_min, "
+                             "val_balanced_accuracy, val_auroc_malignant, test_balanced_accuracy, "
+                             "test_auroc_malignant, test_auroc_melanoma, confirmed_auroc_malignant, code_revision "
+                             "(figures best first)."),
+    ascending: bool = typer.Option(False, "--ascending", help="Smallest first."),
+    as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
+):
+    """One table of the runs under a folder: model, input size, epochs, fit time, validation and test figures,
+    the figures on confirmed lesions and other evaluations, and the code's revision."""
+    import json
+
+    from lesion_pl.runs_table import format_table, runs_table
+
+    rows = runs_table(folder, sort, False if ascending else None)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1))
+    elif not rows:
+        typer.echo(f"no run folders under {folder} (a run folder holds config.yaml and summary.json, made by fit)")
+    else:
+        typer.echo(format_table(rows))
+
+
+@app.command()
+@friendly_errors
 def explain(
     images: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
     run: Path = RUN_OPT,
