@@ -16,6 +16,7 @@ from .hardware import probed_rates, resolve_auto
 from .io import atomic_path, atomic_write_json
 from .provenance import code_revision
 from .run import RunDir
+from .tracking import fit_loggers
 
 
 def _max_time(value):
@@ -25,9 +26,11 @@ def _max_time(value):
     return timedelta(seconds=seconds) if seconds else None
 
 
-def build_trainer(t: Trainer, run: RunDir, progress: bool = True, started: float | None = None):
+def build_trainer(t: Trainer, run: RunDir, progress: bool = True, started: float | None = None,
+                  loggers: list | None = None):
     """fit's Lightning Trainer for the trainer section `t` (its precision resolved): checkpoints, early stopping,
-    the learning rate and elapsed time in the log, the per-step EMA."""
+    the learning rate and elapsed time in the log, the per-step EMA; `loggers`: tracking.fit_loggers' (None: the
+    CSV log alone)."""
     from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
 
@@ -53,7 +56,7 @@ def build_trainer(t: Trainer, run: RunDir, progress: bool = True, started: float
     callbacks += step_callbacks(t)
     return _trainer(
         t, max_epochs=int(t.max_epochs), max_time=_max_time(t.max_time),
-        callbacks=callbacks, logger=CSVLogger(run.path, name="logs", version=""),
+        callbacks=callbacks, logger=loggers or CSVLogger(run.path, name="logs", version=""),
         limit_train_batches=t.limit_train_batches, limit_val_batches=t.limit_val_batches,
         enable_progress_bar=progress, enable_model_summary=progress, log_every_n_steps=10,
         num_sanity_val_steps=0, deterministic=False,
@@ -276,7 +279,8 @@ def _train(cfg: Config, run: RunDir, dm, resume: bool, progress: bool, started: 
         if log.exists():
             shutil.copy(log, backup)  # Lightning's CSVLogger starts metrics.csv afresh
             before, epochs_before = _elapsed_in(backup), _validated_epochs(backup)
-    trainer = build_trainer(cfg.trainer, run, progress, started - before)  # elapsed time runs on across resumes
+    # elapsed time runs on across resumes
+    trainer = build_trainer(cfg.trainer, run, progress, started - before, fit_loggers(cfg, run))
     start = time.time()
     try:
         trainer.fit(model, datamodule=dm, ckpt_path=str(run.last) if resume else None)

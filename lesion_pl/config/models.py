@@ -232,6 +232,14 @@ class Trainer(Section):
     limit_train_batches: Annotated[float, rule(rules.number(0, low_open=True))] = Field(
         1.0, description="a share (or a count) of the training batches an epoch")
     limit_val_batches: Annotated[float, rule(rules.number(0))] = Field(1.0, description="the same for validation")
+    loggers: Annotated[list[str], rule(("a list of csv, tensorboard, mlflow", lambda v: isinstance(v, list) and all(
+        x in ("csv", "tensorboard", "mlflow") for x in v)))] = Field(
+        ["csv"], description="csv (always: RUN/logs/metrics.csv), tensorboard (RUN/tensorboard), mlflow")
+    mlflow_uri: Annotated[str | None, rule(("a tracking URI (http://host:port, sqlite:///file.db, a folder) or null",
+                                            lambda v: v is None or (isinstance(v, str) and v != "")))] = Field(
+        None, description="MLflow tracking URI; null: $MLFLOW_TRACKING_URI, else RUN/../mlflow.db")
+    mlflow_experiment: Annotated[str, rule(("a non-empty name", lambda v: isinstance(v, str) and v.strip() != ""))] = \
+        Field("lesion-pl", description="the MLflow experiment a run logs to")
 
 
 class Config(Section):

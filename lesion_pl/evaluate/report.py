@@ -240,6 +240,13 @@ def build_report(run_path: Path, data_root: Path | None = None, progress: bool =
     atomic_write_text(index, page)
     if evaluation is None:  # the card speaks for the run: its own test split, every evaluation listed in it
         write_model_card(run, t.space, tables)
+    from ..tracking import log_to_mlflow
+
+    where = "report" if evaluation is None else f"evaluations/{evaluation}/report"
+    log_to_mlflow(run, files=sorted(out_dir.iterdir()), artifact_path=where)
+    if evaluation is None:
+        log_to_mlflow(run, files=[run.path / CARD])
+        log_to_mlflow(run, files=[run.export_dir / CARD], artifact_path="export")  # where the card went beside a model
     return index
 
 

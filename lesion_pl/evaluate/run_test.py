@@ -16,7 +16,7 @@ from ..io import atomic_dir, atomic_write_json
 from ..ood import OodRule
 from ..run import RunDir, require_data_keys
 from ..scoring import Scored, ScoringPolicy, is_positive, softmax
-from ..terminal import HEADLINE
+from ..terminal import CONFIRMED_FIGURES, HEADLINE
 from .predictions import predictions_frame, write_predictions
 
 
@@ -184,7 +184,24 @@ def test_run(run_path: Path, data_root: Path | None = None, split: str = "test",
                 report["operating_points"].get("malignant"), space)
         reliability_png(raw, probs, target, folder / "reliability.png")
         atomic_write_json(folder / "metrics.json", report)
+    _track(run, report, dest, evaluation)
     return report
+
+
+def _track(run: RunDir, report: dict, dest: Path, evaluation: str | None) -> None:
+    """The headline and confirmed-lesion figures, and the evaluation's files, into the run's MLflow run (where it
+    has one): the run's own test split as test/..., another evaluation under its own name."""
+    from ..tracking import log_to_mlflow
+
+    figures = {k: report.get(k) for k in HEADLINE}
+    h = report.get("histo_confirmed") or {}
+    figures.update({f"confirmed_{k}": h.get(k) for k in CONFIRMED_FIGURES})
+    if report.get("ood"):
+        figures["ood_pass"] = report["ood"]["pass"]
+    where = "test" if evaluation is None else f"evaluations/{evaluation}"
+    files = [p for p in sorted(dest.iterdir()) if p.suffix in (".json", ".csv", ".png")]
+    log_to_mlflow(run, figures, files, prefix=where, artifact_path=where)
+    log_to_mlflow(run, files=[run.config, run.splits, run.calibration, run.summary])
 
 
 def _binary_test(run: RunDir, cfg: Config, policy: ScoringPolicy, scored: Scored, rows: pd.DataFrame, split: str, dm,

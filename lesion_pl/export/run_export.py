@@ -117,4 +117,7 @@ def export_run(run_path: Path, opset: int = 18, int8: bool = False, data_root: P
     if card is not None:
         report["model_card"] = str(card)
     atomic_write_json(out_dir / "export.json", report)
+    from lesion_pl.tracking import log_to_mlflow
+
+    log_to_mlflow(run, files=sorted(p for p in out_dir.iterdir() if p.is_file()), artifact_path="export")
     return report
