@@ -1,7 +1,10 @@
 """What `auto` means on this machine: the training precision and the input size."""
 from __future__ import annotations
 
+import contextlib
 import functools
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -14,7 +17,7 @@ def precision_for(cfg: Config) -> str:
     """Lightning's precision for `trainer.precision`.
 
     "auto": bf16-mixed on CUDA; on a CPU that multiplies bf16 in hardware (AVX-512 bf16, AMX), whichever
-    of bf16-mixed and 32-true trains this network faster there (`faster_on_cpu`, timed once per process):
+    of bf16-mixed and 32-true trains this network faster there (`faster_on_cpu`, timed once per machine and kept):
     bf16 was 1.6x faster for LesionCNN on an AMD EPYC with AVX-512 bf16 (at no cost on validation) and 2.9x
     on an Intel Xeon with AMX, but 1.7x slower for EfficientNet-Lite0 on that Xeon (benchmarks/RESULTS.md:
     "bf16 on a CPU that has it", "A longer fine-tune"); 32-true on other CPUs, where bf16 autocast is ~12x
@@ -56,11 +59,29 @@ def _network_key(model: Model) -> str:
 
 
 @functools.cache
-def faster_on_cpu(network: str, size: int, batch: int, channels_last: bool, steps: int = 2) -> str:
-    """Time `steps` training steps (after one warm-up) of this network on random images in fp32 and in bf16
-    autocast, on this CPU's threads; `choose_precision` of the rates."""
+def faster_on_cpu(network: str, size: int, batch: int, channels_last: bool, steps: int = 2,
+                  rounds: int = 3) -> str:
+    """`choose_precision` of this network's training speed in fp32 and in bf16 autocast on this CPU's threads.
+
+    A few noisy steps once decided the precision, and with it the input size and the model (issue #42: two fits
+    minutes apart chose differently). So the rates are timed in `rounds` interleaved rounds of `steps` steps each
+    (after a warm-up), the best round of each counts, and the result is kept per machine (`decisions_file`: the
+    CPU, torch, the threads and what was timed), so every later fit on this machine chooses the same.
+    """
     import json
-    import time
+
+    key = json.dumps([machine_key(), network, size, batch, channels_last])
+    stored = _decisions().get(key)
+    if stored is None:
+        stored = {"rates": _time_rates(network, size, batch, channels_last, steps, rounds),
+                  "timed": time.strftime("%Y-%m-%d %H:%M")}
+        _remember(key, stored)
+    PROBES[(network, size, batch, channels_last)] = {**stored["rates"], "timed": stored["timed"]}
+    return choose_precision(stored["rates"])
+
+
+def _time_rates(network: str, size: int, batch: int, channels_last: bool, steps: int, rounds: int) -> dict:
+    import json
 
     import torch
 
@@ -72,25 +93,74 @@ def faster_on_cpu(network: str, size: int, batch: int, channels_last: bool, step
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, size, size, generator=g)
     y = torch.randint(0, NUM_CLASSES, (batch,), generator=g)
-    rates = {}
-    for precision, bf16 in (("32-true", False), ("bf16-mixed", True)):
+    setups = {}
+    for precision in ("32-true", "bf16-mixed"):
         with torch.random.fork_rng():  # the networks' random initialisation leaves fit's seeding alone
             net = build_network(model).train()
         xs = x
         if channels_last:
             net, xs = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-        opt = torch.optim.AdamW(net.parameters(), 1e-3, fused=True)
-        for i in range(steps + 1):
-            if i == 1:
-                start = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = torch.nn.functional.cross_entropy(net(xs), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        rates[precision] = steps * batch / (time.perf_counter() - start)
-    PROBES[(network, size, batch, channels_last)] = rates
-    return choose_precision(rates)
+        setups[precision] = (net, xs, torch.optim.AdamW(net.parameters(), 1e-3, fused=True))
+
+    def step(precision: str) -> None:
+        net, xs, opt = setups[precision]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            loss = torch.nn.functional.cross_entropy(net(xs), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    rates = {p: 0.0 for p in setups}
+    for precision in setups:
+        step(precision)  # warm-up
+    for _ in range(rounds):  # interleaved: a slow moment of the machine hits both
+        for precision in setups:
+            start = time.perf_counter()
+            for _ in range(steps):
+                step(precision)
+            rates[precision] = max(rates[precision], steps * batch / (time.perf_counter() - start))
+    return rates
+
+
+def machine_key() -> str:
+    """What makes a timing hold: this CPU's model, torch's version, the threads it trains on."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration):  # Linux names the model; elsewhere the platform's word
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    return f"{cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+
+
+def decisions_file() -> Path:
+    """Where this machine's timings are kept: auto_precision.json in lesion-pl's cache folder ($LESION_PL_CACHE)."""
+    from .data.cache import default_cache_dir
+
+    return default_cache_dir() / "auto_precision.json"
+
+
+def _decisions() -> dict:
+    import json
+
+    try:
+        return json.loads(decisions_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember(key: str, value: dict) -> None:
+    from .io import atomic_write_json, file_lock
+
+    path = decisions_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(path.with_suffix(".lock")):
+            atomic_write_json(path, {**_decisions(), key: value})
+    except OSError:  # a read-only cache: the choice holds for this process alone
+        pass
 
 
 BF16_MARGIN = 1.1  # bf16 must be this much faster than fp32 to be chosen

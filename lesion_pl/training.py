@@ -150,7 +150,8 @@ def fit(cfg: Config, out: Path, resume: bool = False, progress: bool = True) -> 
     dm.build()  # every data check happens here, before the run folder is written
     require_full_batch(len(dm.indices("train")), int(cfg.data.batch_size), dm.root)
     if progress:
-        timed = f"; bf16 {probe['bf16-mixed']:.0f} vs fp32 {probe['32-true']:.0f} images/s here" if probe else ""
+        timed = (f"; bf16 {probe['bf16-mixed']:.0f} vs fp32 {probe['32-true']:.0f} images/s here, timed "
+                 f"{probe['timed']} and kept for this machine") if probe else ""
         note = f" ({' and '.join(chosen)}: auto, this machine's choice{timed})" if chosen else ""
         print(f"training {cfg.model.name} at {cfg.data.image_size} px in {cfg.trainer.precision}{note}",
               flush=True)

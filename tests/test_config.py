@@ -130,13 +130,23 @@ def test_the_precision_probe_times_both_on_this_cpu_once(monkeypatch):
     hardware.faster_on_cpu.cache_clear()
     judged = []
     monkeypatch.setattr(hardware, "choose_precision", lambda rates: judged.append(dict(rates)) or "32-true")
+    hardware.decisions_file().unlink(missing_ok=True)
     choice = hardware.faster_on_cpu(*args)
-    rates = hardware.PROBES[args]
+    probe = hardware.PROBES[args]
+    rates = {k: probe[k] for k in ("bf16-mixed", "32-true")}
     assert choice == "32-true" and judged == [rates]  # the rule sees what was timed, both precisions
-    assert set(rates) == {"bf16-mixed", "32-true"} and all(r > 0 for r in rates.values())
+    assert all(r > 0 for r in rates.values()) and probe["timed"]
     hardware.PROBES.pop(args)
     assert hardware.faster_on_cpu(*args) == choice and args not in hardware.PROBES  # cached: not timed again
     assert hardware.faster_on_cpu.cache_info().hits >= 1
+    # another process on this machine (the in-process cache cleared) reads the kept timing: the same choice,
+    # nothing timed again
+    hardware.faster_on_cpu.cache_clear()
+    monkeypatch.setattr(hardware, "_time_rates", lambda *a: pytest.fail("timed again"))
+    assert hardware.faster_on_cpu(*args) == choice and judged[-1] == rates
+    kept = json.loads(hardware.decisions_file().read_text())
+    assert list(kept.values()) == [{"rates": rates, "timed": probe["timed"]}]
+    assert hardware.machine_key() in next(iter(kept))  # kept for this CPU, torch and thread count only
 
 
 def test_auto_precision_without_torchs_cpu_checks(monkeypatch):

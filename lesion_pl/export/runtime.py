@@ -17,6 +17,10 @@ Where the run fused clinical metadata (`clinical.fields`), each image may come w
 sex and body site (keys: the field names or the training data's column names, e.g.
 "localization"); an image given None, or none of them, keeps the image-only probabilities.
 
+Where the model carries an out-of-distribution rule (metadata `ood`, output `ood_score`: lesion_pl/ood.py),
+`result.outside` marks the images it refuses as "outside what this model was trained on": their `top_class`
+is "", their rows say so instead of a referral, and their probabilities stay, marked.
+
 Images of any size and mode: EXIF orientation applied, converted to RGB, resized as the model's
 metadata says (the same function training used).
 """
