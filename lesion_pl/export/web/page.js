@@ -131,7 +131,8 @@ function render(row, file) {
   const title = document.createElement("div");
   const top = policy.displayNames[policy.classes.indexOf(row.top_class)] || row.top_class;
   title.innerHTML = "<b></b> <span class=small></span>";
-  title.querySelector("b").textContent = row.outside ? "Outside what this model was trained on" : `${top} (${row.top_class})`;
+  title.querySelector("b").textContent = row.outside ? OUTSIDE[0].toUpperCase() + OUTSIDE.slice(1)
+    : `${top} (${row.top_class})`;
   title.querySelector("span").textContent = `${row.file}${row.metadata === "yes" ? ", with clinical metadata" : ""}`;
   body.append(title);
   if (row.warning) {  // tiny or blank: said before any figure
