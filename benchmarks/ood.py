@@ -1,9 +1,9 @@
 """What a run's out-of-distribution refusal (lesion_pl.ood) catches, through its exported model.onnx and the
 torch-free runtime (the path predict, the service and the page take):
 
-    python benchmarks/ood.py --run runs/NAME [--isic DIR] [--json out.json]
+    python benchmarks/ood.py --run runs/NAME [--model runs/NAME/export/model.int8.onnx] [--isic DIR] [--json out.json]
 
-Writes RUN/ood_benchmark.json too, which the run's model card (`report`) cites.
+Writes RUN/ood_benchmark.json too (for the run's own model.onnx), which the run's model card (`report`) cites.
 
 In distribution, which must pass: the run's HAM10000 test split, and ISIC 2017 ($LESION_PL_DATA/isic2017, its
 train and val images). Out of distribution, which must be refused: the images scikit-image and scikit-learn ship
@@ -92,14 +92,16 @@ def scores(clf: LesionOnnxClassifier, images: list[np.ndarray] | np.ndarray, pre
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--model", type=Path, help="another export of the run (default RUN/export/model.onnx)")
     ap.add_argument("--isic", type=Path, help="ISIC 2017's folder (default: $LESION_PL_DATA/isic2017)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     print(describe(), flush=True)
     run = RunDir(args.run)
-    clf = LesionOnnxClassifier(run.onnx)
+    model = args.model or run.onnx
+    clf = LesionOnnxClassifier(model)
     if clf.ood is None:
-        sys.exit(f"{run.onnx} carries no out-of-distribution rule: calibrate and export the run again")
+        sys.exit(f"{model} carries no out-of-distribution rule: calibrate and export the run again")
     cfg = run.load_config()  # the run's own data: its test split
     dm = run.datamodule(cfg, progress=False)
     test = np.asarray(dm.cache[dm.indices("test")])
@@ -108,7 +110,7 @@ def main() -> None:
     if not isic:
         sys.exit(f"no ISIC 2017 images under {isic_root / 'images'}: give --isic")
     size, rng = clf.size, np.random.default_rng(0)
-    print(f"{run.onnx}: {clf.ood.describe()}, {'8 views' if clf.tta else 'one view'} per image", flush=True)
+    print(f"{model}: {clf.ood.describe()}, {'8 views' if clf.tta else 'one view'} per image", flush=True)
     inside = {"HAM10000 test split": scores(clf, test, preprocessed=True),
               "ISIC 2017 (train and val)": scores(clf, [np.asarray(load_rgb(p)) for p in isic])}
     outside_sets = {**skimage_groups(), **generated_groups(size, rng), **degraded_groups(test, size)}
@@ -141,7 +143,8 @@ def main() -> None:
         print("non-dermoscopic images passing, by group: "
               + ", ".join(f"{n} {passed.count(n)}" for n in dict.fromkeys(passed)))
     result = json.dumps({"run": str(run.path), "rule": clf.ood.facts, "groups": rows, **total}, indent=1)
-    run.ood_benchmark.write_text(result)  # the run's model card cites it (`report` writes the card)
+    if args.model is None:
+        run.ood_benchmark.write_text(result)  # the run's model card cites it (`report` writes the card)
     if args.json:
         args.json.write_text(result)
 

@@ -86,6 +86,14 @@ def record(gaussian: Gaussian, val_scores: np.ndarray, share: float, n_train: in
             "n_train": int(n_train), "feature_dim": int(gaussian.whiten.shape[0])}
 
 
+def rethreshold(rule: Mapping, val_scores: np.ndarray, why: str) -> dict:
+    """The same rule with its threshold chosen again, at its share, on another graph's validation scores (an int8
+    model's: its scores are not the float model's)."""
+    t = threshold(val_scores, float(rule["share"]))
+    return {**rule, "threshold": t, "val_pass": float((np.asarray(val_scores) <= t).mean()),
+            "n_val": int(len(val_scores)), "threshold_chosen": why}
+
+
 def save(gaussian: Gaussian, path) -> None:
     np.savez(path, means=gaussian.means, whiten=gaussian.whiten)
 

@@ -206,5 +206,10 @@ def format_export(r: dict) -> str:
         for name in ("fp32", "int8"):
             m = q[name]
             lines.append(f"  {name}: accuracy {m['accuracy']:.4f}, balanced accuracy {m['balanced_accuracy']:.4f}, "
-                         f"{m['images_per_s_batch32']:.0f} images/s at batch 32")
+                         f"{m['images_per_s_batch32']:.0f} images/s at batch 32"
+                         + (f", {m['ood_test_pass']:.1%} within its out-of-distribution threshold"
+                            if "ood_test_pass" in m else ""))
+        if "ood_threshold" in q:
+            lines.append(f"  the int8 graph's out-of-distribution threshold, chosen again on validation: "
+                         f"{q['ood_threshold']:.4g}")
     return "\n".join(lines)

@@ -170,6 +170,15 @@ def test_int8_export_reports_accuracy_and_keeps_metadata(trained_run, small_ham)
     assert (tops["int8"] == tops["fp32"]).mean() >= 0.8  # int8 names the class fp32 names, mostly
     clf = LesionOnnxClassifier(trained_run / "export" / "model.int8.onnx")
     assert clf.classes == CLASSES and clf.metadata["quantization"] == "int8 static"
+    # the out-of-distribution score stays in float inside the int8 graph (near the float graph's), and its
+    # threshold is the int8 graph's own, chosen on validation: 99% of validation's images pass it
+    fp32 = LesionOnnxClassifier(trained_run / "export" / "model.onnx")
+    val = [next(small_ham.rglob(f"{i}.jpg")) for i in splits.loc[splits["split"] == "val", "image_id"]]
+    scores = {name: c.predict(val).ood_score for name, c in (("fp32", fp32), ("int8", clf))}
+    assert np.median(np.abs(scores["int8"] / scores["fp32"] - 1)) < 0.2
+    assert clf.ood.threshold == pytest.approx(q["ood_threshold"]) and clf.ood.threshold != fp32.ood.threshold
+    assert clf.ood.facts["threshold_chosen"] == "on validation again, for this int8 graph"
+    assert (scores["int8"] <= clf.ood.threshold).mean() >= 0.99
     r = invoke("export", "--run", trained_run, "--int8", "--per-channel", "--quiet")
     assert r.exit_code == 0 and "static per-channel int8" in r.output, r.output
     assert LesionOnnxClassifier(trained_run / "export" / "model.int8.onnx").metadata["quantization"] == \
