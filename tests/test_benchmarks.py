@@ -266,3 +266,10 @@ def test_ood_benchmark_scores_every_group_through_the_exported_model(served_mode
     passing = 1 - clf.predict_arrays(dm.cache[dm.indices("test")]).outside.mean()
     assert groups["HAM10000 test split"]["pass"] == pytest.approx(passing)
     assert f"HAM test passing {passing:.1%} (goal 98%)" in out
+    # the run's model card cites what the benchmark measured (RUN/ood_benchmark.json)
+    assert json.loads((run / "ood_benchmark.json").read_text()) == got
+    assert invoke("report", "--run", run, "--quiet").exit_code == 0
+    card = (run / "MODEL_CARD.md").read_text()
+    assert (f"benchmarks/ood.py: {got['non_dermoscopic_refused']:.1%} of {got['non_dermoscopic_images']} "
+            "non-dermoscopic images refused") in card
+    assert f"  - noise: 10 images, {groups['noise']['refused']:.1%} refused" in card
