@@ -212,6 +212,9 @@ def test_shortcut_rule_needs_both_aurocs_to_rise_beyond_the_spread_and_balanced_
     out = decide(default, on_archive)
     assert "ISIC 2017 val melanoma AUROC" in out["figures"] and not out["aurocs_rise"]
     assert out["figures"]["ISIC 2017 val melanoma AUROC"]["change"] == pytest.approx(0.04 / 3)
+    # one seed a side: no spread to beat, so no answer (not a "yes")
+    one = decide(default[:1], better[:1])
+    assert one["aurocs_rise"] and one["adopt"] is None and one["seeds"] == 1
 
 
 def test_hostile_benchmark_gets_every_case_its_status_against_a_real_server(served_model, tmp_path):
