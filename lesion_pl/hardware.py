@@ -143,12 +143,9 @@ def decisions_file() -> Path:
 
 
 def _decisions() -> dict:
-    import json
+    from .io import read_json
 
-    try:
-        return json.loads(decisions_file().read_text())
-    except (OSError, ValueError):
-        return {}
+    return read_json(decisions_file()) or {}
 
 
 def _remember(key: str, value: dict) -> None:

@@ -66,6 +66,16 @@ def read_utf8(path: Path) -> str:
                             "save it as UTF-8") from None
 
 
+def read_json(path: Path) -> dict | None:
+    """A JSON object a command wrote earlier (a run's summary, metrics, records), or None where the file is
+    missing, unreadable or not a JSON object: the readers that show what a run has take a missing file as absent."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def require_writable(path: Path, what: str) -> Path:
     """`path` can be written as a file: its folder exists (or can be made) and takes files, and nothing that is
     not a file stands in its place; a one-line error naming it otherwise."""

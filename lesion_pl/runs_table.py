@@ -3,11 +3,11 @@ calibration.json, test/metrics.json, evaluations/*/metrics.json): what it traine
 figures it has. No torch: it reads JSON only."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from .errors import LesionPLError
+from .io import read_json
 from .run import RunDir
 
 # column -> (header, format); the figures are None where a run has not been scored that way
@@ -28,13 +28,6 @@ COLUMNS = {
     "code_revision": ("code", "{}"),
 }
 DEPTH = 3  # how deep under DIR run folders are looked for
-
-
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _number(value) -> float | None:
@@ -61,11 +54,11 @@ def find_runs(root: Path) -> list[Path]:
 
 def run_row(path: Path, root: Path) -> dict:
     run = RunDir(path)
-    summary, cal, test = _read(run.summary), _read(run.calibration), _read(run.test / "metrics.json")
+    summary, cal, test = (read_json(p) or {} for p in (run.summary, run.calibration, run.test / "metrics.json"))
     fit = _number(summary.get("fit_seconds"))
     external = {}
     for name in run.evaluation_names():
-        value = _number(_read(run.evaluation(name) / "metrics.json").get("auroc_melanoma"))
+        value = _number((read_json(run.evaluation(name) / "metrics.json") or {}).get("auroc_melanoma"))
         external[name] = value
     return {
         "run": path.relative_to(root).as_posix() if path != root else path.name,

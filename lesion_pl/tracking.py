@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .config import Config, Trainer
 from .errors import LesionPLError
-from .io import atomic_write_json
+from .io import atomic_write_json, read_json
 from .provenance import code_revision
 from .run import RunDir
 
@@ -100,11 +100,8 @@ def mlflow_logger(cfg: Config, run: RunDir):
 
 
 def _record(run: RunDir) -> dict | None:
-    path = run.path / "mlflow.json"
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except ValueError:
-        return None
+    """RUN/mlflow.json: the MLflow run fit started for this run folder (None: it logs to none)."""
+    return read_json(run.path / "mlflow.json")
 
 
 def log_to_mlflow(run: RunDir, metrics: dict | None = None, files: list[Path] = (), prefix: str = "test",

@@ -8,7 +8,6 @@ evaluations/*/metrics.json) through `card_facts`; `report` writes the card with 
 """
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +16,7 @@ import pandas as pd
 
 from ..calibration import promise_text
 from ..classes import LabelSpace
-from ..io import atomic_write_text
+from ..io import atomic_write_text, read_json
 from ..ood import OUTSIDE
 from ..preprocess import RESIZE_POLICY
 from ..provenance import code_revision
@@ -38,10 +37,6 @@ FIGURES = (("balanced_accuracy", "balanced accuracy"), ("auroc_malignant", "mali
            ("auroc_melanoma", "melanoma AUROC"), ("auroc_macro", "macro AUROC"))
 
 
-def _read(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def _archive(root: str) -> tuple[str, str, str] | None:
     """The archive a source's root holds: HAM10000 by its metadata file, others by the folder's name."""
     if (Path(root) / "HAM10000_metadata.csv").is_file():
@@ -52,17 +47,17 @@ def _archive(root: str) -> tuple[str, str, str] | None:
 
 def card_facts(run: RunDir) -> dict:
     """What the card states, read from the run's files (None where a file is missing)."""
-    summary = _read(run.summary) or {}
+    summary = read_json(run.summary) or {}
     # data.sources: {name: {root, format, images}}, the run's own data among them; else its one root
     roots = [s["root"] for s in (summary.get("sources") or {}).values()] or [summary.get("data_root", "")]
     evaluations = {}
     for name in run.evaluation_names():
-        m = _read(run.evaluation(name) / "metrics.json")
+        m = read_json(run.evaluation(name) / "metrics.json")
         if m:
             evaluations[name] = m
-    return {"run": run.path.name, "summary": summary, "calibration": _read(run.calibration) or {},
-            "test": _read(run.test / "metrics.json"), "evaluations": evaluations,
-            "ood_benchmark": _read(run.ood_benchmark),
+    return {"run": run.path.name, "summary": summary, "calibration": read_json(run.calibration) or {},
+            "test": read_json(run.test / "metrics.json"), "evaluations": evaluations,
+            "ood_benchmark": read_json(run.ood_benchmark),
             "sources": [(root, _archive(root)) for root in roots], "code_revision": code_revision()}
 
 
