@@ -59,28 +59,52 @@ def _network_key(model: Model) -> str:
 
 
 @functools.cache
-def faster_on_cpu(network: str, size: int, batch: int, channels_last: bool, steps: int = 2,
-                  rounds: int = 3) -> str:
+def faster_on_cpu(network: str, size: int, batch: int, channels_last: bool) -> str:
     """`choose_precision` of this network's training speed in fp32 and in bf16 autocast on this CPU's threads.
 
     A few noisy steps once decided the precision, and with it the input size and the model (issue #42: two fits
-    minutes apart chose differently). So the rates are timed in `rounds` interleaved rounds of `steps` steps each
-    (after a warm-up), the best round of each counts, and the result is kept per machine (`decisions_file`: the
-    CPU, torch, the threads and what was timed), so every later fit on this machine chooses the same.
+    minutes apart chose differently). So the rates are timed in interleaved rounds (`timed_rates`), and kept per
+    machine, so every later fit on this machine chooses the same.
     """
+    return choose_precision(timed_rates(network, size, batch, channels_last, ("32-true", "bf16-mixed")))
+
+
+def training_rates(cfg: Config, sizes, precision: str) -> dict[int, float]:
+    """Images/s that `cfg`'s network trains at, at each of `sizes` in `precision`, on the device `fit` uses (timed
+    once per machine and kept): what `trainer.budget` plans with."""
+    network, _, batch, channels_last = _probe(cfg)
+    device = "cuda" if _trains_on_cuda(cfg) else "cpu"
+    return {int(s): timed_rates(network, int(s), batch, channels_last, (precision,), device)[precision]
+            for s in sizes}
+
+
+def _trains_on_cuda(cfg: Config) -> bool:
+    import torch
+
+    return torch.cuda.is_available() and cfg.trainer.accelerator != "cpu"
+
+
+def timed_rates(network: str, size: int, batch: int, channels_last: bool, precisions: tuple,
+                device: str = "cpu", steps: int = 2, rounds: int = 3) -> dict:
+    """Images/s of a training step per precision: timed in `rounds` interleaved rounds of `steps` steps each (after
+    a warm-up), the best round of each counting, and kept per machine (`decisions_file`: the CPU or GPU, torch, the
+    threads and what was timed), so that a later fit reads them rather than timing again."""
     import json
 
-    key = json.dumps([machine_key(), network, size, batch, channels_last])
-    stored = _decisions().get(key)
-    if stored is None:
-        stored = {"rates": _time_rates(network, size, batch, channels_last, steps, rounds),
+    key = json.dumps([machine_key(device), network, size, batch, channels_last])
+    stored = _decisions().get(key) or {"rates": {}, "timed": None}
+    missing = [p for p in precisions if p not in stored["rates"]]
+    if missing:
+        stored = {"rates": {**stored["rates"],
+                            **_time_rates(network, size, batch, channels_last, missing, device, steps, rounds)},
                   "timed": time.strftime("%Y-%m-%d %H:%M")}
         _remember(key, stored)
     PROBES[(network, size, batch, channels_last)] = {**stored["rates"], "timed": stored["timed"]}
-    return choose_precision(stored["rates"])
+    return stored["rates"]
 
 
-def _time_rates(network: str, size: int, batch: int, channels_last: bool, steps: int, rounds: int) -> dict:
+def _time_rates(network: str, size: int, batch: int, channels_last: bool, precisions, device: str, steps: int,
+                rounds: int) -> dict:
     import json
 
     import torch
@@ -91,12 +115,12 @@ def _time_rates(network: str, size: int, batch: int, channels_last: bool, steps:
 
     model = Model(**json.loads(network))
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, size, size, generator=g)
-    y = torch.randint(0, NUM_CLASSES, (batch,), generator=g)
+    x = torch.randn(batch, 3, size, size, generator=g).to(device)
+    y = torch.randint(0, NUM_CLASSES, (batch,), generator=g).to(device)
     setups = {}
-    for precision in ("32-true", "bf16-mixed"):
+    for precision in precisions:
         with torch.random.fork_rng():  # the networks' random initialisation leaves fit's seeding alone
-            net = build_network(model).train()
+            net = build_network(model).to(device).train()
         xs = x
         if channels_last:
             net, xs = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
@@ -104,11 +128,13 @@ def _time_rates(network: str, size: int, batch: int, channels_last: bool, steps:
 
     def step(precision: str) -> None:
         net, xs, opt = setups[precision]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
             loss = torch.nn.functional.cross_entropy(net(xs), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     rates = {p: 0.0 for p in setups}
     for precision in setups:
@@ -122,11 +148,14 @@ def _time_rates(network: str, size: int, batch: int, channels_last: bool, steps:
     return rates
 
 
-def machine_key() -> str:
-    """What makes a timing hold: this CPU's model, torch's version, the threads it trains on."""
+def machine_key(device: str = "cpu") -> str:
+    """What makes a timing hold: this CPU's model (or the GPU's), torch's version, the threads it trains on."""
     import platform
 
     import torch
+
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name()} | torch {torch.__version__}"
 
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError, StopIteration):  # Linux names the model; elsewhere the platform's word

@@ -18,6 +18,7 @@ COLUMNS = {
     "precision": ("precision", "{}"),
     "epochs": ("epochs", "{}"),
     "fit_min": ("fit min", "{:.1f}"),
+    "budget_min": ("budget min", "{:.0f}"),  # trainer.budget, where the run was planned for one
     "val_balanced_accuracy": ("val bal acc", "{:.4f}"),
     "val_auroc_malignant": ("val mal AUROC", "{:.4f}"),
     "test_balanced_accuracy": ("test bal acc", "{:.4f}"),
@@ -67,6 +68,7 @@ def run_row(path: Path, root: Path) -> dict:
         "precision": summary.get("precision"),
         "epochs": summary.get("epochs"),
         "fit_min": None if fit is None else fit / 60,
+        "budget_min": None if (budget := _number((summary.get("plan") or {}).get("budget_s"))) is None else budget / 60,
         "val_balanced_accuracy": _number(cal.get("val_balanced_accuracy", summary.get("best_val_balanced_accuracy"))),
         "val_auroc_malignant": _number(cal.get("val_auroc_malignant")),
         "test_balanced_accuracy": _number(test.get("balanced_accuracy")),

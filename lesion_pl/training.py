@@ -121,9 +121,6 @@ def fit(cfg: Config, out: Path, resume: bool = False, progress: bool = True) -> 
 
     chosen = [k for k, v in (("data.image_size", cfg.data.image_size),
                              ("trainer.precision", cfg.trainer.precision)) if v == "auto"]
-    resolved = resolve_auto(cfg)  # the saved config names the size and precision trained with
-    probe = probed_rates(cfg) if "trainer.precision" in chosen else None
-    cfg = resolved
 
     from .data.datamodule import LesionDataModule
 
@@ -132,6 +129,9 @@ def fit(cfg: Config, out: Path, resume: bool = False, progress: bool = True) -> 
     if members > 1 and (str(cfg.trainer.devices) != "1" or int(cfg.trainer.num_nodes) > 1):
         raise LesionPLError(f"trainer.members={members} trains its members one after another in one process; "
                             "with several devices or machines, fit each member as a run of its own")
+    if resume and cfg.trainer.budget is not None:
+        raise LesionPLError(f"--resume continues {out} with the training time its config.yaml names; "
+                            "drop trainer.budget (the run's plan is in its summary.json)")
     trained = run.members + ([run] if run.checkpoints.exists() else [])
     if resume and members == 1:
         run.require(run.last, f"python cli.py fit --out {out}")
@@ -147,12 +147,30 @@ def fit(cfg: Config, out: Path, resume: bool = False, progress: bool = True) -> 
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     dm = LesionDataModule(cfg.data, cfg.seed, splits_file=run.splits if run.splits.exists() else None,
                           progress=progress)
-    dm.build()  # every data check happens here, before the run folder is written
+    dm.build_split()  # every data check that needs no image size, before the run folder is written
+    plan = _plan(cfg, dm, started) if cfg.trainer.budget is not None else None
+    if plan is not None:
+        cfg = plan.applied(cfg)
+    resolved = resolve_auto(cfg)  # the saved config names the size and precision trained with
+    probe = probed_rates(cfg) if "trainer.precision" in chosen and plan is None else None
+    cfg = resolved
+    dm.data = cfg.data  # the size is known now: the cache is built at it
+    dm.build()  # the rest of the data checks
     require_full_batch(len(dm.indices("train")), int(cfg.data.batch_size), dm.root)
+    if plan is not None:  # what is left of the budget once the images are cached, less calibration's share
+        cfg.trainer.max_time = round(plan.training_seconds(started))
+        if cfg.trainer.max_time < plan.chosen.seconds_per_epoch:
+            raise LesionPLError(f"trainer.budget {plan.as_dict()['budget']} is spent before training: "
+                                f"{time.time() - started:.0f} s went to the data checks and caching the images "
+                                f"(kept for the next fit) and ~{plan.calibration_s:.0f} s are calibration's; "
+                                "give a larger budget")
     if progress:
         timed = (f"; bf16 {probe['bf16-mixed']:.0f} vs fp32 {probe['32-true']:.0f} images/s here, timed "
                  f"{probe['timed']} and kept for this machine") if probe else ""
-        note = f" ({' and '.join(chosen)}: auto, this machine's choice{timed})" if chosen else ""
+        note = f" ({' and '.join(chosen)}: auto, this machine's choice{timed})" if chosen and plan is None else ""
+        if plan is not None:
+            print(plan.line(), flush=True)
+            note = f" for {cfg.trainer.max_time} s (trainer.max_time, from the budget)"
         print(f"training {cfg.model.name} at {cfg.data.image_size} px in {cfg.trainer.precision}{note}",
               flush=True)
 
@@ -176,6 +194,9 @@ def fit(cfg: Config, out: Path, resume: bool = False, progress: bool = True) -> 
             return None
     else:
         summary = _train_members(cfg, run, dm, members, progress, started)
+    if plan is not None:
+        summary["plan"] = {**plan.as_dict(), "max_time_s": cfg.trainer.max_time}
+    if plan is not None or members > 1:
         atomic_write_json(run.summary, summary)
     if all(p.exists() for p in run.best_checkpoints):
         from .evaluate.calibrate import calibrate_run
@@ -187,7 +208,31 @@ def fit(cfg: Config, out: Path, resume: bool = False, progress: bool = True) -> 
                                            "auroc_malignant": round(cal["val_auroc_malignant"], 4),
                                            "scored": "calibrated ensemble"}
             atomic_write_json(run.summary, {k: v for k, v in summary.items() if k != "calibration"})
+    if plan is not None:  # the budget kept or not, calibration included
+        summary["plan"]["fit_wall_s"] = round(time.time() - started, 1)
+        atomic_write_json(run.summary, {k: v for k, v in summary.items() if k != "calibration"})
+        if progress:
+            print(f"fit took {summary['plan']['fit_wall_s'] / 60:.1f} min of its {plan.budget_s / 60:.1f}-minute "
+                  "budget", flush=True)
     return summary
+
+
+def _plan(cfg: Config, dm, started: float):
+    """`trainer.budget`'s plan for this data (plan.plan_budget), counting the epoch's images as `fit` will."""
+    from .data.cache import seconds_to_cache
+    from .plan import plan_budget
+
+    t = cfg.trainer
+    share = float(t.limit_train_batches)
+    train = len(dm.indices("train"))
+    batches = train // int(cfg.data.batch_size)  # the last partial batch is dropped
+    batches = int(batches * share) if share <= 1 else min(batches, int(share))
+    val = len(dm.indices("val"))
+    vshare = float(t.limit_val_batches)
+    val = int(val * vshare) if vshare <= 1 else min(val, int(vshare) * int(cfg.data.batch_size))
+    paths = dm.table["path"].tolist()
+    return plan_budget(cfg, started, batches * int(cfg.data.batch_size), val,
+                       lambda size: seconds_to_cache(paths, size, cfg.data.cache_dir))
 
 
 def require_full_batch(train_images: int, batch_size: int, root) -> None:

@@ -16,6 +16,8 @@ def test_runs_lists_each_run_with_its_own_figures_sorted_and_as_json(trained_run
     m = json.loads(metrics.read_text())
     m["balanced_accuracy"] = 0.999  # b is now the best on test
     metrics.write_text(json.dumps(m))
+    planned = root / "group" / "b" / "summary.json"  # b was fitted for a trainer.budget of 30 minutes
+    planned.write_text(json.dumps({**json.loads(planned.read_text()), "plan": {"budget_s": 1800.0}}))
     r = invoke("runs", root, "--sort", "test_balanced_accuracy", "--json")
     assert r.exit_code == 0, r.output
     rows = json.loads(r.output)
@@ -29,6 +31,7 @@ def test_runs_lists_each_run_with_its_own_figures_sorted_and_as_json(trained_run
     assert row["epochs"] == summary["epochs"] and row["fit_min"] == summary["fit_seconds"] / 60
     assert row["val_balanced_accuracy"] == cal["val_balanced_accuracy"]
     assert row["code_revision"] == summary["code_revision"] and rows[2]["test_balanced_accuracy"] is None
+    assert rows[0]["budget_min"] == 30 and row["budget_min"] is None
     r = invoke("runs", root, "--sort", "test_balanced_accuracy", "--ascending")
     lines = r.output.splitlines()
     assert lines[0].startswith("run ") and "test bal acc" in lines[0]

@@ -212,6 +212,9 @@ class Trainer(Section):
     max_time: Annotated[None | str | float, rule((
         'a wall-clock limit "DD:HH:MM:SS" (e.g. "00:01:00:00"), a number of seconds, or null',
         rules.duration))] = Field(None, description='wall-clock limit "DD:HH:MM:SS"')
+    budget: Annotated[None | str | float, rule((
+        'a wall-clock budget for all of fit "DD:HH:MM:SS" (e.g. "00:00:25:00"), a number of seconds, or null',
+        rules.duration))] = Field(None, description="fit's wall clock: plans the size and the training time")
     patience: Annotated[int, rule(rules.whole(1))] = Field(20, description="early stopping on val balanced accuracy")
     stop_at: Annotated[float | None, rule(rules.number(0, 1, nullable=True))] = Field(
         None, description="stop as soon as val balanced accuracy reaches this")

@@ -20,7 +20,7 @@ def balance_power(name: str | float, key: str) -> float:
     return BALANCE_POWER[name]
 
 
-def duration_seconds(value) -> float | None:
+def duration_seconds(value, key: str = "trainer.max_time") -> float | None:
     """'DD:HH:MM:SS' (Lightning's max_time format) or a number of seconds -> seconds."""
     if value in (None, ""):
         return None
@@ -29,7 +29,7 @@ def duration_seconds(value) -> float | None:
     try:
         d, h, m, sec = (float(x) for x in str(value).split(":"))
     except ValueError:
-        raise LesionPLError(f"trainer.max_time must be 'DD:HH:MM:SS', got '{value}'") from None
+        raise LesionPLError(f"{key} must be 'DD:HH:MM:SS', got '{value}'") from None
     return ((d * 24 + h) * 60 + m) * 60 + sec
 
 

@@ -8,9 +8,11 @@ a new cache.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -61,11 +63,28 @@ def _require_space(target: Path, nbytes: int, count: int, size: int) -> None:
                             "or point data.cache_dir (or $LESION_PL_CACHE) at a larger disk")
 
 
+def cache_file(paths: list[str], size: int, cache_dir: Path | None = None) -> Path:
+    """Where the cache of `paths` at `size` px is (or will be)."""
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    return cache_dir / f"images_{size}px_{len(paths)}_{cache_key(paths, size)}.npy"
+
+
+def seconds_to_cache(paths: list[str], size: int, cache_dir: Path | None = None, sample: int = 8) -> float:
+    """About how long `build_cache` would take: 0 where the cache exists, else `sample` images decoded and timed."""
+    if cache_file(paths, size, cache_dir).is_file() or not paths:
+        return 0.0
+    picked = paths[:: max(1, len(paths) // sample)][:sample]
+    start = time.perf_counter()
+    for path in picked:
+        with contextlib.suppress(ImageReadError):  # a bad image is the cache's to report, by name
+            preprocess_file(path, size)
+    return (time.perf_counter() - start) / len(picked) * len(paths) / (os.cpu_count() or 1)
+
+
 def build_cache(paths: list[str], size: int, cache_dir: Path | None = None,
                 workers: int | None = None, progress: bool = True, in_memory_max_gb: float = 0.0) -> np.ndarray:
     """Return the (N, size, size, 3) uint8 array for `paths`, building it on first use."""
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    target = cache_dir / f"images_{size}px_{len(paths)}_{cache_key(paths, size)}.npy"
+    target = cache_file(paths, size, cache_dir)
     if not target.is_file():
         with file_lock(target.with_name(target.name + ".lock")):  # one builder; the others wait, then read
             if not target.is_file():

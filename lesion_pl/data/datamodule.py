@@ -62,17 +62,30 @@ class LesionDataModule(pl.LightningDataModule):
         (the split's where data.splits names none, and the sampler's). `whole`: every image in one 'all' split
         and no split file (evaluating a model on other data)."""
         super().__init__()
-        if data.image_size == "auto":
-            raise LesionPLError("data.image_size is auto: resolve it for this machine first (hardware.resolve_auto)")
         self.data, self.seed = data, int(seed)
         self.whole = whole
         self.splits_file = splits_file or data.splits_file
         self.progress = progress
         self.table: pd.DataFrame | None = None
         self.split: pd.Series | None = None
+        self.cache: np.ndarray | None = None
         self._on_device: torch.Tensor | None = None
 
     def build(self) -> LesionDataModule:
+        """The table, the split and the image cache at `data.image_size`, every data check on the way."""
+        self.build_split()
+        if self.cache is None:
+            d = self.data
+            if d.image_size == "auto":
+                raise LesionPLError("data.image_size is auto: resolve it for this machine first "
+                                    "(hardware.resolve_auto)")
+            self.cache = build_cache(self.table["path"].tolist(), int(d.image_size), d.cache_dir,
+                                     progress=self.progress, in_memory_max_gb=float(d.cache_in_memory_max_gb))
+        return self
+
+    def build_split(self) -> LesionDataModule:
+        """The table and the split, with every check that needs no image at a size (what `trainer.budget` plans
+        with, before the size is chosen)."""
         if self.table is not None:
             return self
         d = self.data
@@ -109,8 +122,6 @@ class LesionDataModule(pl.LightningDataModule):
                 raise LesionPLError(f"no training image of class(es) {', '.join(unseen)} of data.classes "
                                     f"({', '.join(space.classes)}) in {self.root}: map labels into them with "
                                     "data.label_map, or leave them out of data.classes")
-        self.cache = build_cache(table["path"].tolist(), int(d.image_size), d.cache_dir, progress=self.progress,
-                                 in_memory_max_gb=float(d.cache_in_memory_max_gb))
         self.table, self.split = table, split
         return self
 
