@@ -81,9 +81,12 @@ def mlflow_logger(cfg: Config, run: RunDir):
     t = cfg.trainer
     known = _record(run)
     uri = known["tracking_uri"] if known else tracking_uri(t, run)
+    tags = {"code_revision": code_revision(), "run_folder": str(run.path.resolve())}
+    ensemble = _ensemble_of(run)
+    if ensemble is not None:  # a member: its run nests under the ensemble's
+        tags["mlflow.parentRunId"] = ensemble["run_id"]
     logger = MLFlowLogger(experiment_name=t.mlflow_experiment, run_name=run.path.name, tracking_uri=uri,
-                          tags={"code_revision": code_revision(), "run_folder": str(run.path.resolve())},
-                          run_id=known["run_id"] if known else None)
+                          tags=tags, run_id=known["run_id"] if known else None)
     from lightning_fabric.utilities.rank_zero import rank_zero_only
 
     if rank_zero_only.rank != 0:  # DDP: the run is rank zero's; Lightning logs from there alone
@@ -97,6 +100,40 @@ def mlflow_logger(cfg: Config, run: RunDir):
                                                  "run_id": run_id})
     logger.log_hyperparams(flat(cfg.model_dump()))
     return logger
+
+
+def _ensemble_of(run: RunDir) -> dict | None:
+    """The MLflow run of the ensemble `run` is a member of (RUN/members/i), if it has one."""
+    return _record(RunDir(run.path.parent.parent)) if run.path.parent.name == "members" else None
+
+
+def start_ensemble_run(cfg: Config, run: RunDir) -> None:
+    """An ensemble's own MLflow run, where `trainer.loggers` names mlflow: the flattened config as params, its
+    members' runs nested under it, and what test, export and report of the ensemble add (RUN/mlflow.json). A resumed
+    ensemble keeps the run it had."""
+    t = cfg.trainer
+    if "mlflow" not in t.loggers or _record(run) is not None:
+        return
+    require_package("mlflow")
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(t, run)
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name(t.mlflow_experiment)
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(t.mlflow_experiment)
+        created = client.create_run(experiment_id, run_name=run.path.name,
+                                    tags={"code_revision": code_revision(), "run_folder": str(run.path.resolve()),
+                                          "members": str(t.members)})
+        params = [Param(k, v) for k, v in flat(cfg.model_dump()).items()]
+        for i in range(0, len(params), 100):  # MLflow takes at most 100 params a call
+            client.log_batch(created.info.run_id, params=params[i:i + 100])
+    except Exception as e:
+        raise LesionPLError(f"MLflow at {uri} could not start a run ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:160]}); check trainer.mlflow_uri") from None
+    atomic_write_json(run.path / "mlflow.json", {"tracking_uri": uri, "experiment_id": experiment_id,
+                                                 "run_id": created.info.run_id})
 
 
 def _record(run: RunDir) -> dict | None:

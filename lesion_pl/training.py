@@ -16,7 +16,7 @@ from .hardware import probed_rates, resolve_auto
 from .io import atomic_path, atomic_write_json
 from .provenance import code_revision
 from .run import RunDir
-from .tracking import fit_loggers
+from .tracking import fit_loggers, log_to_mlflow, start_ensemble_run
 
 
 def _max_time(value):
@@ -208,6 +208,7 @@ def fit(cfg: Config, out: Path, resume: bool = False, progress: bool = True) -> 
                                            "auroc_malignant": round(cal["val_auroc_malignant"], 4),
                                            "scored": "calibrated ensemble"}
             atomic_write_json(run.summary, {k: v for k, v in summary.items() if k != "calibration"})
+            log_to_mlflow(run, summary["best_val_metrics"], prefix="val")  # where the ensemble has an MLflow run
     if plan is not None:  # the budget kept or not, calibration included
         summary["plan"]["fit_wall_s"] = round(time.time() - started, 1)
         atomic_write_json(run.summary, {k: v for k, v in summary.items() if k != "calibration"})
@@ -267,6 +268,7 @@ def _train_members(cfg: Config, run: RunDir, dm, members: int, progress: bool, s
     import pytorch_lightning as pl
 
     budget = duration_seconds(cfg.trainer.max_time)
+    start_ensemble_run(cfg, run)  # where mlflow logs: the ensemble's own run, its members nested under it
     done = []
     for i in range(members):
         member = run.member(i)

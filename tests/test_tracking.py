@@ -105,6 +105,31 @@ def test_a_run_logs_params_curves_figures_and_files_to_a_real_mlflow_server(smal
     assert scalars == pytest.approx(list(val["val/balanced_accuracy"]), abs=1e-6)
 
 
+def test_an_ensemble_has_its_own_mlflow_run_with_its_members_nested(small_ham, mlflow_server, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    out = tmp_path / "runs" / "ensemble"
+    r = invoke("fit", "--data-root", small_ham, "--out", out, "--max-epochs", 1, *FAST, "--set", "trainer.members=2",
+               "--set", "trainer.loggers=[csv, mlflow]", "--set", f"trainer.mlflow_uri={mlflow_server}",
+               "--set", "trainer.mlflow_experiment=ensemble-test")
+    assert r.exit_code == 0, r.output
+    r = invoke("test", "--run", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    client = MlflowClient(tracking_uri=mlflow_server)
+    ensemble = json.loads((out / "mlflow.json").read_text())["run_id"]
+    members = [json.loads((out / "members" / str(i) / "mlflow.json").read_text())["run_id"] for i in (0, 1)]
+    assert len({ensemble, *members}) == 3
+    for member in members:  # each member's fit is its own run, nested under the ensemble's
+        assert client.get_run(member).data.tags["mlflow.parentRunId"] == ensemble
+    run = client.get_run(ensemble)
+    assert run.data.params["trainer.members"] == "2" and run.data.tags["members"] == "2"
+    summary = json.loads((out / "summary.json").read_text())
+    metrics = json.loads((out / "test" / "metrics.json").read_text())
+    assert run.data.metrics["val/balanced_accuracy"] == pytest.approx(summary["best_val_metrics"]["balanced_accuracy"])
+    assert run.data.metrics["test/balanced_accuracy"] == pytest.approx(metrics["balanced_accuracy"])
+    assert "test/metrics.json" in {a.path for a in client.list_artifacts(ensemble, "test")}
+
+
 def test_an_optional_logger_that_is_not_installed_is_one_line(small_ham, tmp_path):
     code = ("import sys; sys.modules['mlflow'] = None\n"  # as if mlflow were not installed
             "from lesion_pl.cli import main; sys.exit(main())")
