@@ -276,3 +276,17 @@ def test_ood_benchmark_scores_every_group_through_the_exported_model(served_mode
     assert (f"benchmarks/ood.py: {got['non_dermoscopic_refused']:.1%} of {got['non_dermoscopic_images']} "
             "non-dermoscopic images refused") in card
     assert f"  - noise: 10 images, {groups['noise']['refused']:.1%} refused" in card
+
+
+def test_plan_table_reads_a_runs_epochs_accuracy_and_overheads(trained_run):
+    proc = run_script("benchmarks/plan_table.py", trained_run)
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("machine:")
+    header, row = lines[1].split(), lines[2].split()
+    summary = json.loads((trained_run / "summary.json").read_text())
+    cal = json.loads((trained_run / "calibration.json").read_text())
+    values = dict(zip(["run", "px", "precision", "epochs", "best"], row[:5], strict=True))
+    assert header[:2] == ["run", "px"] and values["px"] == str(summary["image_size"])
+    assert values["epochs"] == str(summary["epochs"]) and values["best"] == str(summary["best_epoch"])
+    assert float(row[-2]) == pytest.approx(cal["val_balanced_accuracy"], abs=5e-5)
+    assert lines[-1].startswith("median epoch overhead ") and float(row[7]) > 0  # measured over estimated
