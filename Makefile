@@ -27,7 +27,7 @@ run: install
 	  [ "$$answer" = y ] && $(BIN)/python cli.py data download ham10000 --to data && \
 	  $(BIN)/python cli.py data summary; }
 	@if [ -f $(RUN)/summary.json ]; then echo "$(RUN) is already trained; skipping fit (rm -r $(RUN) to retrain)"; \
-	 else $(BIN)/python cli.py fit --out $(RUN) $(if $(BUDGET),--set trainer.budget=$(BUDGET)) $(FIT_ARGS); fi
+	 else $(BIN)/python cli.py fit --out $(RUN) $(if $(BUDGET),--budget $(BUDGET)) $(FIT_ARGS); fi
 	$(BIN)/python cli.py test --run $(RUN)
 	$(BIN)/python cli.py export --run $(RUN) --int8
 	@meta="$${LESION_PL_DATA:-data}/ham10000/HAM10000_metadata.csv"; \

@@ -73,6 +73,8 @@ def fit(
     config: Path | None = CONFIG_OPT,
     data_root: Path | None = DATA_ROOT_OPT,
     max_epochs: int | None = typer.Option(None, help="Override trainer.max_epochs."),
+    budget: str | None = typer.Option(None, help="Wall clock for all of fit, e.g. 00:00:30:00 (trainer.budget): "
+                                      "fit times this machine and plans the input size and the training time."),
     seed: int | None = typer.Option(None, help="Override the seed (training and split)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run from its last.ckpt."),
     data_format: str | None = FORMAT_OPT,
@@ -103,6 +105,8 @@ def fit(
         sets.append("data.skip_bad_images=true")
     if max_epochs is not None:
         sets.append(f"trainer.max_epochs={max_epochs}")
+    if budget is not None:
+        sets.append(f"trainer.budget={budget}")
     if seed is not None:
         sets += [f"seed={seed}", f"data.splits.seed={seed}"]
     for key, value in (("accelerator", accelerator), ("devices", devices), ("num_nodes", num_nodes),
