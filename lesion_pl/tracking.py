@@ -94,8 +94,7 @@ def mlflow_logger(cfg: Config, run: RunDir):
     try:
         run_id = logger.run_id  # creates the run: fails here, before training, where the store cannot be reached
     except Exception as e:
-        raise LesionPLError(f"MLflow at {uri} could not start a run ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:160]}); check trainer.mlflow_uri") from None
+        raise _unreachable(uri, e) from None
     atomic_write_json(run.path / "mlflow.json", {"tracking_uri": uri, "experiment_id": logger.experiment_id,
                                                  "run_id": run_id})
     logger.log_hyperparams(flat(cfg.model_dump()))
@@ -130,10 +129,24 @@ def start_ensemble_run(cfg: Config, run: RunDir) -> None:
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params a call
             client.log_batch(created.info.run_id, params=params[i:i + 100])
     except Exception as e:
-        raise LesionPLError(f"MLflow at {uri} could not start a run ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:160]}); check trainer.mlflow_uri") from None
+        raise _unreachable(uri, e) from None
     atomic_write_json(run.path / "mlflow.json", {"tracking_uri": uri, "experiment_id": experiment_id,
                                                  "run_id": created.info.run_id})
+
+
+def finish_ensemble_run(run: RunDir, val_metrics: dict) -> None:
+    """The ensemble's validation figures (its calibration's) into its MLflow run, which is then marked finished
+    (its members' runs Lightning finishes)."""
+    if log_to_mlflow(run, val_metrics, prefix="val"):
+        from mlflow.tracking import MlflowClient
+
+        known = _record(run) or {}
+        MlflowClient(tracking_uri=known["tracking_uri"]).set_terminated(known["run_id"])
+
+
+def _unreachable(uri: str, e: Exception) -> LesionPLError:
+    return LesionPLError(f"MLflow at {uri} could not start a run ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:160]}); check trainer.mlflow_uri")
 
 
 def _record(run: RunDir) -> dict | None:

@@ -16,7 +16,7 @@ from .hardware import probed_rates, resolve_auto
 from .io import atomic_path, atomic_write_json
 from .provenance import code_revision
 from .run import RunDir
-from .tracking import fit_loggers, log_to_mlflow, start_ensemble_run
+from .tracking import finish_ensemble_run, fit_loggers, start_ensemble_run
 
 
 def _max_time(value):
@@ -170,7 +170,7 @@ def fit(cfg: Config, out: Path, resume: bool = False, progress: bool = True) -> 
         note = f" ({' and '.join(chosen)}: auto, this machine's choice{timed})" if chosen and plan is None else ""
         if plan is not None:
             print(plan.line(), flush=True)
-            note = f" for {cfg.trainer.max_time} s (trainer.max_time, from the budget)"
+            note = f" for {cfg.trainer.max_time:.0f} s (trainer.max_time, from the budget)"
         print(f"training {cfg.model.name} at {cfg.data.image_size} px in {cfg.trainer.precision}{note}",
               flush=True)
 
@@ -208,7 +208,7 @@ def fit(cfg: Config, out: Path, resume: bool = False, progress: bool = True) -> 
                                            "auroc_malignant": round(cal["val_auroc_malignant"], 4),
                                            "scored": "calibrated ensemble"}
             atomic_write_json(run.summary, {k: v for k, v in summary.items() if k != "calibration"})
-            log_to_mlflow(run, summary["best_val_metrics"], prefix="val")  # where the ensemble has an MLflow run
+            finish_ensemble_run(run, summary["best_val_metrics"])  # where the ensemble has an MLflow run
     if plan is not None:  # the budget kept or not, calibration included
         summary["plan"]["fit_wall_s"] = round(time.time() - started, 1)
         atomic_write_json(run.summary, {k: v for k, v in summary.items() if k != "calibration"})

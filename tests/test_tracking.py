@@ -123,6 +123,7 @@ def test_an_ensemble_has_its_own_mlflow_run_with_its_members_nested(small_ham, m
         assert client.get_run(member).data.tags["mlflow.parentRunId"] == ensemble
     run = client.get_run(ensemble)
     assert run.data.params["trainer.members"] == "2" and run.data.tags["members"] == "2"
+    assert run.info.status == "FINISHED"
     summary = json.loads((out / "summary.json").read_text())
     metrics = json.loads((out / "test" / "metrics.json").read_text())
     assert run.data.metrics["val/balanced_accuracy"] == pytest.approx(summary["best_val_metrics"]["balanced_accuracy"])
