@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .config import Config
 
 SIZES = (64, 96, 128)  # px: the sizes a budget chooses among (those measured)
+MEASURED_NETWORK = "lesion_cnn"  # the network the table was measured with: the size is planned for it alone
 # size -> [(epochs the schedule was annealed to, calibrated validation balanced accuracy)], epochs ascending
 MEASURED: dict[int, list[tuple[int, float]]] = {
     64: [(32, 0.685), (75, 0.698)],
@@ -142,6 +143,9 @@ def plan_budget(cfg: Config, started: float, train_images: int, val_images: int,
     if str(t.devices) != "1" or int(t.num_nodes) > 1:
         raise LesionPLError("trainer.budget plans for one process; with several devices or machines set "
                             "trainer.max_time (the training time) instead")
+    if cfg.data.image_size == "auto" and cfg.model.name != MEASURED_NETWORK:
+        raise LesionPLError(f"trainer.budget plans the input size from {MEASURED_NETWORK}'s measurements, not "
+                            f"{cfg.model.name}'s: set data.image_size, and the budget sets the training time")
     precision = precision_for(cfg)
     sizes = SIZES if cfg.data.image_size == "auto" else (int(cfg.data.image_size),)
     rates = training_rates(cfg, sizes, precision)

@@ -99,6 +99,8 @@ def test_a_size_set_in_the_config_is_kept_and_only_the_time_planned(monkeypatch)
 @pytest.mark.parametrize("sets, message", [
     (["trainer.budget=00:00:25:00", "trainer.max_time=00:00:10:00"], r"trainer.max_time \(00:00:10:00\) are both set"),
     (["trainer.budget=00:00:25:00", "trainer.devices=2"], "plans for one process"),
+    (["trainer.budget=00:00:25:00", "model.name=efficientnet_lite0"],
+     "plans the input size from lesion_cnn's measurements, not efficientnet_lite0's: set data.image_size"),
 ])
 def test_a_budget_that_cannot_be_planned_is_one_line(monkeypatch, sets, message):
     with pytest.raises(LesionPLError, match=message):
@@ -138,3 +140,8 @@ def test_a_budgeted_fit_keeps_its_budget_and_saves_a_config_that_needs_none(smal
     saved = yaml.safe_load((out / "config.yaml").read_text())["trainer"]
     assert saved["budget"] is None and saved["max_time"] == p["max_time_s"] and 0 < saved["max_time"] < budget
     assert saved["precision"] == p["precision"]
+
+
+def test_resume_with_a_budget_is_one_line(tmp_path):
+    r = invoke("fit", "--out", tmp_path / "run", "--resume", "--budget", "00:00:30:00")
+    assert r.exit_code == 2 and "--resume continues" in r.output and "drop trainer.budget" in r.output
