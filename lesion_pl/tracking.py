@@ -73,15 +73,16 @@ def fit_loggers(cfg: Config, run: RunDir) -> list:
     return loggers
 
 
-def mlflow_logger(cfg: Config, run: RunDir):
+def mlflow_logger(cfg: Config, run: RunDir, tags: dict | None = None):
     """Lightning's MLFlowLogger on the run's MLflow run (a resumed fit continues the one it started), with the
-    flattened config as params and the code's revision as a tag; RUN/mlflow.json records which run it is."""
+    flattened config as params and the code's revision (and `tags`) as tags; RUN/mlflow.json records which run it
+    is."""
     from pytorch_lightning.loggers import MLFlowLogger
 
     t = cfg.trainer
     known = _record(run)
     uri = known["tracking_uri"] if known else tracking_uri(t, run)
-    tags = {"code_revision": code_revision(), "run_folder": str(run.path.resolve())}
+    tags = {"code_revision": code_revision(), "run_folder": str(run.path.resolve()), **(tags or {})}
     ensemble = _ensemble_of(run)
     if ensemble is not None:  # a member: its run nests under the ensemble's
         tags["mlflow.parentRunId"] = ensemble["run_id"]
@@ -94,7 +95,8 @@ def mlflow_logger(cfg: Config, run: RunDir):
     try:
         run_id = logger.run_id  # creates the run: fails here, before training, where the store cannot be reached
     except Exception as e:
-        raise _unreachable(uri, e) from None
+        raise LesionPLError(f"MLflow at {uri} could not start a run ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:160]}); check trainer.mlflow_uri") from None
     atomic_write_json(run.path / "mlflow.json", {"tracking_uri": uri, "experiment_id": logger.experiment_id,
                                                  "run_id": run_id})
     logger.log_hyperparams(flat(cfg.model_dump()))
@@ -110,28 +112,9 @@ def start_ensemble_run(cfg: Config, run: RunDir) -> None:
     """An ensemble's own MLflow run, where `trainer.loggers` names mlflow: the flattened config as params, its
     members' runs nested under it, and what test, export and report of the ensemble add (RUN/mlflow.json). A resumed
     ensemble keeps the run it had."""
-    t = cfg.trainer
-    if "mlflow" not in t.loggers or _record(run) is not None:
-        return
-    require_package("mlflow")
-    from mlflow.entities import Param
-    from mlflow.tracking import MlflowClient
-
-    uri = tracking_uri(t, run)
-    try:
-        client = MlflowClient(tracking_uri=uri)
-        experiment = client.get_experiment_by_name(t.mlflow_experiment)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(t.mlflow_experiment)
-        created = client.create_run(experiment_id, run_name=run.path.name,
-                                    tags={"code_revision": code_revision(), "run_folder": str(run.path.resolve()),
-                                          "members": str(t.members)})
-        params = [Param(k, v) for k, v in flat(cfg.model_dump()).items()]
-        for i in range(0, len(params), 100):  # MLflow takes at most 100 params a call
-            client.log_batch(created.info.run_id, params=params[i:i + 100])
-    except Exception as e:
-        raise _unreachable(uri, e) from None
-    atomic_write_json(run.path / "mlflow.json", {"tracking_uri": uri, "experiment_id": experiment_id,
-                                                 "run_id": created.info.run_id})
+    if "mlflow" in cfg.trainer.loggers and _record(run) is None:
+        require_package("mlflow")
+        mlflow_logger(cfg, run, tags={"members": str(cfg.trainer.members)})
 
 
 def finish_ensemble_run(run: RunDir, val_metrics: dict) -> None:
@@ -143,10 +126,6 @@ def finish_ensemble_run(run: RunDir, val_metrics: dict) -> None:
         known = _record(run) or {}
         MlflowClient(tracking_uri=known["tracking_uri"]).set_terminated(known["run_id"])
 
-
-def _unreachable(uri: str, e: Exception) -> LesionPLError:
-    return LesionPLError(f"MLflow at {uri} could not start a run ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:160]}); check trainer.mlflow_uri")
 
 
 def _record(run: RunDir) -> dict | None:
