@@ -43,11 +43,13 @@ def main() -> None:
         calibration_s = (path / "calibration.json").stat().st_mtime - (path / "summary.json").stat().st_mtime
         size, precision = int(cfg.data.image_size), str(summary["precision"])
         rate = training_rates(cfg, (size,), precision)[size]
-        images = summary["images"]
-        train = images["train"] // int(cfg.data.batch_size) * int(cfg.data.batch_size)
+        t = cfg.trainer
+        train, val = plan.epoch_images(summary["images"]["train"], summary["images"]["val"],
+                                       int(cfg.data.batch_size), float(t.limit_train_batches),
+                                       float(t.limit_val_batches))
         views = 8 if cfg.calibration.tta else 1
-        est_epoch = plan.epoch_seconds(rate, train, images["val"]) / plan.EPOCH_OVERHEAD
-        est_cal = plan.calibration_seconds(rate, images["val"], views, 1) / plan.CALIBRATION_OVERHEAD
+        est_epoch = plan.epoch_seconds(rate, train, val) / plan.EPOCH_OVERHEAD
+        est_cal = plan.calibration_seconds(rate, val, views, 1) / plan.CALIBRATION_OVERHEAD
         rows.append({"run": path.name, "px": size, "precision": precision, "epochs": summary["epochs"],
                      "best": summary["best_epoch"], "rate img/s": round(rate, 1), "s/epoch": round(per_epoch, 1),
                      "epoch overhead": round(per_epoch / est_epoch, 2), "calibration s": round(calibration_s, 1),

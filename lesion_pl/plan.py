@@ -41,6 +41,16 @@ def predicted(size: int, epochs: float) -> float | None:
     return points[-1][1]
 
 
+def epoch_images(train: int, val: int, batch_size: int, limit_train: float = 1.0,
+                 limit_val: float = 1.0) -> tuple[int, int]:
+    """The images an epoch trains on and validates on, as `fit` runs it: whole batches only in training (the last
+    partial one is dropped), and Lightning's limit_*_batches (a share, or a count of batches)."""
+    batches = train // batch_size
+    batches = int(batches * limit_train) if limit_train <= 1 else min(batches, int(limit_train))
+    val = int(val * limit_val) if limit_val <= 1 else min(val, int(limit_val) * batch_size)
+    return batches * batch_size, val
+
+
 def epoch_seconds(rate: float, train_images: int, val_images: int) -> float:
     """An epoch's expected wall clock: training and validation at `rate` timed training images/s."""
     return EPOCH_OVERHEAD * (train_images + FORWARD_COST * val_images) / rate

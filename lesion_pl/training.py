@@ -221,19 +221,13 @@ def fit(cfg: Config, out: Path, resume: bool = False, progress: bool = True) -> 
 def _plan(cfg: Config, dm, started: float):
     """`trainer.budget`'s plan for this data (plan.plan_budget), counting the epoch's images as `fit` will."""
     from .data.cache import seconds_to_cache
-    from .plan import plan_budget
+    from .plan import epoch_images, plan_budget
 
     t = cfg.trainer
-    share = float(t.limit_train_batches)
-    train = len(dm.indices("train"))
-    batches = train // int(cfg.data.batch_size)  # the last partial batch is dropped
-    batches = int(batches * share) if share <= 1 else min(batches, int(share))
-    val = len(dm.indices("val"))
-    vshare = float(t.limit_val_batches)
-    val = int(val * vshare) if vshare <= 1 else min(val, int(vshare) * int(cfg.data.batch_size))
+    train, val = epoch_images(len(dm.indices("train")), len(dm.indices("val")), int(cfg.data.batch_size),
+                              float(t.limit_train_batches), float(t.limit_val_batches))
     paths = dm.table["path"].tolist()
-    return plan_budget(cfg, started, batches * int(cfg.data.batch_size), val,
-                       lambda size: seconds_to_cache(paths, size, cfg.data.cache_dir))
+    return plan_budget(cfg, started, train, val, lambda size: seconds_to_cache(paths, size, cfg.data.cache_dir))
 
 
 def require_full_batch(train_images: int, batch_size: int, root) -> None:

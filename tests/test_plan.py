@@ -23,6 +23,14 @@ def test_prediction_is_linear_in_log_epochs_flat_beyond_and_none_below(monkeypat
     assert predicted(96, 50) is None and predicted(128, 50) is None  # never measured at all
 
 
+def test_an_epochs_images_are_counted_as_fit_runs_it():
+    from lesion_pl.plan import epoch_images
+
+    assert epoch_images(7010, 1503, 64) == (6976, 1503)  # whole batches only in training
+    assert epoch_images(7010, 1503, 64, 0.5, 0.5) == (54 * 64, 751)  # shares of the batches
+    assert epoch_images(7010, 1503, 64, 3, 2) == (3 * 64, 128)  # counts of batches
+
+
 def _options(**predictions):
     return [Option(int(k[2:]), 10.0, 30.0, v) for k, v in predictions.items()]
 
