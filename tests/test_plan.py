@@ -49,8 +49,9 @@ def test_the_plan_rule(predictions, size, why):
     assert chosen.size == size and why in reason
 
 
-# training images/s of the default network, timed on the sessions' CPUs (benchmarks/RESULTS.md): a CPU where bf16
-# pays (128 px 369 images/s in bf16) and an AVX2 one in fp32 (64 px 324, 96 px 146, 128 px 76)
+# training images/s of the default network: a CPU where bf16 pays (64 px 1286 and 128 px 369 images/s in bf16,
+# benchmarks/RESULTS.md "128 px in the hour"; 96 px, never timed there, put between them) and this session's AVX2 one
+# in fp32 (64 px 324, 96 px 146, 128 px 76, timed before the plan's runs)
 FAST_CPU = {64: 1290.0, 96: 640.0, 128: 369.0}
 AVX2_CPU = {64: 324.0, 96: 146.0, 128: 76.0}
 
