@@ -154,3 +154,14 @@ def test_a_budgeted_fit_keeps_its_budget_and_saves_a_config_that_needs_none(smal
 def test_resume_with_a_budget_is_one_line(tmp_path):
     r = invoke("fit", "--out", tmp_path / "run", "--resume", "--budget", "00:00:30:00")
     assert r.exit_code == 2 and "--resume continues" in r.output and "drop trainer.budget" in r.output
+
+
+def test_the_time_to_cache_is_estimated_until_the_cache_exists(small_ham, tmp_path):
+    from lesion_pl.data.cache import build_cache, seconds_to_cache
+
+    paths = sorted(str(p) for p in (small_ham / "images").glob("*.jpg"))[:24]
+    assert len(paths) == 24
+    assert seconds_to_cache(paths, 40, tmp_path) > 0  # real images decoded and timed
+    build_cache(paths, 40, tmp_path, progress=False)
+    assert seconds_to_cache(paths, 40, tmp_path) == 0.0  # cached: nothing to build
+    assert seconds_to_cache(paths, 41, tmp_path) > 0  # another size is another cache
