@@ -158,12 +158,13 @@ def fit(cfg: Config, out: Path, resume: bool = False, progress: bool = True) -> 
     dm.build()  # the rest of the data checks
     require_full_batch(len(dm.indices("train")), int(cfg.data.batch_size), dm.root)
     if plan is not None:  # what is left of the budget once the images are cached, less calibration's share
-        cfg.trainer.max_time = round(plan.training_seconds(started))
-        if cfg.trainer.max_time < plan.chosen.seconds_per_epoch:
+        left = round(plan.training_seconds(started))
+        if left < plan.chosen.seconds_per_epoch:
             raise LesionPLError(f"trainer.budget {plan.as_dict()['budget']} is spent before training: "
                                 f"{time.time() - started:.0f} s went to the data checks and caching the images "
                                 f"(kept for the next fit) and ~{plan.calibration_s:.0f} s are calibration's; "
                                 "give a larger budget")
+        cfg.trainer.max_time = left
     if progress:
         timed = (f"; bf16 {probe['bf16-mixed']:.0f} vs fp32 {probe['32-true']:.0f} images/s here, timed "
                  f"{probe['timed']} and kept for this machine") if probe else ""

@@ -165,3 +165,29 @@ def test_the_time_to_cache_is_estimated_until_the_cache_exists(small_ham, tmp_pa
     build_cache(paths, 40, tmp_path, progress=False)
     assert seconds_to_cache(paths, 40, tmp_path) == 0.0  # cached: nothing to build
     assert seconds_to_cache(paths, 41, tmp_path) > 0  # another size is another cache
+
+
+def test_a_budget_spent_on_caching_is_refused_before_the_run_folder_is_written(small_ham, tmp_path, monkeypatch):
+    """Caching that takes longer than the plan expected can leave too little of the budget for one epoch: fit
+    says so in one line and writes nothing (the cache, once built, is kept for the next fit)."""
+    from types import SimpleNamespace
+
+    from lesion_pl import hardware
+    from lesion_pl.data.datamodule import LesionDataModule
+
+    monkeypatch.setattr(hardware, "training_rates", lambda cfg, sizes, precision: {s: 5000.0 for s in sizes})
+    monkeypatch.setattr(hardware, "precision_for", lambda cfg: "32-true")
+    late = [0.0]  # the plan's clock: caching below takes ten minutes on it, far beyond the estimate
+    monkeypatch.setattr(plan, "time", SimpleNamespace(time=lambda: time.time() + late[0]))
+    build = LesionDataModule.build
+
+    def slow_build(self, *args, **kwargs):
+        build(self, *args, **kwargs)
+        late[0] = 600.0
+
+    monkeypatch.setattr(LesionDataModule, "build", slow_build)
+    out = tmp_path / "run"
+    r = invoke("fit", "--data-root", small_ham, "--out", out, *FAST, "--budget", "00:00:05:00")
+    assert r.exit_code == 2, r.output
+    assert "trainer.budget 00:00:05:00 is spent before training" in r.output and "give a larger budget" in r.output
+    assert not out.exists()
