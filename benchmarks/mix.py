@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from machine import describe
+from shortcut import EVALUATION
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -29,9 +30,9 @@ from lesion_pl.data.sources import read_source  # noqa: E402
 from lesion_pl.evaluate.confirmed import CONFIRMED, aurocs, diagnosis_method  # noqa: E402
 from lesion_pl.evaluate.metrics import balanced_accuracy  # noqa: E402
 from lesion_pl.run import RunDir  # noqa: E402
-from shortcut import EVALUATION  # noqa: E402
 
-FILES = {"val": "val_predictions.csv", "test": "test/predictions.csv", "isic2017": f"evaluations/{EVALUATION}/predictions.csv"}
+FILES = {"val": "val_predictions.csv", "test": "test/predictions.csv",
+         "isic2017": f"evaluations/{EVALUATION}/predictions.csv"}
 
 
 def read(run: Path, name: str, with_method: pd.Series | None = None) -> pd.DataFrame:
@@ -73,7 +74,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path, help="runs of one split and label space, scored by shortcut.py")
     args = ap.parse_args()
+    if len({r.resolve() for r in args.runs}) < len(args.runs):
+        raise SystemExit("a run is named twice: give each run once")
     print(describe())
+    names = [r.name for r in args.runs]
+    names = names if len(set(names)) == len(names) else [str(r) for r in args.runs]  # folders of one name
     cfg = RunDir(args.runs[0]).load_config()
     space = label_space(cfg.data)
     if space.melanoma is None:
@@ -81,10 +86,10 @@ def main() -> None:
     # val_predictions.csv has no dx_type column: the run's own source gives it
     method = read_source(cfg.data.format, resolve_data_root(cfg.data), cfg.data).set_index("image_id")["dx_type"]
     rows = {}
-    for run in args.runs:
+    for run, shown in zip(args.runs, names, strict=True):
         if label_space(RunDir(run).load_config().data).classes != space.classes:
             raise SystemExit(f"{run}: its label space differs from {args.runs[0]}'s")
-        rows[run.name] = {name: read(run, name, method) for name in FILES}
+        rows[shown] = {name: read(run, name, method) for name in FILES}
     rows["mean of " + " and ".join(rows)] = {name: mean_of([r[name] for r in list(rows.values())], space)
                                              for name in FILES}
     print(f"\n{'':<44} {'val bal acc':>11} {'val mel vs conf nevi':>20} {'ISIC 2017 mel':>13} "

@@ -186,6 +186,38 @@ def test_shortcut_benchmark_scores_what_is_missing_and_prints_the_runs_own_figur
     assert f"test, confirmed ({h['images']} images, {h['benign_images']} benign)" in out
 
 
+def test_mix_prints_each_runs_figures_and_their_mean(trained_run, isic2017_root, tmp_path):
+    """mix.py on a run and a second one whose probabilities differ: the mean's ISIC 2017 melanoma AUROC and the
+    validation balanced accuracy of its most probable class, recomputed here with scikit-learn, as is a run's own."""
+    import numpy as np
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    from .conftest import isic2017_slice
+
+    archive = isic2017_slice(isic2017_root, tmp_path / "isic2017", per_class=5)
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(trained_run, a, ignore=shutil.ignore_patterns("report", "export", "evaluations"))
+    run_script("benchmarks/shortcut.py", "--run", a, "--isic2017", archive)
+    shutil.copytree(a, b)
+    files = ["val_predictions.csv", "test/predictions.csv", "evaluations/isic2017/predictions.csv"]
+    codes = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    for name in files:  # b: another model's probabilities (a's, each row's classes rolled by one)
+        f = pd.read_csv(b / name, dtype={"image_id": str})
+        f[[f"p_{c}" for c in codes]] = np.roll(f[[f"p_{c}" for c in codes]].to_numpy(), 1, axis=1)
+        f["malignant_prob"] = f[["p_akiec", "p_bcc", "p_mel"]].sum(axis=1)
+        f.to_csv(b / name, index=False)
+    out = run_script("benchmarks/mix.py", a, b).stdout
+    pa, pb = (pd.read_csv(r / files[2], dtype={"image_id": str}) for r in (a, b))
+    mel = roc_auc_score(pa["dx"] == "mel", (pa["p_mel"] + pb["p_mel"]) / 2)
+    va, vb = (pd.read_csv(r / files[0]) for r in (a, b))
+    mean = (va[[f"p_{c}" for c in codes]].to_numpy() + vb[[f"p_{c}" for c in codes]].to_numpy()) / 2
+    bal = balanced_accuracy_score(va["dx"], np.array(codes)[mean.argmax(1)])
+    line = next(x for x in out.splitlines() if x.startswith("mean of a and b")).split()[-6:]
+    assert float(line[0]) == pytest.approx(bal, abs=1e-4) and float(line[2]) == pytest.approx(mel, abs=1e-4)
+    own = next(x for x in out.splitlines() if x.startswith("a ")).split()[-6:]  # each run's own row: its figures
+    assert float(own[2]) == pytest.approx(roc_auc_score(pa["dx"] == "mel", pa["p_mel"]), abs=1e-4)
+
+
 def test_shortcut_rule_needs_both_aurocs_to_rise_beyond_the_spread_and_balanced_accuracy_kept():
     sys.path.insert(0, str(PROJECT / "benchmarks"))
     from shortcut import decide
