@@ -155,8 +155,19 @@ def test_shift_rule_counts_held_shifts_and_applies_all_three_tests(tmp_path):
     assert out.rstrip().endswith("candidate becomes the default: no")
 
 
-def test_shortcut_benchmark_scores_what_is_missing_and_prints_the_runs_own_figures(trained_run, small_ham,
-                                                                                   isic2017_root, tmp_path):
+@pytest.fixture(scope="module")
+def shortcut_scored(trained_run, isic2017_root, tmp_path_factory):
+    """A copy of the trained run that shortcut.py has scored on 30 ISIC 2017 images: (run, its output)."""
+    from .conftest import isic2017_slice
+
+    tmp = tmp_path_factory.mktemp("shortcut")
+    archive = isic2017_slice(isic2017_root, tmp / "isic2017", per_class=5)
+    run = tmp / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("report", "export", "evaluations"))
+    return run, run_script("benchmarks/shortcut.py", "--run", run, "--isic2017", archive).stdout
+
+
+def test_shortcut_benchmark_scores_what_is_missing_and_prints_the_runs_own_figures(shortcut_scored, small_ham):
     """shortcut.py runs `test` on the second archive as the evaluation `isic2017` and prints the figures of the
     run's files: validation's melanoma AUROC against confirmed nevi recomputed here with scikit-learn."""
     import pandas as pd
@@ -164,12 +175,7 @@ def test_shortcut_benchmark_scores_what_is_missing_and_prints_the_runs_own_figur
 
     from lesion_pl.terminal import metric_text
 
-    from .conftest import isic2017_slice
-
-    archive = isic2017_slice(isic2017_root, tmp_path / "isic2017", per_class=5)
-    run = tmp_path / "run"
-    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("report", "export", "evaluations"))
-    out = run_script("benchmarks/shortcut.py", "--run", run, "--isic2017", archive).stdout
+    run, out = shortcut_scored
     e = json.loads((run / "evaluations" / "isic2017" / "metrics.json").read_text())
     assert e["n_images"] == 30 and e["rows_kept"] is None  # train and val: the run never saw the archive
     assert f"ISIC 2017 (30 images, train and val): melanoma AUROC {e['auroc_melanoma']:.4f}" in out
@@ -186,18 +192,14 @@ def test_shortcut_benchmark_scores_what_is_missing_and_prints_the_runs_own_figur
     assert f"test, confirmed ({h['images']} images, {h['benign_images']} benign)" in out
 
 
-def test_mix_prints_each_runs_figures_and_their_mean(trained_run, isic2017_root, tmp_path):
+def test_mix_prints_each_runs_figures_and_their_mean(shortcut_scored, tmp_path):
     """mix.py on a run and a second one whose probabilities differ: the mean's ISIC 2017 melanoma AUROC and the
     validation balanced accuracy of its most probable class, recomputed here with scikit-learn, as is a run's own."""
     import numpy as np
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-    from .conftest import isic2017_slice
-
-    archive = isic2017_slice(isic2017_root, tmp_path / "isic2017", per_class=5)
     a, b = tmp_path / "a", tmp_path / "b"
-    shutil.copytree(trained_run, a, ignore=shutil.ignore_patterns("report", "export", "evaluations"))
-    run_script("benchmarks/shortcut.py", "--run", a, "--isic2017", archive)
+    shutil.copytree(shortcut_scored[0], a)
     shutil.copytree(a, b)
     files = ["val_predictions.csv", "test/predictions.csv", "evaluations/isic2017/predictions.csv"]
     codes = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
