@@ -86,7 +86,7 @@ def validation(run: Path) -> dict:
     confirmed = aurocs({k: v[histo] for k, v in scores.items()}, target[histo], space)
     balanced = cal["val_balanced_accuracy"]
     if "source" in preds:  # a run of several sources: the rule's balanced accuracy is on the run's own (HAM10000)
-        own = (preds["source"] == Path(resolve_data_root(cfg)).name).to_numpy()
+        own = (preds["source"] == Path(resolve_data_root(cfg.data)).name).to_numpy()
         balanced = balanced_accuracy(target[own], preds["pred"].map(space.index).to_numpy()[own])
     return {"balanced_accuracy": balanced, "auroc_malignant": cal["val_auroc_malignant"],
             "histo_auroc_malignant": confirmed["auroc_malignant"],

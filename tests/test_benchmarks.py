@@ -192,6 +192,30 @@ def test_shortcut_benchmark_scores_what_is_missing_and_prints_the_runs_own_figur
     assert f"test, confirmed ({h['images']} images, {h['benign_images']} benign)" in out
 
 
+def test_shortcut_validation_of_a_run_of_several_sources_is_on_its_own_source(shortcut_scored, tmp_path):
+    """The rule's validation balanced accuracy, for a run that also trained on another archive, is that of the run's
+    own source's rows (the folder name of its data root), recomputed here with scikit-learn."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from lesion_pl.config import resolve_data_root
+    from lesion_pl.run import RunDir
+
+    sys.path.insert(0, str(PROJECT / "benchmarks"))
+    from shortcut import validation
+
+    run = tmp_path / "run"
+    shutil.copytree(shortcut_scored[0], run)
+    own = Path(resolve_data_root(RunDir(run).load_config().data)).name
+    val = pd.read_csv(run / "val_predictions.csv")
+    other = val.index % 3 == 0  # a third of the rows from another archive, each named wrong there
+    val["source"] = [("isic2017" if o else own) for o in other]
+    val.loc[other, "pred"] = val.loc[other, "dx"].map({"nv": "mel"}).fillna("nv")
+    val.to_csv(run / "val_predictions.csv", index=False)
+    expected = balanced_accuracy_score(val["dx"][~other], val["pred"][~other])
+    assert validation(run)["balanced_accuracy"] == pytest.approx(expected)
+    assert expected != pytest.approx(balanced_accuracy_score(val["dx"], val["pred"]))  # the other rows would move it
+
+
 def test_mix_prints_each_runs_figures_and_their_mean(shortcut_scored, tmp_path):
     """mix.py on a run and a second one whose probabilities differ: the mean's ISIC 2017 melanoma AUROC and the
     validation balanced accuracy of its most probable class, recomputed here with scikit-learn, as is a run's own."""
