@@ -20,14 +20,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from machine import describe
-from shortcut import EVALUATION
+from shortcut import EVALUATION, scored, with_methods
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from lesion_pl.classes import label_space  # noqa: E402
-from lesion_pl.config import resolve_data_root  # noqa: E402
-from lesion_pl.data.sources import read_source  # noqa: E402
-from lesion_pl.evaluate.confirmed import CONFIRMED, aurocs, diagnosis_method  # noqa: E402
+from lesion_pl.evaluate.confirmed import aurocs  # noqa: E402
 from lesion_pl.evaluate.metrics import balanced_accuracy  # noqa: E402
 from lesion_pl.run import RunDir  # noqa: E402
 
@@ -35,25 +33,17 @@ FILES = {"val": "val_predictions.csv", "test": "test/predictions.csv",
          "isic2017": f"evaluations/{EVALUATION}/predictions.csv"}
 
 
-def read(run: Path, name: str, with_method: pd.Series | None = None) -> pd.DataFrame:
-    rows = pd.read_csv(run / FILES[name], dtype={"image_id": str}).set_index("image_id")
-    if with_method is not None and "dx_type" not in rows:
-        rows["dx_type"] = with_method.reindex(rows.index)
-    return rows
+def read(run: Path, name: str) -> pd.DataFrame:
+    rows = with_methods(run, pd.read_csv(run / FILES[name], dtype={"image_id": str}))
+    return rows.set_index("image_id")
 
 
-def scored(rows: pd.DataFrame, space) -> dict:
+def figures(rows: pd.DataFrame, space) -> dict:
     """Balanced accuracy of the most probable class, and the AUROCs on all rows and on the confirmed ones."""
+    target, scores, confirmed = scored(rows.reset_index(), space)
     probs = rows[[f"p_{c}" for c in space.classes]].to_numpy()
-    target = rows["dx"].map(space.index).to_numpy()
-    scores = {"malignant": rows["malignant_prob"].to_numpy(), "melanoma": rows[f"p_{space.melanoma}"].to_numpy()}
-    out = {"balanced_accuracy": balanced_accuracy(target, probs.argmax(1)), **aurocs(scores, target, space)}
-    method = diagnosis_method(rows.reset_index())
-    if method is not None:
-        histo = method == CONFIRMED
-        out |= {f"confirmed_{k}": v for k, v in aurocs({k: s[histo] for k, s in scores.items()}, target[histo],
-                                                       space).items()}
-    return out
+    return {"balanced_accuracy": balanced_accuracy(target, probs.argmax(1)), **aurocs(scores, target, space),
+            **{f"confirmed_{k}": v for k, v in confirmed.items()}}
 
 
 def mean_of(frames: list[pd.DataFrame], space) -> pd.DataFrame:
@@ -83,19 +73,17 @@ def main() -> None:
     space = label_space(cfg.data)
     if space.melanoma is None:
         raise SystemExit(f"{args.runs[0]}: its label space has no melanoma class")
-    # val_predictions.csv has no dx_type column: the run's own source gives it
-    method = read_source(cfg.data.format, resolve_data_root(cfg.data), cfg.data).set_index("image_id")["dx_type"]
     rows = {}
     for run, shown in zip(args.runs, names, strict=True):
         if label_space(RunDir(run).load_config().data).classes != space.classes:
             raise SystemExit(f"{run}: its label space differs from {args.runs[0]}'s")
-        rows[shown] = {name: read(run, name, method) for name in FILES}
+        rows[shown] = {name: read(run, name) for name in FILES}
     rows["mean of " + " and ".join(rows)] = {name: mean_of([r[name] for r in list(rows.values())], space)
                                              for name in FILES}
     print(f"\n{'':<44} {'val bal acc':>11} {'val mel vs conf nevi':>20} {'ISIC 2017 mel':>13} "
           f"{'test bal acc':>12} {'test mal AUROC':>14} {'test mel vs conf nevi':>21}")
     for name, r in rows.items():
-        v, t, e = (scored(r[k], space) for k in FILES)
+        v, t, e = (figures(r[k], space) for k in FILES)
         print(f"{name:<44} {v['balanced_accuracy']:>11.4f} {v['confirmed_auroc_melanoma_vs_nevi']:>20.4f} "
               f"{e['auroc_melanoma']:>13.4f} {t['balanced_accuracy']:>12.4f} {t['auroc_malignant']:>14.4f} "
               f"{t['confirmed_auroc_melanoma_vs_nevi']:>21.4f}")

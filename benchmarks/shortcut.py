@@ -69,21 +69,32 @@ def ensure_scored(run: Path, archive: Path) -> None:
             *ISIC2017_READ, *rows)
 
 
-def validation(run: Path) -> dict:
-    """The validation figures as calibrated, with dx_type from the run's own data where the file lacks it."""
-    cal = json.loads((run / "calibration.json").read_text())
-    preds = pd.read_csv(run / "val_predictions.csv")
-    cfg = RunDir(run).load_config()
-    space = label_space(cfg.data)
+def with_methods(run: Path, preds: pd.DataFrame) -> pd.DataFrame:
+    """`preds` with each image's dx_type from the run's own data where the file lacks it (val_predictions.csv)."""
     if "dx_type" not in preds:
-        table = read_source(cfg.data.format, resolve_data_root(cfg.data), cfg.data)
-        preds["dx_type"] = preds["image_id"].map(table.set_index("image_id")["dx_type"])
+        cfg = RunDir(run).load_config()
+        table = read_source(cfg.data.format, resolve_data_root(cfg.data), cfg.data).set_index("image_id")
+        preds = preds.assign(dx_type=preds["image_id"].map(table["dx_type"]))
+    return preds
+
+
+def scored(preds: pd.DataFrame, space) -> tuple[np.ndarray, dict, dict]:
+    """Class indices, the malignant (and melanoma) scores, and their AUROCs on the confirmed rows alone."""
     target = preds["dx"].map(space.index).to_numpy()
     scores = {"malignant": preds["malignant_prob"].to_numpy()}
     if space.melanoma is not None:
         scores["melanoma"] = preds[f"p_{space.melanoma}"].to_numpy()
     histo = diagnosis_method(preds) == CONFIRMED
-    confirmed = aurocs({k: v[histo] for k, v in scores.items()}, target[histo], space)
+    return target, scores, aurocs({k: v[histo] for k, v in scores.items()}, target[histo], space)
+
+
+def validation(run: Path) -> dict:
+    """The validation figures as calibrated, with dx_type from the run's own data where the file lacks it."""
+    cal = json.loads((run / "calibration.json").read_text())
+    preds = with_methods(run, pd.read_csv(run / "val_predictions.csv"))
+    cfg = RunDir(run).load_config()
+    space = label_space(cfg.data)
+    target, _, confirmed = scored(preds, space)
     balanced = cal["val_balanced_accuracy"]
     if "source" in preds:  # a run of several sources: the rule's balanced accuracy is on the run's own (HAM10000)
         own = (preds["source"] == Path(resolve_data_root(cfg.data)).name).to_numpy()

@@ -123,7 +123,7 @@ def finish_ensemble_run(run: RunDir, val_metrics: dict) -> None:
     if log_to_mlflow(run, val_metrics, prefix="val"):
         from mlflow.tracking import MlflowClient
 
-        known = _record(run) or {}
+        known = _record(run)  # there: log_to_mlflow logged to it
         MlflowClient(tracking_uri=known["tracking_uri"]).set_terminated(known["run_id"])
 
 
