@@ -12,7 +12,7 @@ from .classes import label_space
 from .config import Config
 from .data.transforms import batch_mixer
 from .evaluate.metrics import metric_collection
-from .losses import training_loss
+from .losses import GroupDRO, training_loss
 from .models.factory import Normalize, build_network, weights_normalization
 from .models.ood_features import ood_features_and_logits
 from .optim import optimizer_and_schedule
@@ -25,11 +25,12 @@ class LesionClassifier(pl.LightningModule):
     split's, or None for the pretrained weights' own (`models.normalization_stats`). They are buffers of
     the model and hyperparameters of the checkpoint, so they travel into test, export and the ONNX graph.
     `net`: the network to train (`models.build_network(config.model, classes)`, which is what a checkpoint rebuilds;
-    built here where not given).
+    built here where not given). `groups`: the names of group DRO's groups (`loss.group_dro`; the datamodule's
+    `groups()`), whose weights each training epoch logs.
     """
 
     def __init__(self, config: Config, mean: list | None, std: list | None, class_weights: list | None = None,
-                 class_prior: list | None = None, net: nn.Module | None = None):
+                 class_prior: list | None = None, net: nn.Module | None = None, groups: list[str] | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "config"])
         # plain values in the checkpoint (it loads with weights_only=True); checkpoint.load_classifier reads them back
@@ -49,6 +50,8 @@ class LesionClassifier(pl.LightningModule):
         self.set_class_prior(class_prior)
         self.mix = batch_mixer(config.data.augment, self.space.num_classes)
         self.malignant_weight = float(config.loss.malignant_weight)
+        self.group_names = groups
+        self.dro = GroupDRO(len(groups), config.loss.group_dro_step) if groups else None
         self.train_metrics = metric_collection(auroc=False, space=self.space).clone(prefix="train/")
         self.val_metrics = metric_collection(per_class=True, space=self.space).clone(prefix="val/")
 
@@ -94,7 +97,7 @@ class LesionClassifier(pl.LightningModule):
                                        if self.channels_last else x, images)
 
     def _step(self, batch, stage: str):
-        images, target = batch
+        images, target, *groups = batch  # groups: training batches under group DRO
         if stage == "train" and self.mix is not None:
             # the loss sees the mixed soft targets, the training metrics the original labels
             x, soft = self.mix(self.normalize(images), target)
@@ -103,7 +106,7 @@ class LesionClassifier(pl.LightningModule):
             logits, soft = self(images), target
         shifted = self._shifted(logits, "logit_shift") if stage == "train" else logits.float()
         loss = training_loss(shifted, soft, self.class_weights, float(self.config.loss.label_smoothing),
-                             self.malignant_weight, self.space)
+                             self.malignant_weight, self.space, self.dro, groups[0] if groups else None)
         metrics = getattr(self, f"{stage}_metrics")
         scored = self._shifted(logits, "eval_shift") if stage != "train" else logits.float()
         metrics.update(scored.softmax(dim=1), target)
@@ -127,6 +130,8 @@ class LesionClassifier(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
+        if self.dro is not None:  # where group DRO's weights went (each 1/groups at the start)
+            self.log_dict({f"train/dro_weight/{name}": w for name, w in zip(self.group_names, self.dro.q.tolist())})
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")

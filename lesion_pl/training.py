@@ -146,7 +146,7 @@ def fit(cfg: Config, out: Path, resume: bool = False, progress: bool = True) -> 
                             "choose another --out, or pass --resume to continue that run")
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     dm = LesionDataModule(cfg.data, cfg.seed, splits_file=run.splits if run.splits.exists() else None,
-                          progress=progress)
+                          progress=progress, group_by=cfg.loss.group_dro)
     dm.build_split()  # every data check that needs no image size, before the run folder is written
     plan = _plan(cfg, dm, started) if cfg.trainer.budget is not None else None
     if plan is not None:
@@ -307,8 +307,10 @@ def _train(cfg: Config, run: RunDir, dm, resume: bool, progress: bool, started: 
     from .models.factory import normalization_stats
     from .module import LesionClassifier
 
+    groups = dm.groups()
     model = LesionClassifier(cfg, *normalization_stats(cfg.model, dm.train_stats), dm.class_weights(cfg.loss),
-                             dm.sampled_class_prior(), net=net)
+                             dm.sampled_class_prior(), net=net,
+                             groups=None if groups is None else list(groups.categories))
     mean, std = model.hparams["mean"], model.hparams["std"]
     loaded = model.net.loaded_weights
     if progress and loaded is not None:

@@ -57,12 +57,14 @@ def channel_stats(cache: np.ndarray, indices: np.ndarray, chunk: int = 512) -> t
 
 class LesionDataModule(pl.LightningDataModule):
     def __init__(self, data: Data, seed: int, splits_file: Path | None = None, progress: bool = True,
-                 whole: bool = False):
+                 whole: bool = False, group_by: str | None = None):
         """`data`: the config's data section, its image size resolved (`hardware.resolve_auto`); `seed`: the run's
         (the split's where data.splits names none, and the sampler's). `whole`: every image in one 'all' split
-        and no split file (evaluating a model on other data)."""
+        and no split file (evaluating a model on other data). `group_by`: a column whose value x class makes each
+        training image's group (`loss.group_dro`), handed to the loss with its batch."""
         super().__init__()
         self.data, self.seed = data, int(seed)
+        self.group_by = group_by
         self.whole = whole
         self.splits_file = splits_file or data.splits_file
         self.progress = progress
@@ -123,6 +125,8 @@ class LesionDataModule(pl.LightningDataModule):
                                     f"({', '.join(space.classes)}) in {self.root}: map labels into them with "
                                     "data.label_map, or leave them out of data.classes")
         self.table, self.split = table, split
+        if self.group_by is not None:
+            self._column(self.group_by, "loss.group_dro")
         return self
 
     def for_seed(self, seed: int) -> LesionDataModule:
@@ -178,13 +182,27 @@ class LesionDataModule(pl.LightningDataModule):
             per_source = rows["source"].map(rows["source"].value_counts()).to_numpy(dtype=float)
             weight *= len(rows) / (rows["source"].nunique() * per_source)
         for column, by_value in (self.data.sample_weights or {}).items():
-            if column not in rows:
-                raise LesionPLError(f"data.sample_weights names column '{column}', which the data in {self.root} "
-                                    f"does not have (it has: {', '.join(map(str, rows.columns))})")
-            values = rows[column].astype(str)
+            values = self._column(column, "data.sample_weights", split)
             for value, w in by_value.items():
                 weight[(values == str(value)).to_numpy()] *= float(w)
         return weight
+
+    def _column(self, column: str, key: str, split: str = "train") -> pd.Series:
+        """The `split` rows' values of `column` as text (a row without one: 'unknown'); a column the data lacks is
+        an error naming the config key that asked for it."""
+        if column not in self.table:
+            raise LesionPLError(f"{key} names column '{column}', which the data in {self.root} does not have "
+                                f"(it has: {', '.join(map(str, self.table.columns))})")
+        return self.table[column].iloc[self.indices(split)].fillna("unknown").astype(str)
+
+    def groups(self) -> pd.Categorical | None:
+        """Each training image's group for group DRO, the pair of its `group_by` value and its class ('value/class';
+        the categories: the pairs the training split holds, sorted). None: no group_by."""
+        if self.group_by is None:
+            return None
+        classes = np.asarray(label_space(self.data).classes)
+        labels = self.table["label"].to_numpy()[self.indices("train")]
+        return pd.Categorical(self._column(self.group_by, "loss.group_dro") + "/" + classes[labels])
 
     def _effective_counts(self) -> np.ndarray:
         """Training images per class, each counted by its row weight; a class missing from train keeps a count of
@@ -205,13 +223,15 @@ class LesionDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.build()
 
-    def dataset(self, split: str, rows_only: bool = False) -> CachedImages:
+    def dataset(self, split: str, rows_only: bool = False, groups: list[int] | None = None) -> CachedImages:
         idx = self.indices(split)
         labels = self.table["label"].to_numpy()[idx]
-        return CachedImages(self.cache, idx, labels.tolist(), rows_only=rows_only)
+        return CachedImages(self.cache, idx, labels.tolist(), rows_only=rows_only, groups=groups)
 
     def _fit_dataset(self, split: str) -> CachedImages:
-        return self.dataset(split, rows_only=bool(self.data.cache_on_device))
+        groups = self.groups() if split == "train" else None
+        return self.dataset(split, rows_only=bool(self.data.cache_on_device),
+                            groups=None if groups is None else groups.codes.tolist())
 
     def _device_cache(self, device: torch.device) -> torch.Tensor:
         if self._on_device is None or self._on_device.device != device:
@@ -219,12 +239,12 @@ class LesionDataModule(pl.LightningDataModule):
         return self._on_device
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        images, target = batch
+        images, *rest = batch  # (images, target) or, with groups, (images, target, groups)
         if self.data.cache_on_device:  # the loader sent cache rows
             images = self._device_cache(images.device)[images].permute(0, 3, 1, 2)
         if self.trainer is not None and self.trainer.training:
             images = augment_batch(images, self.data.augment)
-        return images, target
+        return (images, *rest)
 
     def _loader(self, ds, shuffle=False, sampler=None, drop_last=False) -> DataLoader:
         workers = int(self.data.num_workers)
