@@ -49,7 +49,6 @@ class LesionClassifier(pl.LightningModule):
         self.register_buffer("class_weights", weights, persistent=False)
         self.set_class_prior(class_prior)
         self.mix = batch_mixer(config.data.augment, self.space.num_classes)
-        self.malignant_weight = float(config.loss.malignant_weight)
         self.group_names = groups
         self.dro = GroupDRO(len(groups), config.loss.group_dro_step) if groups else None
         self.train_metrics = metric_collection(auroc=False, space=self.space).clone(prefix="train/")
@@ -97,7 +96,7 @@ class LesionClassifier(pl.LightningModule):
                                        if self.channels_last else x, images)
 
     def _step(self, batch, stage: str):
-        images, target, *groups = batch  # groups: training batches under group DRO
+        images, target, *tags = batch  # tags: what the loss needs of each training image (datamodule.tags)
         if stage == "train" and self.mix is not None:
             # the loss sees the mixed soft targets, the training metrics the original labels
             x, soft = self.mix(self.normalize(images), target)
@@ -105,8 +104,8 @@ class LesionClassifier(pl.LightningModule):
         else:
             logits, soft = self(images), target
         shifted = self._shifted(logits, "logit_shift") if stage == "train" else logits.float()
-        loss = training_loss(shifted, soft, self.class_weights, float(self.config.loss.label_smoothing),
-                             self.malignant_weight, self.space, self.dro, groups[0] if groups else None)
+        loss = training_loss(shifted, soft, self.class_weights, self.config.loss, self.space, target,
+                             tags[0] if tags and stage == "train" else None, self.dro)
         metrics = getattr(self, f"{stage}_metrics")
         scored = self._shifted(logits, "eval_shift") if stage != "train" else logits.float()
         metrics.update(scored.softmax(dim=1), target)

@@ -146,7 +146,7 @@ def fit(cfg: Config, out: Path, resume: bool = False, progress: bool = True) -> 
                             "choose another --out, or pass --resume to continue that run")
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     dm = LesionDataModule(cfg.data, cfg.seed, splits_file=run.splits if run.splits.exists() else None,
-                          progress=progress, group_by=cfg.loss.group_dro)
+                          progress=progress, loss=cfg.loss)
     dm.build_split()  # every data check that needs no image size, before the run folder is written
     plan = _plan(cfg, dm, started) if cfg.trainer.budget is not None else None
     if plan is not None:

@@ -172,6 +172,8 @@ class Loss(Section):
         0.0, description="tau: train on logits + tau * log(class prior of the batches)")
     malignant_weight: Annotated[float, rule(rules.number(0))] = Field(
         0.0, description="w: add w * binary cross entropy of malignant vs benign")
+    confirmed_weight: Annotated[float, rule(rules.number(0))] = Field(
+        0.0, description="w: add w * that cross entropy over the malignant and the histopathology-confirmed benign")
     group_dro: Annotated[str | None, rule(rules.text_or_null())] = Field(
         None, description="a column (e.g. dx_type): group DRO over its value x class (null: off)")
     group_dro_step: Annotated[float, rule(rules.number(0, low_open=True))] = Field(

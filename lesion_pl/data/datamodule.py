@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from ..classes import label_space
 from ..config import Data, Loss, balance_power, resolve_data_root
 from ..errors import LesionPLError
+from ..evaluate.confirmed import CONFIRMED, METHOD_COLUMN
 from .cache import build_cache, default_cache_dir
 from .check import bad_images_cached
 from .dataset import CachedImages
@@ -57,14 +58,14 @@ def channel_stats(cache: np.ndarray, indices: np.ndarray, chunk: int = 512) -> t
 
 class LesionDataModule(pl.LightningDataModule):
     def __init__(self, data: Data, seed: int, splits_file: Path | None = None, progress: bool = True,
-                 whole: bool = False, group_by: str | None = None):
+                 whole: bool = False, loss: Loss | None = None):
         """`data`: the config's data section, its image size resolved (`hardware.resolve_auto`); `seed`: the run's
         (the split's where data.splits names none, and the sampler's). `whole`: every image in one 'all' split
-        and no split file (evaluating a model on other data). `group_by`: a column whose value x class makes each
-        training image's group (`loss.group_dro`), handed to the loss with its batch."""
+        and no split file (evaluating a model on other data). `loss`: the config's loss section, where training
+        images carry what it needs of each (`tags`: group DRO's groups, the confirmed lesions)."""
         super().__init__()
         self.data, self.seed = data, int(seed)
-        self.group_by = group_by
+        self.loss = loss
         self.whole = whole
         self.splits_file = splits_file or data.splits_file
         self.progress = progress
@@ -125,8 +126,7 @@ class LesionDataModule(pl.LightningDataModule):
                                     f"({', '.join(space.classes)}) in {self.root}: map labels into them with "
                                     "data.label_map, or leave them out of data.classes")
         self.table, self.split = table, split
-        if self.group_by is not None:
-            self._column(self.group_by, "loss.group_dro")
+        self.tags()  # a column the loss needs and the data lacks: an error before anything is written
         return self
 
     def for_seed(self, seed: int) -> LesionDataModule:
@@ -196,13 +196,26 @@ class LesionDataModule(pl.LightningDataModule):
         return self.table[column].iloc[self.indices(split)].fillna("unknown").astype(str)
 
     def groups(self) -> pd.Categorical | None:
-        """Each training image's group for group DRO, the pair of its `group_by` value and its class ('value/class';
-        the categories: the pairs the training split holds, sorted). None: no group_by."""
-        if self.group_by is None:
+        """Each training image's group for group DRO, the pair of its `loss.group_dro` column's value and its class
+        ('value/class'; the categories: the pairs the training split holds, sorted). None: no group DRO."""
+        column = self.loss.group_dro if self.loss is not None else None
+        if column is None:
             return None
         classes = np.asarray(label_space(self.data).classes)
         labels = self.table["label"].to_numpy()[self.indices("train")]
-        return pd.Categorical(self._column(self.group_by, "loss.group_dro") + "/" + classes[labels])
+        return pd.Categorical(self._column(column, "loss.group_dro") + "/" + classes[labels])
+
+    def tags(self) -> dict[str, list] | None:
+        """What the training loss needs of each training image beyond its class (None: nothing): 'group', its group
+        DRO group's index; 'confirmed', whether histopathology confirmed its diagnosis (`loss.confirmed_weight`)."""
+        tags = {}
+        groups = self.groups()
+        if groups is not None:
+            tags["group"] = groups.codes.tolist()
+        if self.loss is not None and self.loss.confirmed_weight:
+            method = self._column(METHOD_COLUMN, "loss.confirmed_weight").str.strip().str.lower()
+            tags["confirmed"] = (method == CONFIRMED).tolist()
+        return tags or None
 
     def _effective_counts(self) -> np.ndarray:
         """Training images per class, each counted by its row weight; a class missing from train keeps a count of
@@ -223,15 +236,14 @@ class LesionDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.build()
 
-    def dataset(self, split: str, rows_only: bool = False, groups: list[int] | None = None) -> CachedImages:
+    def dataset(self, split: str, rows_only: bool = False, tags: dict[str, list] | None = None) -> CachedImages:
         idx = self.indices(split)
         labels = self.table["label"].to_numpy()[idx]
-        return CachedImages(self.cache, idx, labels.tolist(), rows_only=rows_only, groups=groups)
+        return CachedImages(self.cache, idx, labels.tolist(), rows_only=rows_only, tags=tags)
 
     def _fit_dataset(self, split: str) -> CachedImages:
-        groups = self.groups() if split == "train" else None
         return self.dataset(split, rows_only=bool(self.data.cache_on_device),
-                            groups=None if groups is None else groups.codes.tolist())
+                            tags=self.tags() if split == "train" else None)
 
     def _device_cache(self, device: torch.device) -> torch.Tensor:
         if self._on_device is None or self._on_device.device != device:
@@ -239,7 +251,7 @@ class LesionDataModule(pl.LightningDataModule):
         return self._on_device
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        images, *rest = batch  # (images, target) or, with groups, (images, target, groups)
+        images, *rest = batch  # (images, target) or, with tags, (images, target, tags)
         if self.data.cache_on_device:  # the loader sent cache rows
             images = self._device_cache(images.device)[images].permute(0, 3, 1, 2)
         if self.trainer is not None and self.trainer.training:

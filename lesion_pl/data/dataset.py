@@ -1,5 +1,5 @@
-"""The Dataset over the image cache: (CHW uint8 tensor, label) pairs, or (row, label) pairs; with groups, each
-item carries its group index third."""
+"""The Dataset over the image cache: (CHW uint8 tensor, label) pairs, or (row, label) pairs; with tags, each
+item carries a third, {name: its value} (what the training loss needs of each image)."""
 from __future__ import annotations
 
 import torch
@@ -8,17 +8,19 @@ import torch
 class CachedImages(torch.utils.data.Dataset):
     """Rows `indices` of the uint8 cache as (CHW uint8 tensor, label) pairs.
 
-    `rows_only`: (cache row, label) pairs instead, for a cache that already lives on the device. `groups`: one
-    index per item, appended to each (group DRO's groups, `loss.group_dro`).
+    `rows_only`: (cache row, label) pairs instead, for a cache that already lives on the device. `tags`: {name:
+    one value per item}, each item's appended to it as {name: value} (batched into {name: tensor}).
     """
 
-    def __init__(self, cache, indices, labels, rows_only: bool = False, groups=None):
+    def __init__(self, cache, indices, labels, rows_only: bool = False, tags: dict[str, list] | None = None):
         self.cache, self.indices, self.labels, self.rows_only = cache, list(indices), list(labels), rows_only
-        self.groups = None if groups is None else list(groups)
+        self.tags = tags or None
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int):
         image = self.indices[i] if self.rows_only else torch.from_numpy(self.cache[self.indices[i]].copy()).permute(2, 0, 1)
-        return (image, self.labels[i]) if self.groups is None else (image, self.labels[i], self.groups[i])
+        if self.tags is None:
+            return image, self.labels[i]
+        return image, self.labels[i], {name: values[i] for name, values in self.tags.items()}
