@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from ..classes import label_space
 from ..config import Data, Loss, balance_power, resolve_data_root
 from ..errors import LesionPLError
-from ..evaluate.confirmed import CONFIRMED, METHOD_COLUMN
+from ..evaluate.confirmed import CONFIRMED, METHOD_COLUMN, diagnosis_method
 from .cache import build_cache, default_cache_dir
 from .check import bad_images_cached
 from .dataset import CachedImages
@@ -213,8 +213,8 @@ class LesionDataModule(pl.LightningDataModule):
         if groups is not None:
             tags["group"] = groups.codes.tolist()
         if self.loss is not None and self.loss.confirmed_weight:
-            method = self._column(METHOD_COLUMN, "loss.confirmed_weight").str.strip().str.lower()
-            tags["confirmed"] = (method == CONFIRMED).tolist()
+            self._column(METHOD_COLUMN, "loss.confirmed_weight")  # the data must say how each diagnosis was made
+            tags["confirmed"] = (diagnosis_method(self.table.iloc[self.indices("train")]) == CONFIRMED).tolist()
         return tags or None
 
     def _effective_counts(self) -> np.ndarray:
