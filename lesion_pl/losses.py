@@ -41,8 +41,9 @@ class GroupDRO:
     """Group DRO's online loss (Sagawa et al., ICLR 2020, their algorithm 1): sum over groups g of q_g times the mean
     loss of g's images in the batch, where q is a distribution over the groups that an exponentiated-gradient step,
     q_g <- q_g * exp(step * that mean), moves toward the groups the model does worst on. A group absent from a batch
-    adds nothing and its weight is only renormalised. q is training state, not part of the model (no checkpoint);
-    under DDP each process keeps its own."""
+    adds nothing and its weight is only renormalised. q is training state, not part of the model: the checkpoint
+    keeps it beside the weights for --resume (LesionClassifier.on_save_checkpoint); under DDP each process keeps its
+    own."""
 
     def __init__(self, num_groups: int, step: float):
         self.q = torch.full((num_groups,), 1.0 / num_groups)

@@ -135,6 +135,14 @@ class LesionClassifier(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.dro is not None:  # group DRO's weights: training state that --resume continues from
+            checkpoint["group_dro_q"] = self.dro.q.detach().cpu()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.dro is not None and "group_dro_q" in checkpoint:
+            self.dro.q = checkpoint["group_dro_q"].clone()
+
     def configure_optimizers(self):
         c = self.config
         return optimizer_and_schedule(self.net, c.optim, c.model, c.trainer.max_time, self.trainer)

@@ -45,7 +45,11 @@ def build_trainer(t: Trainer, run: RunDir, progress: bool = True, started: float
     monitor = "val/balanced_accuracy"
     callbacks = [
         ModelCheckpoint(dirpath=run.checkpoints, filename="best", monitor=monitor, mode="max",
-                        save_top_k=1, save_last=True, auto_insert_metric_name=False),
+                        save_top_k=1, auto_insert_metric_name=False),
+        # last.ckpt, what --resume continues from: every epoch's, by a callback of its own, since Lightning 2.6's
+        # save_last writes it only when a best checkpoint is written (so it was the best epoch, not the last)
+        ModelCheckpoint(dirpath=run.checkpoints, filename=run.last.stem, monitor=None, save_top_k=1,
+                        enable_version_counter=False),
         EarlyStopping(monitor=monitor, mode="max", patience=int(t.patience),
                       stopping_threshold=float(t.stop_at) if t.stop_at is not None else None),
         LearningRateMonitor(logging_interval="epoch"),

@@ -132,6 +132,27 @@ def test_resume_continues_from_last(fitted):
     assert r.exit_code == 2 and "already holds checkpoints" in r.output
 
 
+def test_resume_continues_from_the_last_epoch_not_the_best(small_ham, tmp_path):
+    """A learning rate too small to change anything: validation never improves on epoch 0, so the best checkpoint
+    stays epoch 0's while last.ckpt must follow every epoch (Lightning 2.6's save_last followed the best alone)."""
+    from lesion_pl.run import RunDir
+    from lesion_pl.safe_load import torch_load
+
+    out = tmp_path / "flat"
+    r = invoke("fit", "--data-root", small_ham, "--out", out, "--max-epochs", 3, *FAST, "--set", "optim.lr=1e-12")
+    assert r.exit_code == 0, r.output
+    run = RunDir(out)
+    last, best = torch_load(run.last, "checkpoint"), torch_load(run.best, "checkpoint")
+    assert (best["epoch"], last["epoch"], last["global_step"]) == (0, 2, 9)
+    kept = [v for k, v in last["callbacks"].items() if "val/balanced_accuracy" in k and "ModelCheckpoint" in k]
+    assert len(kept) == 1 and kept[0]["best_model_path"].endswith("best.ckpt")  # the best's state, for the resume
+    r = invoke("fit", "--out", out, "--resume", "--max-epochs", 4, "--quiet")
+    assert r.exit_code == 0, r.output
+    log = pd.read_csv(out / "logs" / "metrics.csv")
+    assert log.dropna(subset=["val/balanced_accuracy"])["epoch"].tolist() == [0, 1, 2, 3]  # epoch 3 alone trained
+    assert torch_load(run.last, "checkpoint")["global_step"] == 12
+
+
 def test_data_summary(small_ham):
     """Every count of the table against the metadata file and the split it reports (the one fit would write)."""
     import pandas as pd

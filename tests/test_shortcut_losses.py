@@ -110,6 +110,22 @@ def test_a_fit_under_group_dro_logs_where_the_weights_went(small_ham, tmp_path):
     assert "train/dro_weight/follow_up/nv" in weights and "train/dro_weight/histo/mel" in weights
     assert np.allclose(weights.sum(axis=1), 1.0, atol=1e-5)
     assert weights.iloc[-1].max() > 1.0 / weights.shape[1]  # moved from uniform
+    # the weights are training state: the last checkpoint keeps them, and a resumed fit starts from them
+    from lesion_pl.checkpoint import load_classifier
+    from lesion_pl.run import RunDir
+    from lesion_pl.safe_load import torch_load
+
+    ckpt = torch_load(RunDir(out).last, "checkpoint")
+    kept = ckpt["group_dro_q"]
+    names = [c.removeprefix("train/dro_weight/") for c in weights.columns]
+    assert np.allclose(kept.numpy(), weights.iloc[-1].to_numpy(), atol=1e-6)
+    model = load_classifier(RunDir(out).last)
+    assert model.group_names == sorted(names) and torch.allclose(model.dro.q, torch.full_like(kept, 1 / len(kept)))
+    model.on_load_checkpoint(ckpt)
+    assert torch.equal(model.dro.q, kept)
+    r = invoke("fit", "--out", out, "--resume", "--max-epochs", 3, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert len(pd.read_csv(out / "logs" / "metrics.csv").filter(like="train/dro_weight/").dropna(how="all")) == 3
 
 
 def test_the_confirmed_term_is_malignant_against_benign_over_the_malignant_and_the_confirmed_images():
