@@ -341,7 +341,7 @@ def _train(cfg: Config, run: RunDir, dm, resume: bool, progress: bool, started: 
     if not trainer.is_global_zero:
         return None
 
-    ckpt_cb = trainer.checkpoint_callback
+    ckpt_cb = next(c for c in trainer.checkpoint_callbacks if c.monitor)  # best.ckpt's (last.ckpt's has none)
     summary = {
         "data_root": str(dm.root),
         "images": {s: int((dm.split == s).sum()) for s in ("train", "val", "test")},

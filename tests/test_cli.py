@@ -146,6 +146,10 @@ def test_resume_continues_from_the_last_epoch_not_the_best(small_ham, tmp_path):
     assert (best["epoch"], last["epoch"], last["global_step"]) == (0, 2, 9)
     kept = [v for k, v in last["callbacks"].items() if "val/balanced_accuracy" in k and "ModelCheckpoint" in k]
     assert len(kept) == 1 and kept[0]["best_model_path"].endswith("best.ckpt")  # the best's state, for the resume
+    summary = json.loads((out / "summary.json").read_text())
+    first = pd.read_csv(out / "logs" / "metrics.csv").dropna(subset=["val/balanced_accuracy"]).iloc[0]
+    assert summary["best_epoch"] == 0
+    assert summary["best_val_balanced_accuracy"] == pytest.approx(first["val/balanced_accuracy"])
     r = invoke("fit", "--out", out, "--resume", "--max-epochs", 4, "--quiet")
     assert r.exit_code == 0, r.output
     log = pd.read_csv(out / "logs" / "metrics.csv")
