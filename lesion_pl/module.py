@@ -130,7 +130,8 @@ class LesionClassifier(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
         if self.dro is not None:  # where group DRO's weights went (each 1/groups at the start)
-            self.log_dict({f"train/dro_weight/{name}": w for name, w in zip(self.group_names, self.dro.q.tolist())})
+            weights = zip(self.group_names, self.dro.q.tolist(), strict=True)
+            self.log_dict({f"train/dro_weight/{name}": w for name, w in weights})
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")

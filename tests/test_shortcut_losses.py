@@ -94,7 +94,8 @@ def test_group_dro_on_a_column_the_data_lacks_fails_before_anything_is_written(s
                                             "have \\(it has: .*dx_type"):
         _datamodule(small_ham, "loss.group_dro=scanner")
     out = tmp_path / "run"
-    r = invoke("fit", "--data-root", small_ham, "--out", out, "--max-epochs", 1, *FAST, "--set", "loss.group_dro=scanner")
+    r = invoke("fit", "--data-root", small_ham, "--out", out, "--max-epochs", 1, *FAST,
+               "--set", "loss.group_dro=scanner")
     assert r.exit_code != 0 and "loss.group_dro names column 'scanner'" in r.output
     assert not out.exists()
 

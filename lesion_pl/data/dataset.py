@@ -20,7 +20,8 @@ class CachedImages(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int):
-        image = self.indices[i] if self.rows_only else torch.from_numpy(self.cache[self.indices[i]].copy()).permute(2, 0, 1)
+        row = self.indices[i]
+        image = row if self.rows_only else torch.from_numpy(self.cache[row].copy()).permute(2, 0, 1)
         if self.tags is None:
             return image, self.labels[i]
         return image, self.labels[i], {name: values[i] for name, values in self.tags.items()}
