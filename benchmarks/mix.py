@@ -80,11 +80,12 @@ def main() -> None:
         rows[shown] = {name: read(run, name) for name in FILES}
     rows["mean of " + " and ".join(rows)] = {name: mean_of([r[name] for r in list(rows.values())], space)
                                              for name in FILES}
-    print(f"\n{'':<44} {'val bal acc':>11} {'val mel vs conf nevi':>20} {'ISIC 2017 mel':>13} "
+    width = max(len(name) for name in rows)
+    print(f"\n{'':<{width}} {'val bal acc':>11} {'val mel vs conf nevi':>20} {'ISIC 2017 mel':>13} "
           f"{'test bal acc':>12} {'test mal AUROC':>14} {'test mel vs conf nevi':>21}")
     for name, r in rows.items():
         v, t, e = (figures(r[k], space) for k in FILES)
-        print(f"{name:<44} {v['balanced_accuracy']:>11.4f} {v['confirmed_auroc_melanoma_vs_nevi']:>20.4f} "
+        print(f"{name:<{width}} {v['balanced_accuracy']:>11.4f} {v['confirmed_auroc_melanoma_vs_nevi']:>20.4f} "
               f"{e['auroc_melanoma']:>13.4f} {t['balanced_accuracy']:>12.4f} {t['auroc_malignant']:>14.4f} "
               f"{t['confirmed_auroc_melanoma_vs_nevi']:>21.4f}")
 
