@@ -1,6 +1,8 @@
 """Would two networks together keep one's HAM10000 figures and the other's on ISIC 2017? (#38, a diagnostic)
 
     python benchmarks/mix.py runs/default_s42u runs/pretrained_s42
+    python benchmarks/mix.py --default runs/default_s42u runs/default_s1 runs/default_s2 \\
+                             --with runs/pretrained10_s42 runs/pretrained10_s1 runs/pretrained10_s2
 
 Reads what the runs already wrote (val_predictions.csv as calibrated, test/predictions.csv and the ISIC 2017
 evaluation of benchmarks/shortcut.py, evaluations/isic2017/predictions.csv) and prints, for each run and for the
@@ -10,17 +12,22 @@ AUROC, with the test figures beside them. Every balanced accuracy here is that o
 and each run's alike, so the rows compare with each other (a run's own figure names its classes by its calibrated
 rule, which shortcut.py prints). The runs must share their split and label space. No weight is fitted: the mean is
 the rule written before the figures.
+
+With --default and --with, each default run is averaged with its partner (seed with seed), and shortcut.py's rule
+("Against the shortcut: the rule", candidate `mix10`) judges the means against the default's runs, the balanced
+accuracy that of the most probable class on both sides.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from machine import describe
-from shortcut import EVALUATION, scored, with_methods
+from shortcut import EVALUATION, decide, scored, show_rule, with_methods
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -60,34 +67,79 @@ def mean_of(frames: list[pd.DataFrame], space) -> pd.DataFrame:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", nargs="+", type=Path, help="runs of one split and label space, scored by shortcut.py")
-    args = ap.parse_args()
-    if len({r.resolve() for r in args.runs}) < len(args.runs):
-        raise SystemExit("a run is named twice: give each run once")
-    print(describe())
-    names = [r.name for r in args.runs]
-    names = names if len(set(names)) == len(names) else [str(r) for r in args.runs]  # folders of one name
-    cfg = RunDir(args.runs[0]).load_config()
-    space = label_space(cfg.data)
-    if space.melanoma is None:
-        raise SystemExit(f"{args.runs[0]}: its label space has no melanoma class")
-    rows = {}
-    for run, shown in zip(args.runs, names, strict=True):
-        if label_space(RunDir(run).load_config().data).classes != space.classes:
-            raise SystemExit(f"{run}: its label space differs from {args.runs[0]}'s")
-        rows[shown] = {name: read(run, name) for name in FILES}
-    rows["mean of " + " and ".join(rows)] = {name: mean_of([r[name] for r in list(rows.values())], space)
-                                             for name in FILES}
+def trained_on_archive(run: Path) -> bool:
+    """Whether shortcut.py scored the run on the archive's val images alone (the run trained on its train images)."""
+    return json.loads((run / f"evaluations/{EVALUATION}/metrics.json").read_text()).get("rows_kept") is not None
+
+
+def rule_input(figs: dict, trained: bool) -> dict:
+    """A run's or a mean's figures as shortcut.py's `decide` reads them, every balanced accuracy that of the most
+    probable class. A run that trained on the archive was scored on its val images alone, so that AUROC is the
+    val one."""
+    v, e = figs["val"], figs["isic2017"]
+    return {"val": {"balanced_accuracy": v["balanced_accuracy"],
+                    "histo_auroc_melanoma_vs_nevi": v["confirmed_auroc_melanoma_vs_nevi"]},
+            "isic2017": {"auroc_melanoma": e["auroc_melanoma"]}, "trained_on_archive": trained,
+            "isic2017_val_melanoma": e["auroc_melanoma"] if trained else None}
+
+
+def show(rows: dict[str, dict], space) -> dict[str, dict]:
+    """Print each row's figures (a run's, or a mean's) in one table; return them by row."""
+    out = {name: {k: figures(r[k], space) for k in FILES} for name, r in rows.items()}
     width = max(len(name) for name in rows)
     print(f"\n{'':<{width}} {'val bal acc':>11} {'val mel vs conf nevi':>20} {'ISIC 2017 mel':>13} "
           f"{'test bal acc':>12} {'test mal AUROC':>14} {'test mel vs conf nevi':>21}")
-    for name, r in rows.items():
-        v, t, e = (figures(r[k], space) for k in FILES)
+    for name, f in out.items():
+        v, t, e = (f[k] for k in FILES)
         print(f"{name:<{width}} {v['balanced_accuracy']:>11.4f} {v['confirmed_auroc_melanoma_vs_nevi']:>20.4f} "
               f"{e['auroc_melanoma']:>13.4f} {t['balanced_accuracy']:>12.4f} {t['auroc_malignant']:>14.4f} "
               f"{t['confirmed_auroc_melanoma_vs_nevi']:>21.4f}")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="*", type=Path, help="runs of one split and label space, scored by shortcut.py")
+    ap.add_argument("--default", nargs="*", type=Path, default=[], help="the rule: the default's runs, one a seed")
+    ap.add_argument("--with", dest="partners", nargs="*", type=Path, default=[],
+                    help="the rule: the runs each --default run is averaged with, the same seeds in the same order")
+    args = ap.parse_args()
+    if args.runs and (args.default or args.partners):
+        raise SystemExit("give runs to mix, or --default and --with runs for the rule, not both")
+    if len(args.default) != len(args.partners):
+        raise SystemExit(f"--default has {len(args.default)} runs and --with {len(args.partners)}: give one partner "
+                         "a seed, in the same order")
+    every = args.runs or args.default + args.partners
+    if not every:
+        raise SystemExit("give runs to mix, or --default and --with runs")
+    if len({r.resolve() for r in every}) < len(every):
+        raise SystemExit("a run is named twice: give each run once")
+    print(describe())
+    names = [r.name for r in every]
+    shown = dict(zip(every, names if len(set(names)) == len(names) else map(str, every), strict=True))
+    space = label_space(RunDir(every[0]).load_config().data)
+    if space.melanoma is None:
+        raise SystemExit(f"{every[0]}: its label space has no melanoma class")
+    frames = {}
+    for run in every:
+        if label_space(RunDir(run).load_config().data).classes != space.classes:
+            raise SystemExit(f"{run}: its label space differs from {every[0]}'s")
+        frames[run] = {name: read(run, name) for name in FILES}
+
+    def mean_row(runs: list[Path]) -> tuple[str, dict]:
+        return "mean of " + " and ".join(shown[r] for r in runs), {
+            name: mean_of([frames[r][name] for r in runs], space) for name in FILES}
+
+    if args.runs:
+        show({**{shown[r]: frames[r] for r in every}, **dict([mean_row(every)])}, space)
+        return
+    pairs = list(zip(args.default, args.partners, strict=True))
+    means = dict(mean_row(list(p)) for p in pairs)
+    figs = show({**{shown[r]: frames[r] for r in every}, **means}, space)
+    trained = {r: trained_on_archive(r) for r in every}
+    show_rule(decide([rule_input(figs[shown[d]], trained[d]) for d in args.default],
+                     [rule_input(figs[name], trained[d] or trained[w]) for name, (d, w) in zip(means, pairs,
+                                                                                                strict=True)]))
 
 
 if __name__ == "__main__":

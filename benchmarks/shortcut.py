@@ -202,15 +202,19 @@ def main() -> None:
         found[run] = figures(run, args.isic2017)
         show(run, found[run])
     if args.default:
-        out = decide([found[r] for r in args.default], [found[r] for r in args.candidate])
-        print("\nthe rule (means over seeds; spread: the larger max - min of the two sides):")
-        for name, x in out["figures"].items():
-            print(f"  {name:<32} default {x['default']:.4f}  candidate {x['candidate']:.4f}  change "
-                  f"{x['change']:+.4f}  spread {x['spread']:.4f}")
-        print(f"  both AUROCs rise by more than the spread: {out['aurocs_rise']}; balanced accuracy falls by at most "
-              f"{BAL_ACC_SLACK}: {out['balanced_accuracy_kept']} -> candidate becomes the default: "
-              + (f"no answer yet: {out['seeds']} seed(s) a side, the rule needs {SEEDS}" if out["adopt"] is None
-                 else "yes" if out["adopt"] else "no"))
+        show_rule(decide([found[r] for r in args.default], [found[r] for r in args.candidate]))
+
+
+def show_rule(out: dict) -> None:
+    """`decide`'s answer, a line per figure and the verdict."""
+    print("\nthe rule (means over seeds; spread: the larger max - min of the two sides):")
+    for name, x in out["figures"].items():
+        print(f"  {name:<32} default {x['default']:.4f}  candidate {x['candidate']:.4f}  change "
+              f"{x['change']:+.4f}  spread {x['spread']:.4f}")
+    print(f"  both AUROCs rise by more than the spread: {out['aurocs_rise']}; balanced accuracy falls by at most "
+          f"{BAL_ACC_SLACK}: {out['balanced_accuracy_kept']} -> candidate becomes the default: "
+          + (f"no answer yet: {out['seeds']} seed(s) a side, the rule needs {SEEDS}" if out["adopt"] is None
+             else "yes" if out["adopt"] else "no"))
 
 
 if __name__ == "__main__":

@@ -216,22 +216,34 @@ def test_shortcut_validation_of_a_run_of_several_sources_is_on_its_own_source(sh
     assert expected != pytest.approx(balanced_accuracy_score(val["dx"], val["pred"]))  # the other rows would move it
 
 
-def test_mix_prints_each_runs_figures_and_their_mean(shortcut_scored, tmp_path):
+MIX_FILES = ["val_predictions.csv", "test/predictions.csv", "evaluations/isic2017/predictions.csv"]
+CODES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+
+
+@pytest.fixture
+def two_models(shortcut_scored, tmp_path):
+    """The scored run `a`, and `b`: another model's probabilities (a's, each row's classes rolled by one)."""
+    import numpy as np
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(shortcut_scored[0], a)
+    shutil.copytree(a, b)
+    for name in MIX_FILES:
+        f = pd.read_csv(b / name, dtype={"image_id": str})
+        f[[f"p_{c}" for c in CODES]] = np.roll(f[[f"p_{c}" for c in CODES]].to_numpy(), 1, axis=1)
+        f["malignant_prob"] = f[["p_akiec", "p_bcc", "p_mel"]].sum(axis=1)
+        f.to_csv(b / name, index=False)
+    return a, b
+
+
+def test_mix_prints_each_runs_figures_and_their_mean(two_models):
     """mix.py on a run and a second one whose probabilities differ: the mean's ISIC 2017 melanoma AUROC and the
     validation balanced accuracy of its most probable class, recomputed here with scikit-learn, as is a run's own."""
     import numpy as np
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-    a, b = tmp_path / "a", tmp_path / "b"
-    shutil.copytree(shortcut_scored[0], a)
-    shutil.copytree(a, b)
-    files = ["val_predictions.csv", "test/predictions.csv", "evaluations/isic2017/predictions.csv"]
-    codes = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
-    for name in files:  # b: another model's probabilities (a's, each row's classes rolled by one)
-        f = pd.read_csv(b / name, dtype={"image_id": str})
-        f[[f"p_{c}" for c in codes]] = np.roll(f[[f"p_{c}" for c in codes]].to_numpy(), 1, axis=1)
-        f["malignant_prob"] = f[["p_akiec", "p_bcc", "p_mel"]].sum(axis=1)
-        f.to_csv(b / name, index=False)
+    a, b = two_models
+    files, codes = MIX_FILES, CODES
     out = run_script("benchmarks/mix.py", a, b).stdout
     pa, pb = (pd.read_csv(r / files[2], dtype={"image_id": str}) for r in (a, b))
     mel = roc_auc_score(pa["dx"] == "mel", (pa["p_mel"] + pb["p_mel"]) / 2)
@@ -242,6 +254,29 @@ def test_mix_prints_each_runs_figures_and_their_mean(shortcut_scored, tmp_path):
     assert float(line[0]) == pytest.approx(bal, abs=1e-4) and float(line[2]) == pytest.approx(mel, abs=1e-4)
     own = next(x for x in out.splitlines() if x.startswith("a ")).split()[-6:]  # each run's own row: its figures
     assert float(own[2]) == pytest.approx(roc_auc_score(pa["dx"] == "mel", pa["p_mel"]), abs=1e-4)
+
+
+def test_mix_rule_judges_each_seeds_mean_against_the_default_by_shortcuts_rule(two_models, tmp_path):
+    """mix.py --default A --with B: the rule's lines hold the default's figures and the mean's (its validation
+    balanced accuracy that of the most probable class, recomputed here), and one seed a side gives no answer."""
+    import numpy as np
+    from sklearn.metrics import balanced_accuracy_score
+
+    a, b = two_models
+    out = run_script("benchmarks/mix.py", "--default", a, "--with", b).stdout
+    va, vb = (pd.read_csv(r / MIX_FILES[0]) for r in (a, b))
+    columns = [f"p_{c}" for c in CODES]
+    summed = va[columns].to_numpy() + vb[columns].to_numpy()
+    mean = balanced_accuracy_score(va["dx"], np.array(CODES)[summed.argmax(1)])
+    own = balanced_accuracy_score(va["dx"], np.array(CODES)[va[columns].to_numpy().argmax(1)])
+    assert mean != pytest.approx(own)  # the partner moves it, so the line below tells the two apart
+    line = next(x for x in out.splitlines() if x.strip().startswith("val balanced accuracy")).split()
+    assert float(line[line.index("default") + 1]) == pytest.approx(own, abs=1e-4)
+    assert float(line[line.index("candidate") + 1]) == pytest.approx(mean, abs=1e-4)
+    assert "no answer yet: 1 seed(s) a side, the rule needs 3" in out
+    proc = subprocess.run([sys.executable, "benchmarks/mix.py", "--default", a, "--with", a, b], cwd=PROJECT,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "--default has 1 runs and --with 2" in proc.stderr
 
 
 def test_shortcut_rule_needs_both_aurocs_to_rise_beyond_the_spread_and_balanced_accuracy_kept():
