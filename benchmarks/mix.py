@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from machine import describe
-from shortcut import EVALUATION, decide, scored, show_rule, with_methods
+from shortcut import EVALUATION, decide, scored, show_rule, trained_on_archive, with_methods
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -65,11 +65,6 @@ def mean_of(frames: list[pd.DataFrame], space) -> pd.DataFrame:
     columns = [f"p_{c}" for c in space.classes] + ["malignant_prob"]
     out[columns] = np.mean([f.loc[common, columns].to_numpy() for f in frames], axis=0)
     return out
-
-
-def trained_on_archive(run: Path) -> bool:
-    """Whether shortcut.py scored the run on the archive's val images alone (the run trained on its train images)."""
-    return json.loads((run / f"evaluations/{EVALUATION}/metrics.json").read_text()).get("rows_kept") is not None
 
 
 def rule_input(figs: dict, trained: bool) -> dict:
@@ -136,7 +131,8 @@ def main() -> None:
     pairs = list(zip(args.default, args.partners, strict=True))
     means = dict(mean_row(list(p)) for p in pairs)
     figs = show({**{shown[r]: frames[r] for r in every}, **means}, space)
-    trained = {r: trained_on_archive(r) for r in every}
+    trained = {r: trained_on_archive(json.loads((r / f"evaluations/{EVALUATION}/metrics.json").read_text()))
+               for r in every}
     show_rule(decide([rule_input(figs[shown[d]], trained[d]) for d in args.default],
                      [rule_input(figs[name], trained[d] or trained[w]) for name, (d, w) in zip(means, pairs,
                                                                                                 strict=True)]))

@@ -104,6 +104,12 @@ def validation(run: Path) -> dict:
             "histo_auroc_melanoma_vs_nevi": confirmed.get("auroc_melanoma_vs_nevi", float("nan"))}
 
 
+def trained_on_archive(external: dict) -> bool:
+    """Whether the ISIC 2017 evaluation (its metrics.json) kept the archive's val images alone: the run trained on
+    its train images."""
+    return external.get("rows_kept") is not None
+
+
 def figures(run: Path, archive: Path) -> dict:
     """What the run's files say; `isic2017_val_melanoma`: the melanoma AUROC on the archive's val images alone,
     the figure the rule compares when a run trained on the archive's train images."""
@@ -114,7 +120,7 @@ def figures(run: Path, archive: Path) -> dict:
     val_ids = pd.read_csv(archive / "labels.csv", dtype=str).query("split == 'val'")["image_id"]
     val = preds[preds["image_id"].isin(val_ids)]
     return {"val": validation(run), "test": test, "isic2017": external,
-            "trained_on_archive": external.get("rows_kept") is not None,
+            "trained_on_archive": trained_on_archive(external),
             "isic2017_val_melanoma": binary_auroc(val["p_mel"].to_numpy(), (val["dx"] == "mel").to_numpy())}
 
 
