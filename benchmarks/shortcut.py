@@ -45,6 +45,7 @@ ISIC2017_READ = ["--format", "csv", "--set", "data.columns={image: image, label:
 EVALUATION = "isic2017"
 BAL_ACC_SLACK = 0.02  # the rule: HAM validation balanced accuracy may fall by at most this much
 SEEDS = 3  # the rule compares three seeds a side
+STOP_SEEDS = 2  # ... but stops after two where either AUROC's mean change is below zero
 
 
 def isic2017_root() -> Path:
@@ -177,19 +178,23 @@ def rule_figures(runs: list[dict]) -> dict:
 
 def decide(default: list[dict], candidate: list[dict]) -> dict:
     """The rule: both AUROCs' means rise by more than the seeds' spread (the larger max - min of the two sides),
-    and the validation balanced accuracy's mean falls by at most BAL_ACC_SLACK."""
+    and the validation balanced accuracy's mean falls by at most BAL_ACC_SLACK. After STOP_SEEDS seeds a side, a
+    mean change below zero in either AUROC already answers no (the third seed is not run)."""
     out = {}
     figures_of = rule_figures(default + candidate)
     for name, get in figures_of.items():
         d, c = np.array([get(f) for f in default]), np.array([get(f) for f in candidate])
         out[name] = {"default": float(d.mean()), "candidate": float(c.mean()), "change": float(c.mean() - d.mean()),
                      "spread": float(max(np.ptp(d), np.ptp(c)))}
-    rises = all(out[n]["change"] > out[n]["spread"] for n in list(figures_of)[:2])
+    aurocs = list(figures_of)[:2]
+    rises = all(out[n]["change"] > out[n]["spread"] for n in aurocs)
     kept = out["val balanced accuracy"]["change"] >= -BAL_ACC_SLACK
-    # one seed a side has no spread: the rule is over three, and says nothing before them
     seeds = min(len(default), len(candidate))
+    stopped = seeds >= STOP_SEEDS and any(out[n]["change"] < 0 for n in aurocs)
+    # one seed a side has no spread: the rule is over three, and says nothing before them but the stop
+    adopt = False if stopped else (rises and kept) if seeds >= SEEDS else None
     return {"figures": out, "aurocs_rise": rises, "balanced_accuracy_kept": kept, "seeds": seeds,
-            "adopt": (rises and kept) if seeds >= SEEDS else None}
+            "stopped": stopped, "adopt": adopt}
 
 
 def main() -> None:
@@ -220,7 +225,9 @@ def show_rule(out: dict) -> None:
     print(f"  both AUROCs rise by more than the spread: {out['aurocs_rise']}; balanced accuracy falls by at most "
           f"{BAL_ACC_SLACK}: {out['balanced_accuracy_kept']} -> candidate becomes the default: "
           + (f"no answer yet: {out['seeds']} seed(s) a side, the rule needs {SEEDS}" if out["adopt"] is None
-             else "yes" if out["adopt"] else "no"))
+             else "yes" if out["adopt"]
+             else f"no (after {out['seeds']} seeds an AUROC's mean change is below zero: the rule stops here)"
+             if out["stopped"] and out["seeds"] < SEEDS else "no"))
 
 
 if __name__ == "__main__":

@@ -308,6 +308,12 @@ def test_shortcut_rule_needs_both_aurocs_to_rise_beyond_the_spread_and_balanced_
     # one seed a side: no spread to beat, so no answer (not a "yes")
     one = decide(default[:1], better[:1])
     assert one["aurocs_rise"] and one["adopt"] is None and one["seeds"] == 1
+    # two seeds: no answer while both AUROCs' means are up, but "no" as soon as either is down (the stop)
+    assert decide(default[:2], better[:2])["adopt"] is None
+    falling = [run(0.83, 0.60, 0.70), run(0.84, 0.65, 0.70)]  # ISIC 2017 -0.005 on the default's first two
+    out = decide(default[:2], falling)
+    assert out["stopped"] and out["adopt"] is False and out["figures"]["ISIC 2017 melanoma AUROC"]["change"] < 0
+    assert not decide(default[:1], falling[:1])["stopped"]  # one seed down is not yet the stop
 
 
 def test_hostile_benchmark_gets_every_case_its_status_against_a_real_server(served_model, tmp_path):
