@@ -223,11 +223,18 @@ def show_rule(out: dict) -> None:
         print(f"  {name:<32} default {x['default']:.4f}  candidate {x['candidate']:.4f}  change "
               f"{x['change']:+.4f}  spread {x['spread']:.4f}")
     print(f"  both AUROCs rise by more than the spread: {out['aurocs_rise']}; balanced accuracy falls by at most "
-          f"{BAL_ACC_SLACK}: {out['balanced_accuracy_kept']} -> candidate becomes the default: "
-          + (f"no answer yet: {out['seeds']} seed(s) a side, the rule needs {SEEDS}" if out["adopt"] is None
-             else "yes" if out["adopt"]
-             else f"no (after {out['seeds']} seeds an AUROC's mean change is below zero: the rule stops here)"
-             if out["stopped"] and out["seeds"] < SEEDS else "no"))
+          f"{BAL_ACC_SLACK}: {out['balanced_accuracy_kept']} -> candidate becomes the default: {verdict(out)}")
+
+
+def verdict(out: dict) -> str:
+    """`decide`'s answer in words."""
+    if out["adopt"] is None:
+        return f"no answer yet: {out['seeds']} seed(s) a side, the rule needs {SEEDS}"
+    if out["adopt"]:
+        return "yes"
+    if out["stopped"] and out["seeds"] < SEEDS:
+        return f"no (after {out['seeds']} seeds an AUROC's mean change is below zero: the rule stops here)"
+    return "no"
 
 
 if __name__ == "__main__":
