@@ -37,9 +37,11 @@ def test_fractions_and_class_proportions(table, split):
             assert abs(part.get(code, 0.0) - p) < 0.02, (name, code)
 
 
-def test_same_seed_same_split_other_seed_other_split(table, split):
-    assert make_splits(table, FRACTIONS, seed=42).equals(split)
-    assert not make_splits(table, FRACTIONS, seed=7).equals(split)
+def test_same_seed_same_split_other_seed_other_split(table):
+    part = table[table["group"].isin(table["group"].drop_duplicates()[:1500])]  # a fifth of the lesions, the same rule
+    split = make_splits(part, FRACTIONS, seed=42)
+    assert make_splits(part, FRACTIONS, seed=42).equals(split)
+    assert not make_splits(part, FRACTIONS, seed=7).equals(split)
 
 
 def test_leak_is_detected(table, split):

@@ -137,7 +137,7 @@ def test_offline_pretrained_fit_carries_the_weights_preprocessing(small_ham, tmp
     out = tmp_path / "pretrained"
     sets = ["model.name=efficientnet_lite0", "model.pretrained=true", "data.image_size=64", "data.batch_size=16",
             "optim.backbone_lr_scale=0.25", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
-            "calibration.tta=false"]
+            "calibration.tta=false", "trainer.precision=32-true"]  # auto would time both precisions first
     r = invoke("fit", "--data-root", small_ham, "--out", out, "--max-epochs", 1, "--quiet",
                *[a for s in sets for a in ("--set", s)])
     assert r.exit_code == 0, r.output
