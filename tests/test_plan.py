@@ -10,7 +10,7 @@ import yaml
 from lesion_pl import plan
 from lesion_pl.config import load_config
 from lesion_pl.errors import LesionPLError
-from lesion_pl.plan import Option, choose, plan_budget, predicted
+from lesion_pl.plan import RESERVE_S, Option, choose, plan_budget, predicted
 from tests.conftest import FAST, invoke
 
 
@@ -145,7 +145,8 @@ def test_a_budgeted_fit_keeps_its_budget_and_saves_a_config_that_needs_none(smal
     assert f"fit took {p['fit_wall_s'] / 60:.1f} min of its 0.8-minute budget" in r.output
     # the budget holds (calibration included), and it was used: the schedule ended by the time, not the epochs
     assert p["fit_wall_s"] <= budget + 10 and wall <= budget + 20
-    assert summary["epochs"] < 200 and p["fit_wall_s"] >= 0.6 * budget
+    assert summary["epochs"] < 200
+    assert p["fit_wall_s"] >= budget - RESERVE_S - p["calibration_s"] - 5  # all but what the plan keeps back
     saved = yaml.safe_load((out / "config.yaml").read_text())["trainer"]
     assert saved["budget"] is None and saved["max_time"] == p["max_time_s"] and 0 < saved["max_time"] < budget
     assert saved["precision"] == p["precision"]
